@@ -1,0 +1,205 @@
+//! The command line: clap derive types only, no I/O. Doc comments here are the `--help` text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Disaster-recovery runbooks for PostgreSQL on AWS, as idempotent, preflight-checked steps.
+///
+/// Every state-changing run goes: load config (exit 2) -> take the locks (exit 5) -> preflight
+/// (exit 3) -> confirm -> steps, and writes hash-chained entries to the journal in the store.
+///
+/// Exit codes: 0 ok or already done, 1 a step failed (rerun resumes), 2 usage or config error,
+/// 3 preflight failed (nothing changed), 4 integrity failure, 5 locked by another run,
+/// 6 outcome unknown, 130/143 interrupted by SIGINT/SIGTERM.
+#[derive(Debug, Parser)]
+#[command(name = "drctl", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml,
+    /// /etc/drctl/drctl.toml, the first that exists]
+    #[arg(short = 'c', long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Report format on stdout: human tables, or exactly one JSON document
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// Take no lock, run every preflight check and print each step as done or pending; change nothing
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+
+    /// Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)
+    #[arg(short = 'y', long, global = true)]
+    pub yes: bool,
+
+    /// Waive one named preflight check (repeatable); the waiver is journaled
+    #[arg(long, global = true, value_name = "CHECK_ID")]
+    pub accept: Vec<String>,
+
+    /// Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub lock_wait: Option<Duration>,
+
+    /// More log lines on stderr (repeat for more)
+    #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only errors on stderr
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
+
+    /// No progress bars, even on a TTY
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+
+    /// Log line format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// After the run, update this Prometheus textfile-collector file (flock + atomic rename)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the config and reach every endpoint it names with the privileges the runbooks need
+    ///
+    /// The first command to run after writing drctl.toml. Takes no lock and writes nothing but a
+    /// probe object in the store, deleted again. Exit 0 (all ok), 2 (config) or 3 (a check failed).
+    Check(CheckArgs),
+
+    /// Take a backup of an env into the store, or list / prune the stored backups
+    ///
+    /// A logical backup is `pg_dump -Fc -Z0` streamed through zstd (multi-threaded) into the store
+    /// as `backups/ENV/ID/DB.dump.zst.000` (further `.001`, ... objects past 64 GiB), with its sha256
+    /// and size in the backup's manifest. Nothing is written to a temp file. Restore one by hand with
+    ///
+    ///     cat DB.dump.zst.* | zstd -dc | pg_restore -d postgres://USER@HOST/DB
+    ///
+    /// Objects are written first, then the manifest, then the journal entry `backup-done`: a backup
+    /// whose run died is never listed, and its partial objects are removed by the next backup or
+    /// prune of that env. A backup never resumes: a rerun starts a new one.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Backup(BackupArgs),
+
+    /// Verify hash chains: the journal and the backups (the default), or chosen ones
+    ///
+    /// --journal walks the journal (seq with no gaps, each prev_hash link, each hash recomputed).
+    /// --backups checks every listed backup's manifest against its journal entry and every object's
+    /// presence and size; --deep also re-reads every object and checks its sha256. Exit 4 names the
+    /// first bad entry and why.
+    VerifyChain(VerifyChainArgs),
+
+    /// Show the journal, newest first
+    Log(LogArgs),
+
+    /// Print shell completions for SHELL
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the man page (roff)
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct EnvArg {
+    /// The environment (a table under [environments] in drctl.toml); defaults to $DRCTL_ENV, or
+    /// the only env when there is one
+    #[arg(short = 'e', long, value_name = "ENV")]
+    pub env: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Check only this env (and the store); default: every env
+    #[arg(short = 'e', long, value_name = "ENV")]
+    pub env: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub action: Option<BackupAction>,
+    #[command(flatten)]
+    pub env: EnvArg,
+    /// logical: pg_dump custom format compressed with zstd
+    #[arg(long = "type", value_enum, default_value_t = BackupType::Logical)]
+    pub kind: BackupType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackupType {
+    Logical,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupAction {
+    /// The complete backups in the store, newest first
+    List {
+        /// Only this env's backups
+        #[arg(short = 'e', long, value_name = "ENV")]
+        env: Option<String>,
+    },
+    /// Apply [retention] (keep_last, keep_daily, keep_weekly); never deletes the newest good backup
+    ///
+    /// Journals `backup-pruned` for each expired backup, then deletes its objects. Also removes the
+    /// partial objects and unfinished uploads of backups whose run died. --dry-run lists what would go.
+    Prune {
+        #[command(flatten)]
+        env: EnvArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyChainArgs {
+    /// Verify the journal's hash chain
+    #[arg(long)]
+    pub journal: bool,
+    /// Verify every listed backup's manifest and objects
+    #[arg(long)]
+    pub backups: bool,
+    /// With --backups: re-read every stored object and check its sha256
+    #[arg(long, requires = "backups")]
+    pub deep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Only entries of this runbook (e.g. backup)
+    #[arg(long, value_name = "NAME")]
+    pub runbook: Option<String>,
+    /// Only entries at or after T (RFC 3339, or a duration back from now such as 24h)
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+    /// At most N entries
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub limit: usize,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 90s, 15m or 6h ({e})"))
+}

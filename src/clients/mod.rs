@@ -1,0 +1,5 @@
+//! Clients of the outside world, built once per process and shared through `Ctx`.
+
+pub mod aws;
+pub mod pg;
+pub mod pgtools;

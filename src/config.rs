@@ -1,0 +1,485 @@
+//! drctl.toml -> `Config`. Every failure here is exit 2 and names the file and the key.
+//!
+//! Loading is two passes over the same text: first the raw file is deserialized as written, so an
+//! unknown key or a wrong type is reported with its line; then every string gets its `${NAME}`
+//! references replaced from the environment and the result is validated (URLs, durations, env
+//! cross-references). Messages never echo a value that may hold a secret.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::clients::aws::AwsSettings;
+use crate::dburl::DbUrl;
+use crate::error::{Error, Result};
+
+pub const DEFAULT_STORE_URL: &str = "file://./.drctl";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    store: Option<RawStore>,
+    aws: Option<RawAws>,
+    policy: Option<RawPolicy>,
+    #[serde(default)]
+    environments: BTreeMap<String, RawEnv>,
+    dns: Option<RawDns>,
+    retention: Option<Retention>,
+    notify: Option<RawNotify>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAws {
+    region: Option<String>,
+    endpoint_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    rpo: Option<String>,
+    max_replica_lag_bytes: Option<u64>,
+    health_timeout: Option<String>,
+    cors_origin: Option<String>,
+    lock_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnv {
+    database_url: String,
+    health_url: Option<String>,
+    dns_target: Option<String>,
+    dns_alias_zone_id: Option<String>,
+    rds_instance: Option<String>,
+    pg_bin: Option<PathBuf>,
+    maintenance_db: Option<String>,
+    sync_from: Option<String>,
+    replica_of: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    chains: BTreeMap<String, ChainConfig>,
+}
+
+/// One hash-chained application table (`[environments.ENV.chains.TABLE]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    pub order_by: Option<String>,
+    pub hash_column: Option<String>,
+    pub prev_column: Option<String>,
+    pub content: Option<String>,
+    pub genesis: Option<String>,
+    pub bytea_hash: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    zone_id: String,
+    record: String,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    ttl: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    pub keep_last: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    webhook_url: String,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    /// The file this was read from, as the operator named it.
+    pub file: PathBuf,
+    pub store_url: String,
+    pub aws: AwsSettings,
+    pub policy: Policy,
+    pub environments: BTreeMap<String, EnvConfig>,
+    pub dns: Option<DnsConfig>,
+    pub retention: Retention,
+    /// Never printed: it may carry a token.
+    pub notify_webhook: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub rpo: Duration,
+    pub max_replica_lag_bytes: u64,
+    pub health_timeout: Duration,
+    pub cors_origin: Option<String>,
+    pub lock_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct EnvConfig {
+    pub name: String,
+    pub database_url: DbUrl,
+    pub health_url: Option<url::Url>,
+    pub dns_target: Option<String>,
+    pub dns_alias_zone_id: Option<String>,
+    pub rds_instance: Option<String>,
+    pub pg_bin: Option<PathBuf>,
+    pub maintenance_db: String,
+    pub sync_from: Option<String>,
+    pub replica_of: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub chains: BTreeMap<String, ChainConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    pub zone_id: String,
+    pub record: String,
+    pub kind: String,
+    pub ttl: i64,
+}
+
+/// Which places a command may find its config in (contract "Global").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    /// `-c`, `$DRCTL_CONFIG`, `./drctl.toml`, `$XDG_CONFIG_HOME/drctl/drctl.toml`, `/etc/drctl/drctl.toml`.
+    Interactive,
+    /// wal-push / wal-fetch run from the data directory with the server's environment:
+    /// `-c`, `$DRCTL_CONFIG`, `/etc/drctl/drctl.toml` only.
+    Server,
+}
+
+/// Find the config file per the contract's discovery order.
+pub fn discover(explicit: Option<&Path>, how: Discovery) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("DRCTL_CONFIG").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let mut candidates = Vec::new();
+    if how == Discovery::Interactive {
+        candidates.push(PathBuf::from("drctl.toml"));
+        if let Some(xdg) = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+            candidates.push(PathBuf::from(xdg).join("drctl/drctl.toml"));
+        } else if let Some(home) = std::env::var_os("HOME") {
+            candidates.push(PathBuf::from(home).join(".config/drctl/drctl.toml"));
+        }
+    }
+    candidates.push(PathBuf::from("/etc/drctl/drctl.toml"));
+    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+        Error::config("drctl.toml", format!("no config file found (looked in {})", looked.join(", ")))
+            .with_hint("write a drctl.toml (see README, \"Config reference\"), or pass --config PATH or set $DRCTL_CONFIG")
+    })
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(&file, format!("cannot read: {e}")).with_hint("pass --config PATH naming a readable drctl.toml")
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let file = path.display().to_string();
+        // Pass 1: structure, as written, so errors carry a line number.
+        toml::from_str::<RawConfig>(text).map_err(|e| Error::config(&file, toml_problem(text, &e)))?;
+        // Pass 2: the same tree with ${NAME} replaced.
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| Error::config(&file, toml_problem(text, &e)))?;
+        interpolate(&mut value, &mut Vec::new(), &|name| std::env::var(name).ok()).map_err(|(key, name)| {
+            Error::config(&file, format!("{key}: environment variable {name} is not set"))
+                .with_hint(format!("export {name}, or remove ${{{name}}} from {key}"))
+        })?;
+        let raw: RawConfig = value.try_into().map_err(|e: toml::de::Error| Error::config(&file, e.message().to_string()))?;
+        Self::validate(raw, path)
+    }
+
+    fn validate(raw: RawConfig, path: &Path) -> Result<Config> {
+        let file = path.display().to_string();
+        let bad = |key: &str, problem: String| Error::config(&file, format!("{key}: {problem}"));
+
+        let store_url = raw.store.and_then(|s| s.url).unwrap_or_else(|| DEFAULT_STORE_URL.to_string());
+        validate_store_url(&store_url).map_err(|p| bad("[store] url", p))?;
+
+        let aws = raw.aws.map(|a| AwsSettings { region: a.region, endpoint_url: a.endpoint_url }).unwrap_or_default();
+        if let Some(ep) = &aws.endpoint_url {
+            let u = url::Url::parse(ep).map_err(|e| bad("[aws] endpoint_url", format!("`{ep}` is not a URL ({e})")))?;
+            if u.scheme() != "http" && u.scheme() != "https" {
+                return Err(bad("[aws] endpoint_url", format!("`{ep}` is not http:// or https://")));
+            }
+        }
+
+        let p = raw.policy;
+        let dur = |key: &str, v: Option<&String>, default: Duration| -> Result<Duration> {
+            match v {
+                None => Ok(default),
+                Some(s) => humantime::parse_duration(s)
+                    .map_err(|_| bad(&format!("[policy] {key}"), format!("`{s}` is not a duration like 90s, 15m or 6h"))),
+            }
+        };
+        let policy = Policy {
+            rpo: dur("rpo", p.as_ref().and_then(|p| p.rpo.as_ref()), Duration::from_secs(6 * 3600))?,
+            max_replica_lag_bytes: p.as_ref().and_then(|p| p.max_replica_lag_bytes).unwrap_or(1 << 20),
+            health_timeout: dur("health_timeout", p.as_ref().and_then(|p| p.health_timeout.as_ref()), Duration::from_secs(5))?,
+            cors_origin: p.as_ref().and_then(|p| p.cors_origin.clone()),
+            lock_ttl: dur("lock_ttl", p.as_ref().and_then(|p| p.lock_ttl.as_ref()), Duration::from_secs(15 * 60))?,
+        };
+        if policy.lock_ttl < Duration::from_secs(3) {
+            return Err(bad("[policy] lock_ttl", "must be at least 3s (locks are renewed every lock_ttl/3)".into()));
+        }
+
+        let mut environments = BTreeMap::new();
+        for (name, e) in raw.environments.iter() {
+            let key = |k: &str| format!("[environments.{name}] {k}");
+            if !valid_env_name(name) {
+                return Err(bad(&format!("[environments.{name}]"), "env names are letters, digits, `-` and `_`".into()));
+            }
+            let database_url = DbUrl::parse(&e.database_url).map_err(|p| bad(&key("database_url"), p))?;
+            let health_url = match &e.health_url {
+                None => None,
+                Some(s) => {
+                    let u = url::Url::parse(s).map_err(|err| bad(&key("health_url"), format!("`{s}` is not a URL ({err})")))?;
+                    if u.scheme() != "http" && u.scheme() != "https" {
+                        return Err(bad(&key("health_url"), format!("`{s}` is not http:// or https://")));
+                    }
+                    Some(u)
+                }
+            };
+            if e.sync_from.is_some() && e.replica_of.is_some() {
+                return Err(bad(&key("sync_from"), "an env declares at most one of replica_of and sync_from".into()));
+            }
+            for (k, other) in [("sync_from", &e.sync_from), ("replica_of", &e.replica_of)] {
+                if let Some(o) = other {
+                    if !raw.environments.contains_key(o) || o == name {
+                        return Err(bad(&key(k), format!("`{o}` is not another env in this file")));
+                    }
+                }
+            }
+            environments.insert(
+                name.clone(),
+                EnvConfig {
+                    name: name.clone(),
+                    database_url,
+                    health_url,
+                    dns_target: e.dns_target.clone(),
+                    dns_alias_zone_id: e.dns_alias_zone_id.clone(),
+                    rds_instance: e.rds_instance.clone(),
+                    pg_bin: e.pg_bin.clone(),
+                    maintenance_db: e.maintenance_db.clone().unwrap_or_else(|| "postgres".into()),
+                    sync_from: e.sync_from.clone(),
+                    replica_of: e.replica_of.clone(),
+                    data_dir: e.data_dir.clone(),
+                    chains: e.chains.clone(),
+                },
+            );
+        }
+
+        let dns = match raw.dns {
+            None => None,
+            Some(d) => {
+                let kind = d.kind.unwrap_or_else(|| "CNAME".into()).to_ascii_uppercase();
+                if kind != "CNAME" && kind != "A" {
+                    return Err(bad("[dns] type", format!("`{kind}` is not CNAME or A")));
+                }
+                Some(DnsConfig { zone_id: d.zone_id, record: d.record, kind, ttl: d.ttl.unwrap_or(60) })
+            }
+        };
+
+        let notify_webhook = match raw.notify {
+            None => None,
+            Some(n) => {
+                // The URL is a secret (Slack tokens live in the path): never echo it.
+                url::Url::parse(&n.webhook_url).map_err(|_| bad("[notify] webhook_url", "is not a URL".into()))?;
+                Some(n.webhook_url)
+            }
+        };
+
+        Ok(Config {
+            file: path.to_path_buf(),
+            store_url,
+            aws,
+            policy,
+            environments,
+            dns,
+            retention: raw.retention.unwrap_or(Retention { keep_last: None, keep_daily: None, keep_weekly: None }),
+            notify_webhook,
+        })
+    }
+
+    /// The env a command names: `--env`, else `$DRCTL_ENV`, else the only env in the file.
+    pub fn resolve_env(&self, name: Option<&str>) -> Result<&EnvConfig> {
+        let from_var = std::env::var("DRCTL_ENV").ok().filter(|v| !v.is_empty());
+        let name = match name.map(str::to_string).or(from_var) {
+            Some(n) => n,
+            None if self.environments.len() == 1 => return Ok(self.environments.values().next().expect("one env")),
+            None => {
+                return Err(Error::usage("no env given and drctl.toml has more than one")
+                    .with_hint(format!("pass --env ENV (one of {}) or set $DRCTL_ENV", self.env_names())));
+            }
+        };
+        self.env(&name)
+    }
+
+    pub fn env(&self, name: &str) -> Result<&EnvConfig> {
+        self.environments.get(name).ok_or_else(|| {
+            Error::config(self.file.display(), format!("env `{name}` is not in [environments]"))
+                .with_hint(if self.environments.is_empty() {
+                    "add an [environments.NAME] table with a database_url".to_string()
+                } else {
+                    format!("known envs are {}", self.env_names())
+                })
+        })
+    }
+
+    pub fn env_names(&self) -> String {
+        self.environments.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn valid_env_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn validate_store_url(s: &str) -> std::result::Result<(), String> {
+    if let Some(rest) = s.strip_prefix("s3://") {
+        let bucket = rest.split('/').next().unwrap_or("");
+        let ok = (3..=63).contains(&bucket.len())
+            && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !ok {
+            return Err(format!("`{s}`: `{bucket}` is not a valid S3 bucket name"));
+        }
+        Ok(())
+    } else if let Some(path) = s.strip_prefix("file://") {
+        if path.is_empty() { Err(format!("`{s}` names no directory")) } else { Ok(()) }
+    } else {
+        Err(format!("`{s}` is neither s3://BUCKET/PREFIX nor file://PATH"))
+    }
+}
+
+/// "line N: message", without toml's source snippet (the line may hold a literal password).
+fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {}", e.message().trim())
+        }
+        None => e.message().trim().to_string(),
+    }
+}
+
+/// Replace `${NAME}` in every string, depth first. Err((key path, NAME)) for the first unset one.
+fn interpolate(
+    v: &mut toml::Value,
+    path: &mut Vec<String>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> std::result::Result<(), (String, String)> {
+    match v {
+        toml::Value::String(s) => {
+            let mut out = String::with_capacity(s.len());
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                out.push_str(&rest[..start]);
+                let after = &rest[start + 2..];
+                let Some(end) = after.find('}') else {
+                    out.push_str(&rest[start..]);
+                    rest = "";
+                    break;
+                };
+                let name = &after[..end];
+                match lookup(name) {
+                    Some(val) => out.push_str(&val),
+                    None => return Err((key_path(path), name.to_string())),
+                }
+                rest = &after[end + 1..];
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        toml::Value::Table(t) => {
+            for (k, child) in t.iter_mut() {
+                path.push(k.clone());
+                interpolate(child, path, lookup)?;
+                path.pop();
+            }
+        }
+        toml::Value::Array(a) => {
+            for child in a.iter_mut() {
+                interpolate(child, path, lookup)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn key_path(path: &[String]) -> String {
+    match path.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, table)) => format!("[{}] {last}", table.join(".")),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/tmp/drctl.toml"))
+    }
+
+    #[test]
+    fn defaults_to_the_local_file_store() {
+        let c = parse("[environments.dev]\ndatabase_url = \"postgres://me@localhost/app\"\n").unwrap();
+        assert_eq!(c.store_url, DEFAULT_STORE_URL);
+        assert_eq!(c.resolve_env(None).unwrap().name, "dev");
+    }
+
+    #[test]
+    fn unknown_key_names_key_file_and_line() {
+        let e = parse("[store]\nurl = \"file:///x\"\nbukcet = 1\n").unwrap_err().to_string();
+        assert!(e.contains("/tmp/drctl.toml") && e.contains("bukcet") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn unset_variable_is_named_with_its_key() {
+        let e = parse("[environments.p]\ndatabase_url = \"postgres://a:${DRCTL_TEST_SURELY_UNSET}@h/d\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("DRCTL_TEST_SURELY_UNSET") && e.contains("[environments.p] database_url"), "{e}");
+    }
+
+    #[test]
+    fn bad_urls_are_named() {
+        let e = parse("[store]\nurl = \"ftp://x\"\n").unwrap_err().to_string();
+        assert!(e.contains("[store] url"), "{e}");
+        let e = parse("[environments.p]\ndatabase_url = \"mysql://a:hunter2@h/d\"\n").unwrap_err().to_string();
+        assert!(e.contains("database_url") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn unknown_env_lists_the_known_ones() {
+        let c = parse("[environments.prod]\ndatabase_url = \"postgres://a@h/d\"\n[environments.staging]\ndatabase_url = \"postgres://a@h/d\"\n").unwrap();
+        let e = c.env("stagin").unwrap_err();
+        assert!(e.to_string().contains("stagin"));
+        assert!(e.hint().unwrap().contains("prod, staging"));
+    }
+}

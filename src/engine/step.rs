@@ -1,0 +1,65 @@
+//! The whole contract between the engine and a step.
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::ctx::Ctx;
+use crate::error::Result;
+
+/// One preflight check's result. `id` is the stable kebab-case name `--accept` takes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub check: String,
+    pub ok: bool,
+    pub detail: String,
+    pub accepted: bool,
+}
+
+impl Check {
+    pub fn pass(id: &str, detail: impl Into<String>) -> Check {
+        Check { check: id.to_string(), ok: true, detail: detail.into(), accepted: false }
+    }
+    pub fn fail(id: &str, detail: impl Into<String>) -> Check {
+        Check { check: id.to_string(), ok: false, detail: detail.into(), accepted: false }
+    }
+    pub fn from_result(id: &str, r: std::result::Result<String, String>) -> Check {
+        match r {
+            Ok(d) => Check::pass(id, d),
+            Err(d) => Check::fail(id, d),
+        }
+    }
+}
+
+/// What a step's `apply` records: journaled with `step-done` and shown in the report.
+#[derive(Debug, Default)]
+pub struct StepLog {
+    pub details: Map<String, Value>,
+    /// One line for the report's `detail` column.
+    pub summary: Option<String>,
+}
+
+impl StepLog {
+    pub fn set(&mut self, key: &str, value: impl Into<Value>) {
+        self.details.insert(key.to_string(), value.into());
+    }
+    pub fn summary(&mut self, s: impl Into<String>) {
+        self.summary = Some(s.into());
+    }
+}
+
+#[async_trait]
+pub trait Step: Send + Sync {
+    /// Stable id in the journal; renaming it breaks resume of old runs.
+    fn id(&self) -> &'static str;
+    /// Read-only. Every step's checks run before the first change (exit 3 = nothing touched).
+    async fn preflight(&self, _cx: &Ctx) -> Vec<Check> {
+        Vec::new()
+    }
+    /// Is the world already as apply() would leave it? Then skip and report `done`.
+    async fn is_done(&self, cx: &Ctx) -> Result<bool>;
+    /// The one change. It may find a crashed earlier attempt half-way.
+    async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()>;
+    /// Proof it took, by looking again, never by trusting apply.
+    async fn verify(&self, cx: &Ctx) -> Result<()>;
+}

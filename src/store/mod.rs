@@ -1,0 +1,90 @@
+//! Where backups, the journal and locks live: one trait over keys, two backends.
+//!
+//! Keys are `/`-separated relative paths (`journal/00000000000000000007.json`). Small commit objects
+//! (journal entries, locks, manifests) use the conditional primitives `put_if_absent` / `put_if_match`;
+//! large data objects are streamed with `upload` under unique per-run keys and never buffered whole.
+
+pub mod local;
+pub mod s3;
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+
+/// One object as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+/// A small object read together with its version tag, for compare-and-swap.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub data: Bytes,
+    /// S3: the ETag; local: the hex sha256 of the content.
+    pub etag: String,
+}
+
+/// The byte stream handed to `upload`: chunks in order, then the channel closes. An `Err` chunk
+/// aborts the upload (the multipart upload is aborted, the temp file removed) and is returned.
+pub type ByteRx = mpsc::Receiver<std::io::Result<Bytes>>;
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// The store's URL as the operator wrote it (never carries secrets).
+    fn url(&self) -> &str;
+
+    /// Read a small object whole. `Ok(None)` only when the store says it does not exist.
+    async fn get(&self, key: &str) -> Result<Option<Versioned>>;
+
+    /// Write a small object whole, replacing any previous one.
+    async fn put(&self, key: &str, data: Bytes) -> Result<()>;
+
+    /// Create `key` only if it does not exist. `Ok(false)`: it existed, nothing was written.
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool>;
+
+    /// Replace `key` only if its current version is `etag`. `Ok(false)`: it changed, nothing written.
+    async fn put_if_match(&self, key: &str, data: Bytes, etag: &str) -> Result<bool>;
+
+    /// Every object whose key starts with `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+
+    /// Remove `key`; removing a missing key is not an error.
+    async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Size of `key`, or `None` when it does not exist.
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>>;
+
+    /// Stream `rx` into `key` (S3: multipart; local: temp file + fsync + rename). Returns the bytes
+    /// written. Memory stays bounded by the part size whatever the object's size.
+    async fn upload(&self, key: &str, rx: ByteRx) -> Result<u64>;
+
+    /// Stream `key` out in chunks. `Ok(None)` when it does not exist.
+    async fn download(&self, key: &str) -> Result<Option<ByteRx>>;
+
+    /// Abort unfinished multipart uploads and remove leftover temp files under `prefix`.
+    /// Returns how many were removed.
+    async fn remove_unfinished(&self, prefix: &str) -> Result<usize>;
+
+    /// The store's own clock (S3: the `Date` of a response; local: this host's clock), so lock
+    /// expiry is judged by one clock for every host.
+    async fn now(&self) -> Result<SystemTime>;
+}
+
+/// Open the store a `[store] url` names: `s3://bucket/prefix` or `file:///path` (`file://./rel` is
+/// relative to the working directory).
+pub async fn open(url: &str, aws: &crate::clients::aws::Aws) -> Result<Box<dyn Store>> {
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        Ok(Box::new(s3::S3Store::new(url, aws.s3().await, bucket, prefix)))
+    } else if let Some(path) = url.strip_prefix("file://") {
+        Ok(Box::new(local::LocalStore::new(url, path)))
+    } else {
+        Err(Error::config("[store] url", format!("`{url}` is neither s3://BUCKET/PREFIX nor file://PATH")))
+    }
+}
