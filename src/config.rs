@@ -183,8 +183,9 @@ pub fn discover(explicit: Option<&Path>, how: Discovery) -> Result<PathBuf> {
     candidates.push(PathBuf::from("/etc/drctl/drctl.toml"));
     candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
         let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-        Error::config("drctl.toml", format!("no config file found (looked in {})", looked.join(", ")))
-            .with_hint("write a drctl.toml (see README, \"Config reference\"), or pass --config PATH or set $DRCTL_CONFIG")
+        Error::config("drctl.toml", format!("no config file found (looked in {})", looked.join(", "))).with_hint(
+            "write a drctl.toml (see README, \"Config reference\"), or pass --config PATH or set $DRCTL_CONFIG",
+        )
     })
 }
 
@@ -192,7 +193,8 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::config(&file, format!("cannot read: {e}")).with_hint("pass --config PATH naming a readable drctl.toml")
+            Error::config(&file, format!("cannot read: {e}"))
+                .with_hint("pass --config PATH naming a readable drctl.toml")
         })?;
         Self::parse(&text, path)
     }
@@ -202,13 +204,13 @@ impl Config {
         // Pass 1: structure, as written, so errors carry a line number.
         toml::from_str::<RawConfig>(text).map_err(|e| Error::config(&file, toml_problem(text, &e)))?;
         // Pass 2: the same tree with ${NAME} replaced.
-        let mut value: toml::Value =
-            toml::from_str(text).map_err(|e| Error::config(&file, toml_problem(text, &e)))?;
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| Error::config(&file, toml_problem(text, &e)))?;
         interpolate(&mut value, &mut Vec::new(), &|name| std::env::var(name).ok()).map_err(|(key, name)| {
             Error::config(&file, format!("{key}: environment variable {name} is not set"))
                 .with_hint(format!("export {name}, or remove ${{{name}}} from {key}"))
         })?;
-        let raw: RawConfig = value.try_into().map_err(|e: toml::de::Error| Error::config(&file, e.message().to_string()))?;
+        let raw: RawConfig =
+            value.try_into().map_err(|e: toml::de::Error| Error::config(&file, e.message().to_string()))?;
         Self::validate(raw, path)
     }
 
@@ -231,14 +233,19 @@ impl Config {
         let dur = |key: &str, v: Option<&String>, default: Duration| -> Result<Duration> {
             match v {
                 None => Ok(default),
-                Some(s) => humantime::parse_duration(s)
-                    .map_err(|_| bad(&format!("[policy] {key}"), format!("`{s}` is not a duration like 90s, 15m or 6h"))),
+                Some(s) => humantime::parse_duration(s).map_err(|_| {
+                    bad(&format!("[policy] {key}"), format!("`{s}` is not a duration like 90s, 15m or 6h"))
+                }),
             }
         };
         let policy = Policy {
             rpo: dur("rpo", p.as_ref().and_then(|p| p.rpo.as_ref()), Duration::from_secs(6 * 3600))?,
             max_replica_lag_bytes: p.as_ref().and_then(|p| p.max_replica_lag_bytes).unwrap_or(1 << 20),
-            health_timeout: dur("health_timeout", p.as_ref().and_then(|p| p.health_timeout.as_ref()), Duration::from_secs(5))?,
+            health_timeout: dur(
+                "health_timeout",
+                p.as_ref().and_then(|p| p.health_timeout.as_ref()),
+                Duration::from_secs(5),
+            )?,
             cors_origin: p.as_ref().and_then(|p| p.cors_origin.clone()),
             lock_ttl: dur("lock_ttl", p.as_ref().and_then(|p| p.lock_ttl.as_ref()), Duration::from_secs(15 * 60))?,
         };
@@ -250,13 +257,17 @@ impl Config {
         for (name, e) in raw.environments.iter() {
             let key = |k: &str| format!("[environments.{name}] {k}");
             if !valid_env_name(name) {
-                return Err(bad(&format!("[environments.{name}]"), "env names are letters, digits, `-` and `_`".into()));
+                return Err(bad(
+                    &format!("[environments.{name}]"),
+                    "env names are letters, digits, `-` and `_`".into(),
+                ));
             }
             let database_url = DbUrl::parse(&e.database_url).map_err(|p| bad(&key("database_url"), p))?;
             let health_url = match &e.health_url {
                 None => None,
                 Some(s) => {
-                    let u = url::Url::parse(s).map_err(|err| bad(&key("health_url"), format!("`{s}` is not a URL ({err})")))?;
+                    let u = url::Url::parse(s)
+                        .map_err(|err| bad(&key("health_url"), format!("`{s}` is not a URL ({err})")))?;
                     if u.scheme() != "http" && u.scheme() != "https" {
                         return Err(bad(&key("health_url"), format!("`{s}` is not http:// or https://")));
                     }
@@ -340,12 +351,13 @@ impl Config {
 
     pub fn env(&self, name: &str) -> Result<&EnvConfig> {
         self.environments.get(name).ok_or_else(|| {
-            Error::config(self.file.display(), format!("env `{name}` is not in [environments]"))
-                .with_hint(if self.environments.is_empty() {
+            Error::config(self.file.display(), format!("env `{name}` is not in [environments]")).with_hint(
+                if self.environments.is_empty() {
                     "add an [environments.NAME] table with a database_url".to_string()
                 } else {
                     format!("known envs are {}", self.env_names())
-                })
+                },
+            )
         })
     }
 

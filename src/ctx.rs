@@ -1,6 +1,9 @@
 //! `Ctx`: what a run needs, built once after the config loads and passed down as `&Ctx`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::Global;
 use crate::clients::aws::Aws;
@@ -15,4 +18,24 @@ pub struct Ctx {
     pub store: Arc<dyn Store>,
     pub run_id: String,
     pub out: Output,
+    /// Cancelled on SIGINT / SIGTERM; `signal` says which.
+    pub cancel: CancellationToken,
+    pub signal: Arc<AtomicI32>,
+}
+
+impl Ctx {
+    pub fn interrupted_by(&self) -> Option<i32> {
+        match self.signal.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+}
+
+/// A fresh run id: sortable by time, unique across hosts (`20261125T205201Z-3f9a1c`).
+pub fn new_run_id() -> String {
+    let mut r = [0u8; 3];
+    getrandom::fill(&mut r).expect("the OS random source");
+    let t = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    format!("{}-{}", t.replace(['-', ':'], ""), hex::encode(r))
 }

@@ -93,7 +93,11 @@ impl DbUrl {
                         v.parse().map_err(|_| format!("connect_timeout `{v}` is not a number of seconds"))?
                 }
                 "application_name" => {}
-                other => return Err(format!("URL parameter `{other}` is not supported (sslmode, sslrootcert, connect_timeout)")),
+                other => {
+                    return Err(format!(
+                        "URL parameter `{other}` is not supported (sslmode, sslrootcert, connect_timeout)"
+                    ));
+                }
             }
         }
         Ok(out)
@@ -105,7 +109,11 @@ impl DbUrl {
 
     /// `host:port`, the way errors name a server.
     pub fn addr(&self) -> String {
-        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 
     /// The same server and credentials, another database (e.g. `maintenance_db`).
@@ -182,7 +190,8 @@ mod tests {
 
     #[test]
     fn parses_libpq_url_and_hides_the_password() {
-        let u = DbUrl::parse("postgres://app:s%40cret@db-prod:6432/app?sslmode=verify-full&sslrootcert=/etc/rds.pem").unwrap();
+        let u = DbUrl::parse("postgres://app:s%40cret@db-prod:6432/app?sslmode=verify-full&sslrootcert=/etc/rds.pem")
+            .unwrap();
         assert_eq!((u.host.as_str(), u.port, u.user.as_str(), u.dbname.as_str()), ("db-prod", 6432, "app", "app"));
         assert_eq!(u.password(), Some("s@cret"));
         assert_eq!(u.sslmode, SslMode::VerifyFull);

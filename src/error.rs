@@ -92,9 +92,7 @@ impl Error {
             Error::Preflight { .. } | Error::Unreachable { .. } => exit::PREFLIGHT,
             Error::Integrity { .. } => exit::INTEGRITY,
             Error::Locked { .. } | Error::LockLost { .. } => exit::LOCKED,
-            Error::Step { .. } | Error::Store { .. } | Error::Db { .. } | Error::Io { .. } => {
-                exit::STEP_FAILED
-            }
+            Error::Step { .. } | Error::Store { .. } | Error::Db { .. } | Error::Io { .. } => exit::STEP_FAILED,
             Error::OutcomeUnknown { .. } => exit::UNKNOWN_OUTCOME,
             Error::Interrupted { signal } => {
                 if *signal == libc::SIGINT {

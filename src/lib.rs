@@ -12,3 +12,164 @@ pub mod journal;
 pub mod output;
 pub mod runbooks;
 pub mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use clap::CommandFactory;
+use tokio_util::sync::CancellationToken;
+
+use cli::{Cli, Command};
+use config::{Config, Discovery};
+use error::{Error, exit};
+use output::Output;
+use runbooks::Done;
+
+/// Run one command line; returns the process exit code. Errors are rendered here, once.
+pub fn run(cli: Cli) -> u8 {
+    let out = Output::new(&cli.global);
+    match &cli.command {
+        Command::Completions { shell } => {
+            out.bytes(&completions(*shell));
+            return exit::OK;
+        }
+        Command::Man => {
+            out.bytes(&man_page());
+            return exit::OK;
+        }
+        _ => {}
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            out.error(&Error::io("tokio runtime", e));
+            return exit::STEP_FAILED;
+        }
+    };
+    rt.block_on(run_async(cli, out))
+}
+
+async fn run_async(cli: Cli, out: Output) -> u8 {
+    let started = Instant::now();
+    // Config errors are exit 2 with no JSON document and no store access.
+    let config =
+        match config::discover(cli.global.config.as_deref(), Discovery::Interactive).and_then(|p| Config::load(&p)) {
+            Ok(c) => c,
+            Err(e) => {
+                out.error(&e);
+                return e.exit_code();
+            }
+        };
+    let aws = clients::aws::Aws::new(config.aws.clone());
+    let store: Arc<dyn store::Store> = match store::open(&config.store_url, &aws).await {
+        Ok(s) => Arc::from(s),
+        Err(e) => {
+            out.error(&e);
+            return e.exit_code();
+        }
+    };
+    let run_id = ctx::new_run_id();
+    out.set_run_id(&run_id);
+    let cancel = CancellationToken::new();
+    let signal = Arc::new(AtomicI32::new(0));
+    watch_signals(cancel.clone(), signal.clone());
+    let cx = ctx::Ctx { config, global: cli.global.clone(), aws, store, run_id, out, cancel, signal };
+
+    let done = runbooks::dispatch(&cx, &cli.command).await;
+    let (code, metrics) = render(&cx, done);
+    if let (Some(path), Some((runbook, env, bytes))) = (&cx.global.metrics_file, metrics) {
+        let m = output::metrics::RunMetrics {
+            runbook: &runbook,
+            env: &env,
+            success: code == exit::OK,
+            finished_unix_s: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            duration_s: started.elapsed().as_secs_f64(),
+            bytes,
+        };
+        if let Err(e) = output::metrics::update(path, &m) {
+            cx.out.warn(&format!("could not update the metrics file: {e}"));
+        }
+    }
+    code
+}
+
+/// Print the report (table or JSON) and the error; the exit code, and what metrics need.
+fn render(cx: &ctx::Ctx, done: Done) -> (u8, Option<(String, String, Option<u64>)>) {
+    match done {
+        Done::Run(o) => {
+            if cx.out.json_mode() {
+                cx.out.json(&serde_json::to_value(&o.report).unwrap_or_default());
+            } else {
+                cx.out.text(&output::table::run_report(&o.report));
+            }
+            let bytes = o.report.extra.get("bytes").and_then(|v| v.as_u64());
+            let m = (o.report.runbook.clone(), o.report.env.clone().unwrap_or_default(), bytes);
+            match o.error {
+                Some(e) => {
+                    cx.out.error(&e);
+                    (e.exit_code(), Some(m))
+                }
+                None => (exit::OK, Some(m)),
+            }
+        }
+        Done::Doc { json, text, error, metrics } => {
+            match (&error, cx.out.json_mode()) {
+                // Errors before a document could be made (exit 2) leave stdout empty.
+                (Some(e), _) if e.exit_code() == exit::USAGE && json.is_null() => {}
+                (_, true) => cx.out.json(&json),
+                (_, false) if !text.is_empty() => cx.out.text(&text),
+                _ => {}
+            }
+            match error {
+                Some(e) => {
+                    cx.out.error(&e);
+                    (e.exit_code(), metrics)
+                }
+                None => (exit::OK, metrics),
+            }
+        }
+    }
+}
+
+fn watch_signals(cancel: CancellationToken, signal: Arc<AtomicI32>) {
+    use tokio::signal::unix::{SignalKind, signal as listen};
+    for (kind, num) in [(SignalKind::interrupt(), libc::SIGINT), (SignalKind::terminate(), libc::SIGTERM)] {
+        let (cancel, signal) = (cancel.clone(), signal.clone());
+        if let Ok(mut s) = listen(kind) {
+            tokio::spawn(async move {
+                if s.recv().await.is_some() {
+                    let _ = signal.compare_exchange(0, num, Ordering::SeqCst, Ordering::SeqCst);
+                    cancel.cancel();
+                }
+            });
+        }
+    }
+}
+
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "drctl", &mut buf);
+    buf
+}
+
+pub fn man_page() -> Vec<u8> {
+    let mut buf = Vec::new();
+    let cmd = Cli::command();
+    let _ = clap_mangen::Man::new(cmd.clone()).render(&mut buf);
+    // One page for the whole tool: each subcommand's usage and help as a section.
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let mut sub_buf = Vec::new();
+        let man = clap_mangen::Man::new(sub.clone().name(format!("drctl {}", sub.get_name())));
+        let _ = man.render_name_section(&mut Vec::new());
+        let _ = man.render_synopsis_section(&mut sub_buf);
+        let _ = man.render_description_section(&mut sub_buf);
+        let _ = man.render_options_section(&mut sub_buf);
+        let text = String::from_utf8_lossy(&sub_buf)
+            .replace(".SH SYNOPSIS", &format!(".SH \"DRCTL {}\"", sub.get_name().to_uppercase()))
+            .replace(".SH DESCRIPTION\n", "")
+            .replace(".SH OPTIONS", ".SS Options");
+        buf.extend_from_slice(text.as_bytes());
+    }
+    buf
+}

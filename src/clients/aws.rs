@@ -23,13 +23,7 @@ pub struct Aws {
 
 impl Aws {
     pub fn new(settings: AwsSettings) -> Self {
-        Aws {
-            settings,
-            sdk: OnceCell::new(),
-            s3: OnceCell::new(),
-            route53: OnceCell::new(),
-            rds: OnceCell::new(),
-        }
+        Aws { settings, sdk: OnceCell::new(), s3: OnceCell::new(), route53: OnceCell::new(), rds: OnceCell::new() }
     }
 
     async fn sdk(&self) -> &SdkConfig {
@@ -66,10 +60,7 @@ impl Aws {
     }
 
     pub async fn route53(&self) -> aws_sdk_route53::Client {
-        self.route53
-            .get_or_init(|| async { aws_sdk_route53::Client::new(self.sdk().await) })
-            .await
-            .clone()
+        self.route53.get_or_init(|| async { aws_sdk_route53::Client::new(self.sdk().await) }).await.clone()
     }
 
     pub async fn rds(&self) -> aws_sdk_rds::Client {

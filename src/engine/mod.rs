@@ -1,4 +1,7 @@
-//! The engine: steps, the run loop, locks.
+//! The engine: steps, the run loop, locks. It never prints: reports go back to `output`.
 
+pub mod event;
 pub mod lock;
+pub mod report;
+pub mod run;
 pub mod step;

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::run::JournalWriter;
 use crate::ctx::Ctx;
 use crate::error::Result;
 
@@ -31,15 +32,19 @@ impl Check {
     }
 }
 
-/// What a step's `apply` records: journaled with `step-done` and shown in the report.
-#[derive(Debug, Default)]
+/// What a step's `apply` records: journaled with `step-done` and shown in the report. Steps that
+/// commit something to the journal themselves (backup's `backup-done`) use `journal`.
 pub struct StepLog {
     pub details: Map<String, Value>,
     /// One line for the report's `detail` column.
     pub summary: Option<String>,
+    pub journal: JournalWriter,
 }
 
 impl StepLog {
+    pub fn new(journal: JournalWriter) -> Self {
+        StepLog { details: Map::new(), summary: None, journal }
+    }
     pub fn set(&mut self, key: &str, value: impl Into<Value>) {
         self.details.insert(key.to_string(), value.into());
     }

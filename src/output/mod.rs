@@ -1,3 +1,132 @@
 //! The only code that writes to stdout and stderr: tables, the JSON document, log lines, progress.
+//!
+//! stdout carries the report (a comfy-table table, or exactly one JSON document with `-o json`).
+//! stderr carries log lines and progress. Off a TTY (cron), log lines carry an RFC 3339 timestamp
+//! and the run id, and informational lines appear only with `-v`: cron mails whatever is printed,
+//! so a healthy run is silent and a failing one is loud.
+#![expect(clippy::print_stdout, clippy::print_stderr, reason = "this module is where drctl prints")]
 
-pub struct Output {}
+pub mod metrics;
+pub mod progress;
+pub mod table;
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+
+use crate::cli::{Global, LogFormat, OutputFormat};
+use crate::engine::event::Level;
+use crate::error::Error;
+
+pub struct Output {
+    pub format: OutputFormat,
+    log_format: LogFormat,
+    max_level: Level,
+    stderr_tty: bool,
+    progress: bool,
+    run_id: Mutex<String>,
+}
+
+impl Output {
+    pub fn new(g: &Global) -> Output {
+        let stderr_tty = std::io::stderr().is_terminal();
+        let max_level = if g.quiet {
+            Level::Error
+        } else {
+            match (g.verbose, stderr_tty) {
+                (0, true) => Level::Info,
+                (0, false) => Level::Warn,
+                (1, false) => Level::Info,
+                _ => Level::Debug,
+            }
+        };
+        Output {
+            format: g.output,
+            log_format: g.log_format,
+            max_level,
+            stderr_tty,
+            progress: stderr_tty && !g.no_progress && !g.quiet,
+            run_id: Mutex::new(String::new()),
+        }
+    }
+
+    pub fn set_run_id(&self, id: &str) {
+        *self.run_id.lock().expect("run id lock") = id.to_string();
+    }
+
+    pub fn json_mode(&self) -> bool {
+        self.format == OutputFormat::Json
+    }
+
+    pub fn log(&self, level: Level, msg: &str) {
+        if level > self.max_level {
+            return;
+        }
+        let run_id = self.run_id.lock().expect("run id lock").clone();
+        let label = match level {
+            Level::Error => "error",
+            Level::Warn => "warning",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        };
+        let line = match self.log_format {
+            LogFormat::Json => serde_json::json!({
+                "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                "level": label, "run_id": run_id, "msg": msg,
+            })
+            .to_string(),
+            LogFormat::Text if self.stderr_tty => format!("{label}: {msg}"),
+            LogFormat::Text => format!(
+                "{} {} {label}: {msg}",
+                humantime::format_rfc3339_millis(std::time::SystemTime::now()),
+                if run_id.is_empty() { "-" } else { &run_id }
+            ),
+        };
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
+
+    pub fn info(&self, msg: &str) {
+        self.log(Level::Info, msg)
+    }
+
+    pub fn warn(&self, msg: &str) {
+        self.log(Level::Warn, msg)
+    }
+
+    pub fn debug(&self, msg: &str) {
+        self.log(Level::Debug, msg)
+    }
+
+    /// A byte or item counter: an indicatif bar on a TTY, nothing otherwise.
+    pub fn progress(&self, label: &str, total: Option<u64>, bytes: bool) -> progress::Progress {
+        progress::Progress::new(self.progress, label, total, bytes)
+    }
+
+    /// The one JSON document of a run.
+    pub fn json(&self, doc: &serde_json::Value) {
+        let mut out = std::io::stdout().lock();
+        let _ = serde_json::to_writer_pretty(&mut out, doc);
+        let _ = writeln!(out);
+    }
+
+    /// Plain text on stdout (tables, completions, the man page).
+    pub fn text(&self, s: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(s.as_bytes());
+        if !s.ends_with('\n') {
+            let _ = writeln!(out);
+        }
+    }
+
+    pub fn bytes(&self, b: &[u8]) {
+        let _ = std::io::stdout().lock().write_all(b);
+    }
+
+    /// `error: …` and `hint: …` on stderr, once, whatever the output format.
+    pub fn error(&self, e: &Error) {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "error: {e}");
+        if let Some(h) = e.hint() {
+            let _ = writeln!(err, "hint: {h}");
+        }
+    }
+}

@@ -1,1 +1,57 @@
-//! One file per runbook.
+//! One file per runbook; this maps a command to its runbook and to what it reports.
+
+pub mod backup;
+pub mod check;
+pub mod log;
+pub mod verify_chain;
+
+use serde_json::Value;
+
+use crate::cli::{BackupAction, Command};
+use crate::ctx::Ctx;
+use crate::engine::run::{Outcome, execute};
+use crate::error::Error;
+
+/// What a command leaves for `output` to render.
+pub enum Done {
+    /// A state-changing runbook's report.
+    Run(Outcome),
+    /// A read-only command's document (JSON) and table (text).
+    Doc { json: Value, text: String, error: Option<Error>, metrics: Option<(String, String, Option<u64>)> },
+}
+
+impl Done {
+    fn doc(r: Result<(Value, String), Error>) -> Done {
+        match r {
+            Ok((json, text)) => Done::Doc { json, text, error: None, metrics: None },
+            Err(e) => Done::Doc { json: Value::Null, text: String::new(), error: Some(e), metrics: None },
+        }
+    }
+}
+
+pub async fn dispatch(cx: &Ctx, command: &Command) -> Done {
+    match command {
+        Command::Backup(a) => match &a.action {
+            None => match cx.config.resolve_env(a.env.env.as_deref()) {
+                Ok(env) => Done::Run(execute(cx, backup::backup(cx, env)).await),
+                Err(e) => Done::doc(Err(e)),
+            },
+            Some(BackupAction::List { env }) => Done::doc(backup::list::list(cx, env.as_deref()).await),
+            Some(BackupAction::Prune { env }) => match cx.config.resolve_env(env.env.as_deref()) {
+                Ok(env) => Done::Run(execute(cx, backup::prune::prune(cx, env)).await),
+                Err(e) => Done::doc(Err(e)),
+            },
+        },
+        Command::VerifyChain(a) => {
+            let (json, text, error) = verify_chain::verify_chain(cx, a).await;
+            let metrics = Some(("verify-chain".to_string(), String::new(), None));
+            Done::Doc { json, text, error, metrics }
+        }
+        Command::Check(a) => match check::check(cx, a.env.as_deref()).await {
+            Ok((json, text, error)) => Done::Doc { json, text, error, metrics: None },
+            Err(e) => Done::doc(Err(e)),
+        },
+        Command::Log(a) => Done::doc(log::log(cx, a).await),
+        Command::Completions { .. } | Command::Man => unreachable!("handled before the config loads"),
+    }
+}

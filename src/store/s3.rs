@@ -1,6 +1,5 @@
 //! The S3 store. STUB: to be implemented.
 
-
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -18,7 +17,12 @@ pub struct S3Store {
 
 impl S3Store {
     pub fn new(url: &str, client: aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Self {
-        S3Store { url: url.to_string(), client, bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() }
+        S3Store {
+            url: url.to_string(),
+            client,
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        }
     }
 }
 
@@ -27,15 +31,38 @@ impl Store for S3Store {
     fn url(&self) -> &str {
         &self.url
     }
-    async fn get(&self, _key: &str) -> Result<Option<Versioned>> { let _ = (&self.client, &self.bucket, &self.prefix); todo!() }
-    async fn put(&self, _key: &str, _data: Bytes) -> Result<()> { todo!() }
-    async fn put_if_absent(&self, _key: &str, _data: Bytes) -> Result<bool> { todo!() }
-    async fn put_if_match(&self, _key: &str, _data: Bytes, _etag: &str) -> Result<bool> { todo!() }
-    async fn list(&self, _prefix: &str) -> Result<Vec<ObjectInfo>> { todo!() }
-    async fn delete(&self, _key: &str) -> Result<()> { todo!() }
-    async fn head(&self, _key: &str) -> Result<Option<ObjectInfo>> { todo!() }
-    async fn upload(&self, _key: &str, _rx: ByteRx) -> Result<u64> { todo!() }
-    async fn download(&self, _key: &str) -> Result<Option<ByteRx>> { todo!() }
-    async fn remove_unfinished(&self, _prefix: &str) -> Result<usize> { todo!() }
-    async fn now(&self) -> Result<SystemTime> { todo!() }
+    async fn get(&self, _key: &str) -> Result<Option<Versioned>> {
+        let _ = (&self.client, &self.bucket, &self.prefix);
+        todo!()
+    }
+    async fn put(&self, _key: &str, _data: Bytes) -> Result<()> {
+        todo!()
+    }
+    async fn put_if_absent(&self, _key: &str, _data: Bytes) -> Result<bool> {
+        todo!()
+    }
+    async fn put_if_match(&self, _key: &str, _data: Bytes, _etag: &str) -> Result<bool> {
+        todo!()
+    }
+    async fn list(&self, _prefix: &str) -> Result<Vec<ObjectInfo>> {
+        todo!()
+    }
+    async fn delete(&self, _key: &str) -> Result<()> {
+        todo!()
+    }
+    async fn head(&self, _key: &str) -> Result<Option<ObjectInfo>> {
+        todo!()
+    }
+    async fn upload(&self, _key: &str, _rx: ByteRx) -> Result<u64> {
+        todo!()
+    }
+    async fn download(&self, _key: &str) -> Result<Option<ByteRx>> {
+        todo!()
+    }
+    async fn remove_unfinished(&self, _prefix: &str) -> Result<usize> {
+        todo!()
+    }
+    async fn now(&self) -> Result<SystemTime> {
+        todo!()
+    }
 }

@@ -1,0 +1,328 @@
+//! The run loop, in one place for every runbook:
+//! (1) take the locks (skipped under --dry-run), so nothing changes between the checks and the acts;
+//! (2) run every preflight check; (3) under --dry-run, report done/pending and stop, writing nothing;
+//! (4) confirm, or accept --yes; (5) for each step: stop if interrupted or the lock was lost, skip
+//! if `is_done`, otherwise `apply`, `verify` and journal it.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::lock::{self, HeldLock, Requester};
+use super::report::{RunReport, StepReport, StepState};
+use super::step::{Check, Step, StepLog};
+use crate::ctx::Ctx;
+use crate::error::{Error, Result};
+use crate::journal::{self, NewEntry};
+use crate::store::Store;
+
+/// Ask the operator to type the target env's name (contract "Confirmation").
+pub struct Confirm {
+    pub env: String,
+    pub question: String,
+}
+
+pub struct Runbook {
+    pub name: &'static str,
+    pub env: Option<String>,
+    /// The command's own arguments (`--env prod`), journaled and shown as the lock holder.
+    pub args: String,
+    pub locks: Vec<String>,
+    pub confirm: Option<Confirm>,
+    pub steps: Vec<Box<dyn Step>>,
+    /// Runbook-specific report fields, filled by the steps as they run.
+    pub result: Arc<std::sync::Mutex<Map<String, Value>>>,
+}
+
+impl Runbook {
+    pub fn new(name: &'static str, env: Option<&str>, args: String) -> Runbook {
+        Runbook {
+            name,
+            env: env.map(str::to_string),
+            args,
+            locks: Vec::new(),
+            confirm: None,
+            steps: Vec::new(),
+            result: Arc::default(),
+        }
+    }
+    pub fn lock(mut self, target: String) -> Self {
+        self.locks.push(target);
+        self
+    }
+    pub fn step(mut self, s: impl Step + 'static) -> Self {
+        self.steps.push(Box::new(s));
+        self
+    }
+}
+
+/// Writes this run's journal entries, each carrying the run's fences, after confirming every lock is
+/// still this run's: an append that finds a higher fence fails with exit 5.
+#[derive(Clone)]
+pub struct JournalWriter {
+    store: Arc<dyn Store>,
+    run_id: String,
+    runbook: String,
+    env: Option<String>,
+    locks: Arc<Vec<HeldLock>>,
+}
+
+impl JournalWriter {
+    pub async fn append(&self, event: &str, details: Value) -> Result<journal::Entry> {
+        let mut fences = BTreeMap::new();
+        for l in self.locks.iter() {
+            l.confirm().await?;
+            fences.insert(l.target.clone(), l.fence);
+        }
+        journal::append(
+            &*self.store,
+            NewEntry {
+                run_id: self.run_id.clone(),
+                runbook: self.runbook.clone(),
+                env: self.env.clone(),
+                event: event.to_string(),
+                fences,
+                details,
+            },
+        )
+        .await
+    }
+}
+
+/// A run's outcome: the report is printed whatever happened; `error` decides the exit code.
+pub struct Outcome {
+    pub report: RunReport,
+    pub error: Option<Error>,
+}
+
+pub async fn execute(cx: &Ctx, rb: Runbook) -> Outcome {
+    let started = Instant::now();
+    let mut report = RunReport {
+        runbook: rb.name.to_string(),
+        run_id: cx.run_id.clone(),
+        env: rb.env.clone(),
+        status: String::new(),
+        preflight: Vec::new(),
+        steps: rb
+            .steps
+            .iter()
+            .map(|s| StepReport {
+                step: s.id().to_string(),
+                state: StepState::Pending,
+                duration_ms: 0,
+                detail: String::new(),
+            })
+            .collect(),
+        elapsed_ms: 0,
+        extra: Map::new(),
+        error: None,
+    };
+    let mut held: Vec<HeldLock> = Vec::new();
+    let result = run_inner(cx, &rb, &mut report, &mut held).await;
+    for l in &held {
+        if let Err(e) = l.release().await {
+            cx.out.warn(&format!("could not release lock {}: {e}", l.target));
+        }
+    }
+    report.extra = rb.result.lock().expect("result lock").clone();
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(status) => {
+            report.status = status.to_string();
+            Outcome { report, error: None }
+        }
+        Err(e) => {
+            report.status = e.status().to_string();
+            report.error = Some(e.to_string());
+            Outcome { report, error: Some(e) }
+        }
+    }
+}
+
+async fn run_inner(cx: &Ctx, rb: &Runbook, report: &mut RunReport, held: &mut Vec<HeldLock>) -> Result<&'static str> {
+    let dry = cx.global.dry_run;
+    // (1) Locks. A store that cannot be written is a preflight failure (`store-writable`), not exit 5.
+    if !dry {
+        let who = Requester {
+            holder: format!("{} {}", rb.name, rb.args).trim().to_string(),
+            run_id: cx.run_id.clone(),
+            ttl: cx.config.policy.lock_ttl,
+            wait: cx.global.lock_wait,
+        };
+        for target in &rb.locks {
+            match lock::acquire(cx.store.clone(), target, &who).await {
+                Ok(l) => held.push(l),
+                Err(e @ (Error::Locked { .. } | Error::LockLost { .. })) => return Err(e),
+                Err(e) => {
+                    let c = Check::fail("store-writable", format!("cannot write lock {target}: {e}"));
+                    report.preflight.push(c);
+                    return Err(Error::Preflight { failed: vec![format!("store-writable: {e}")] });
+                }
+            }
+        }
+    }
+    let locks = Arc::new(std::mem::take(held));
+    let writer = JournalWriter {
+        store: cx.store.clone(),
+        run_id: cx.run_id.clone(),
+        runbook: rb.name.to_string(),
+        env: rb.env.clone(),
+        locks: locks.clone(),
+    };
+    let lost = CancellationToken::new();
+    for l in locks.iter() {
+        let (lt, lost) = (l.lost.clone(), lost.clone());
+        tokio::spawn(async move {
+            lt.cancelled().await;
+            lost.cancel();
+        });
+    }
+    let r = run_locked(cx, rb, report, &writer, &lost, &locks).await;
+    // Hand the locks back for release by `execute`, whatever happened.
+    drop(writer);
+    *held = Arc::try_unwrap(locks).unwrap_or_else(|_| Vec::new());
+    r
+}
+
+async fn run_locked(
+    cx: &Ctx,
+    rb: &Runbook,
+    report: &mut RunReport,
+    writer: &JournalWriter,
+    lost: &CancellationToken,
+    locks: &[HeldLock],
+) -> Result<&'static str> {
+    let dry = cx.global.dry_run;
+    // (2) Preflight, every step's checks, before the first change.
+    for s in &rb.steps {
+        for mut c in s.preflight(cx).await {
+            if !c.ok && cx.global.accept.iter().any(|a| a == &c.check) {
+                c.accepted = true;
+            }
+            report.preflight.push(c);
+        }
+    }
+    let failed: Vec<String> = report
+        .preflight
+        .iter()
+        .filter(|c| !c.ok && !c.accepted)
+        .map(|c| format!("{}: {}", c.check, c.detail))
+        .collect();
+    if !failed.is_empty() {
+        if !dry {
+            writer
+                .append("preflight-failed", json!({ "args": rb.args, "checks": checks_json(&report.preflight) }))
+                .await?;
+        }
+        return Err(Error::Preflight { failed });
+    }
+
+    // (3) Dry run: the plan, and nothing written.
+    if dry {
+        for (i, s) in rb.steps.iter().enumerate() {
+            report.steps[i].state = if s.is_done(cx).await? { StepState::Done } else { StepState::Pending };
+        }
+        return Ok("planned");
+    }
+
+    // (4) Confirmation where the runbook moves live traffic or data.
+    if let Some(c) = &rb.confirm {
+        confirm(cx, c)?;
+    }
+
+    let accepted: Vec<Value> =
+        report.preflight.iter().filter(|c| c.accepted).map(|c| json!({"check": c.check, "found": c.detail})).collect();
+    writer.append("run-started", json!({ "args": rb.args, "accepted": accepted })).await?;
+
+    // (5) The steps.
+    let mut all_done = true;
+    for (i, s) in rb.steps.iter().enumerate() {
+        let t0 = Instant::now();
+        if let Some(sig) = cx.interrupted_by() {
+            return interrupted(writer, s.id(), sig).await;
+        }
+        if s.is_done(cx).await? {
+            report.steps[i].state = StepState::Done;
+            continue;
+        }
+        all_done = false;
+        let mut log = StepLog::new(writer.clone());
+        cx.out.info(&format!("{}: {}", rb.name, s.id()));
+        let applied = tokio::select! {
+            r = async { s.apply(cx, &mut log).await?; s.verify(cx).await } => r,
+            _ = cx.cancel.cancelled() => {
+                // Dropping the step's future kills its children (kill_on_drop) and abandons its
+                // partial output, which is never listed and is removed by the next run.
+                let sig = cx.interrupted_by().unwrap_or(libc::SIGTERM);
+                report.steps[i].state = StepState::Failed;
+                report.steps[i].detail = "interrupted".into();
+                return interrupted(writer, s.id(), sig).await;
+            }
+            _ = lost.cancelled() => {
+                let l = locks.iter().find(|l| l.lost.is_cancelled());
+                report.steps[i].state = StepState::Failed;
+                return Err(Error::LockLost {
+                    target: l.map(|l| l.target.clone()).unwrap_or_default(),
+                    why: l.and_then(|l| l.lost_reason()).unwrap_or_else(|| "renewal failed".into()),
+                });
+            }
+        };
+        report.steps[i].duration_ms = t0.elapsed().as_millis() as u64;
+        report.steps[i].detail = log.summary.clone().unwrap_or_default();
+        if let Err(e) = applied {
+            report.steps[i].state = StepState::Failed;
+            if !matches!(e, Error::LockLost { .. }) {
+                let _ = writer.append("step-failed", json!({ "step": s.id(), "error": e.to_string() })).await;
+            }
+            return Err(e);
+        }
+        report.steps[i].state = StepState::Applied;
+        let mut details = log.details;
+        details.insert("step".into(), s.id().into());
+        details.insert("duration_ms".into(), (report.steps[i].duration_ms).into());
+        writer.append("step-done", Value::Object(details)).await?;
+    }
+    writer.append("run-done", json!({ "args": rb.args })).await?;
+    Ok(if all_done { "already_done" } else { "ok" })
+}
+
+async fn interrupted(writer: &JournalWriter, step: &str, sig: i32) -> Result<&'static str> {
+    let name = if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+    let _ = writer.append("interrupted", json!({ "step": step, "signal": name })).await;
+    Err(Error::Interrupted { signal: sig })
+}
+
+fn checks_json(checks: &[Check]) -> Value {
+    Value::Array(
+        checks
+            .iter()
+            .map(|c| json!({"check": c.check, "ok": c.ok, "detail": c.detail, "accepted": c.accepted}))
+            .collect(),
+    )
+}
+
+fn confirm(cx: &Ctx, c: &Confirm) -> Result<()> {
+    if cx.global.yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::usage(format!("refusing to {} without confirmation: stdin is not a TTY", c.question))
+            .with_hint("pass --yes to confirm from a script"));
+    }
+    #[expect(clippy::print_stderr, reason = "the prompt is part of the TTY conversation")]
+    {
+        eprint!("{}\nType the env name `{}` to proceed: ", c.question, c.env);
+    }
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| Error::io("stdin", e))?;
+    if line.trim() == c.env {
+        Ok(())
+    } else {
+        Err(Error::usage(format!("confirmation did not match `{}`: nothing was changed", c.env)))
+    }
+}

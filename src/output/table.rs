@@ -1,0 +1,75 @@
+//! Human tables (comfy-table) for reports.
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{ContentArrangement, Table};
+use serde_json::Value;
+
+use crate::engine::report::{RunReport, StepState};
+
+pub fn new_table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_header(header.to_vec());
+    t
+}
+
+/// A runbook's report: preflight checks, steps, then its result fields as `key: value` lines.
+pub fn run_report(r: &RunReport) -> String {
+    let mut out = String::new();
+    if !r.preflight.is_empty() {
+        let mut t = new_table(&["check", "ok", "detail"]);
+        for c in &r.preflight {
+            let ok = match (c.ok, c.accepted) {
+                (true, _) => "ok",
+                (false, true) => "ACCEPTED",
+                (false, false) => "FAILED",
+            };
+            t.add_row(vec![c.check.clone(), ok.to_string(), c.detail.clone()]);
+        }
+        out.push_str(&format!("{t}\n"));
+    }
+    if !r.steps.is_empty() {
+        let mut t = new_table(&["step", "state", "time", "detail"]);
+        for s in &r.steps {
+            let state = match s.state {
+                StepState::Done => "done",
+                StepState::Applied => "applied",
+                StepState::Failed => "FAILED",
+                StepState::Pending => "pending",
+            };
+            t.add_row(vec![s.step.clone(), state.to_string(), ms(s.duration_ms), s.detail.clone()]);
+        }
+        out.push_str(&format!("{t}\n"));
+    }
+    for (k, v) in &r.extra {
+        let v = match v {
+            Value::String(s) => s.clone(),
+            Value::Null => continue,
+            Value::Array(_) | Value::Object(_) => continue,
+            other => other.to_string(),
+        };
+        out.push_str(&format!("{k}: {v}\n"));
+    }
+    out.push_str(&format!("{} {} ({}) in {}\n", r.runbook, r.status, r.run_id, ms(r.elapsed_ms)));
+    out
+}
+
+pub fn ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 120_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    }
+}
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}

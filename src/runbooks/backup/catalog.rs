@@ -1,0 +1,128 @@
+//! Which backups exist: the journal's `backup-done` entries (the commit) without a later
+//! `backup-pruned`, and their manifests. Read by backup list, prune, verify-chain and status.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::Result;
+use crate::journal::{self, Entry};
+use crate::store::Store;
+
+/// One stored object of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableCount {
+    pub schema: String,
+    pub table: String,
+    pub rows: i64,
+}
+
+/// `backups/<env>/<id>/manifest.json`: written after the objects, before the commit entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub id: String,
+    pub env: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// How to read the objects back: `pg_dump -Fc, zstd` = `cat OBJECTS | zstd -dc | pg_restore`.
+    pub format: String,
+    pub database: String,
+    pub server_version: String,
+    pub pg_dump_version: String,
+    pub run_id: String,
+    pub started: String,
+    pub finished: String,
+    pub duration_ms: u64,
+    /// Stored (compressed) bytes, all objects.
+    pub bytes: u64,
+    /// sha256 of all objects concatenated in order (`cat OBJECTS | sha256sum`).
+    pub sha256: String,
+    /// The uncompressed pg_dump stream's size.
+    pub dump_bytes: u64,
+    pub objects: Vec<ObjectRef>,
+    /// Exact row counts in the dump's snapshot.
+    pub tables: Vec<TableCount>,
+    pub wal_start: Option<String>,
+    pub wal_end: Option<String>,
+}
+
+pub fn backup_prefix(env: &str, id: &str) -> String {
+    format!("backups/{env}/{id}/")
+}
+
+pub fn manifest_key(env: &str, id: &str) -> String {
+    format!("backups/{env}/{id}/manifest.json")
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// A committed backup as the journal records it.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub id: String,
+    pub env: String,
+    pub manifest_sha256: String,
+    /// The `backup-done` entry's seq and time.
+    pub seq: u64,
+    pub time: String,
+}
+
+/// Committed, unpruned backups, oldest first. Unparseable journal entries are skipped here;
+/// `verify-chain --journal` is where they are reported.
+pub fn committed(entries: &[journal::Stored], env: Option<&str>) -> Vec<Committed> {
+    let parsed: Vec<&Entry> = entries.iter().filter_map(|s| s.entry.as_ref().ok()).collect();
+    let pruned: BTreeSet<(String, String)> = parsed
+        .iter()
+        .filter(|e| e.event == "backup-pruned")
+        .filter_map(|e| Some((e.env.clone()?, e.details.get("id")?.as_str()?.to_string())))
+        .collect();
+    parsed
+        .iter()
+        .filter(|e| e.event == "backup-done")
+        .filter_map(|e| {
+            let env_name = e.env.clone()?;
+            let id = e.details.get("id")?.as_str()?.to_string();
+            let manifest_sha256 = e.details.get("manifest_sha256")?.as_str()?.to_string();
+            Some(Committed { id, env: env_name, manifest_sha256, seq: e.seq, time: e.time.clone() })
+        })
+        .filter(|c| env.is_none_or(|want| c.env == want))
+        .filter(|c| !pruned.contains(&(c.env.clone(), c.id.clone())))
+        .collect()
+}
+
+/// Ids of backups that were pruned (their objects may still be waiting for deletion).
+pub fn pruned_ids(entries: &[journal::Stored], env: &str) -> BTreeSet<String> {
+    entries
+        .iter()
+        .filter_map(|s| s.entry.as_ref().ok())
+        .filter(|e| e.event == "backup-pruned" && e.env.as_deref() == Some(env))
+        .filter_map(|e| Some(e.details.get("id")?.as_str()?.to_string()))
+        .collect()
+}
+
+/// Read a committed backup's manifest: `Ok(Err(reason))` when it is missing, unparseable, or its
+/// sha256 differs from the one the journal committed.
+pub async fn read_manifest(store: &dyn Store, c: &Committed) -> Result<std::result::Result<Manifest, String>> {
+    let key = manifest_key(&c.env, &c.id);
+    let Some(v) = store.get(&key).await? else {
+        return Ok(Err(format!("manifest {key} is missing")));
+    };
+    let sha = sha256_hex(&v.data);
+    if sha != c.manifest_sha256 {
+        return Ok(Err(format!(
+            "manifest {key} has sha256 {sha}, the journal committed {}: it was changed after the backup",
+            c.manifest_sha256
+        )));
+    }
+    Ok(serde_json::from_slice(&v.data).map_err(|e| format!("manifest {key} is not valid: {e}")))
+}

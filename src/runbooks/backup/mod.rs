@@ -1,0 +1,429 @@
+//! backup --env ENV: a logical backup of ENV's database into the store.
+//!
+//! Replaces the nightly `pg_dump -Fc app > app.dump && aws s3 cp app.dump s3://…` cron job, whose
+//! failures went unnoticed and whose half-written dumps looked like good ones. Here a backup exists
+//! only once its commit entry is in the journal; everything before that is invisible and cleaned up.
+
+pub mod catalog;
+pub mod dump;
+pub mod list;
+pub mod prune;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use self::catalog::{Manifest, TableCount, backup_prefix, manifest_key, sha256_hex};
+use crate::clients::{pg, pgtools::PgTools};
+use crate::config::EnvConfig;
+use crate::ctx::Ctx;
+use crate::engine::lock;
+use crate::engine::run::Runbook;
+use crate::engine::step::{Check, Step, StepLog};
+use crate::error::{Error, Result};
+use crate::journal;
+
+pub fn backup(cx: &Ctx, env: &EnvConfig) -> Runbook {
+    let state = Arc::new(Shared { env: env.clone(), id: cx.run_id.clone(), manifest: Mutex::new(None) });
+    let rb = Runbook::new("backup", Some(&env.name), format!("--env {} --type logical", env.name))
+        .lock(format!("env:{}", env.name));
+    let result = rb.result.clone();
+    rb
+        // Partial objects and unfinished uploads of backups whose run died: never listed, removed here.
+        .step(CleanPartial { env: env.name.clone(), own_id: cx.run_id.clone() })
+        // pg_dump → zstd → store, sha256 and row counts taken in the dump's own snapshot.
+        .step(DumpToStore { state: state.clone(), result: result.clone() })
+        // The manifest names every object with its size and sha256: written only after them.
+        .step(WriteManifest { state: state.clone() })
+        // The journal entry is the commit: from here on `backup list` shows the backup.
+        .step(Commit { state })
+}
+
+struct Shared {
+    env: EnvConfig,
+    id: String,
+    manifest: Mutex<Option<Manifest>>,
+}
+
+impl Shared {
+    fn manifest(&self) -> Result<Manifest> {
+        self.manifest
+            .lock()
+            .expect("manifest")
+            .clone()
+            .ok_or_else(|| Error::step("write-manifest", "no dump was taken"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Remove what dead backup runs of this env left: objects under a backup id the journal never
+/// committed, and unfinished multipart uploads. Runs that still hold a live lock are left alone.
+pub struct CleanPartial {
+    pub env: String,
+    pub own_id: String,
+}
+
+impl CleanPartial {
+    /// Backup ids under `backups/<env>/` with no commit, no prune, not ours and not a live run's.
+    async fn leftovers(&self, cx: &Ctx) -> Result<Vec<String>> {
+        let entries = journal::read_all(&*cx.store).await?;
+        let mut known: BTreeSet<String> =
+            catalog::committed(&entries, Some(&self.env)).into_iter().map(|c| c.id).collect();
+        known.extend(catalog::pruned_ids(&entries, &self.env));
+        known.insert(self.own_id.clone());
+        known.extend(live_run_ids(cx).await?);
+        let prefix = format!("backups/{}/", self.env);
+        let mut ids = BTreeSet::new();
+        for o in cx.store.list(&prefix).await? {
+            if let Some(id) = o.key[prefix.len()..].split('/').next() {
+                if !known.contains(id) {
+                    ids.insert(id.to_string());
+                }
+            }
+        }
+        Ok(ids.into_iter().collect())
+    }
+}
+
+/// Run ids of locks that are held and unexpired by the store's clock.
+pub async fn live_run_ids(cx: &Ctx) -> Result<BTreeSet<String>> {
+    let now = cx.store.now().await?;
+    let mut ids = BTreeSet::new();
+    for o in cx.store.list("locks/").await? {
+        let Some(target) = o.key.strip_prefix("locks/").and_then(|k| k.strip_suffix(".json")) else { continue };
+        if let Some(l) = lock::read(&*cx.store, target).await? {
+            let expires = humantime::parse_rfc3339(&l.expires).unwrap_or(SystemTime::UNIX_EPOCH);
+            if !l.released && expires > now {
+                ids.insert(l.run_id);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+#[async_trait]
+impl Step for CleanPartial {
+    fn id(&self) -> &'static str {
+        "clean-partial"
+    }
+    async fn is_done(&self, cx: &Ctx) -> Result<bool> {
+        Ok(self.leftovers(cx).await?.is_empty())
+    }
+    async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
+        let ids = self.leftovers(cx).await?;
+        let mut removed = 0usize;
+        for id in &ids {
+            let prefix = backup_prefix(&self.env, id);
+            for o in cx.store.list(&prefix).await? {
+                cx.store.delete(&o.key).await?;
+                removed += 1;
+            }
+            removed += cx.store.remove_unfinished(&prefix).await?;
+        }
+        log.set("removed_backup_ids", Value::from(ids.clone()));
+        log.set("removed_objects", removed as u64);
+        log.summary(format!("removed {removed} objects of {} dead backup runs", ids.len()));
+        Ok(())
+    }
+    async fn verify(&self, cx: &Ctx) -> Result<()> {
+        match self.leftovers(cx).await?.first() {
+            None => Ok(()),
+            Some(id) => Err(Error::step("clean-partial", format!("objects of dead backup {id} are still there"))),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct DumpToStore {
+    state: Arc<Shared>,
+    result: Arc<Mutex<serde_json::Map<String, Value>>>,
+}
+
+impl DumpToStore {
+    fn tools(&self) -> PgTools {
+        PgTools::new(self.state.env.pg_bin.as_deref())
+    }
+}
+
+#[async_trait]
+impl Step for DumpToStore {
+    fn id(&self) -> &'static str {
+        "dump"
+    }
+
+    async fn preflight(&self, cx: &Ctx) -> Vec<Check> {
+        let url = &self.state.env.database_url;
+        let mut checks = Vec::new();
+        let server = match pg::connect(url).await {
+            Ok(client) => match pg::server_major(&client).await {
+                Ok(major) => {
+                    checks.push(Check::pass(
+                        "db-reachable",
+                        format!("PostgreSQL {major} at {}/{}", url.addr(), url.dbname),
+                    ));
+                    Some(major)
+                }
+                Err(e) => {
+                    checks.push(Check::fail("db-reachable", e.to_string()));
+                    None
+                }
+            },
+            Err(e) => {
+                checks.push(Check::fail("db-reachable", e.to_string()));
+                None
+            }
+        };
+        let tools = self.tools();
+        checks.push(match (tools.major_version("pg_dump").await, server) {
+            (Ok(d), Some(s)) if d >= s => Check::pass("pg-dump-version", format!("pg_dump {d} >= server {s}")),
+            (Ok(d), Some(s)) => Check::fail(
+                "pg-dump-version",
+                format!(
+                    "pg_dump {d} at {} is older than the server ({s}): set pg_bin to a PostgreSQL {s}+ bin directory",
+                    tools.path("pg_dump").display()
+                ),
+            ),
+            (Ok(d), None) => Check::pass("pg-dump-version", format!("pg_dump {d} (server not reached)")),
+            (Err(e), _) => Check::fail("pg-dump-version", e.to_string()),
+        });
+        checks.push(store_writable(cx).await);
+        checks
+    }
+
+    async fn is_done(&self, _cx: &Ctx) -> Result<bool> {
+        // A backup never resumes: every run takes a new dump under its own id.
+        Ok(false)
+    }
+
+    async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
+        let env = &self.state.env;
+        let url = &env.database_url;
+        let started = SystemTime::now();
+        let t0 = Instant::now();
+        let tools = self.tools();
+        let dump_version = tools.major_version("pg_dump").await?;
+
+        // One REPEATABLE READ transaction exports the snapshot pg_dump reads, and counts every leaf
+        // table in that same snapshot while it stays open: the counts describe exactly the dump.
+        let mut client = pg::connect(url).await?;
+        let db_err = |e: tokio_postgres::Error| Error::Db {
+            target: format!("{}/{}", url.addr(), url.dbname),
+            problem: e.to_string(),
+        };
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(db_err)?;
+        let snapshot: String = tx.query_one("SELECT pg_export_snapshot()", &[]).await.map_err(db_err)?.get(0);
+        let server_version: String = tx.query_one("SHOW server_version", &[]).await.map_err(db_err)?.get(0);
+        let tables: Vec<(String, String)> = tx
+            .query(
+                "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                 AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+
+        let base = format!("{}{}.dump.zst", backup_prefix(&env.name, &self.state.id), env.database_url.dbname);
+        let mut child =
+            tools.spawn("pg_dump", &["-Fc", "-Z0", "--no-password", "--snapshot", &snapshot], Some(url), false)?;
+        let stdout = child.stdout.take().ok_or_else(|| Error::step("dump", "pg_dump has no stdout"))?;
+        let progress = cx.out.progress("dump", None, true);
+        let upload = dump::compress_to_store(stdout, cx.store.clone(), &base, dump::SPLIT_BYTES, progress.clone());
+        let counts = async {
+            let mut out = Vec::with_capacity(tables.len());
+            for (schema, table) in &tables {
+                let q = format!("SELECT count(*) FROM {}.{}", quote_ident(schema), quote_ident(table));
+                let rows: i64 = tx.query_one(&q, &[]).await.map_err(db_err)?.get(0);
+                out.push(TableCount { schema: schema.clone(), table: table.clone(), rows });
+            }
+            Ok::<_, Error>(out)
+        };
+        let (stored, counts) = tokio::join!(upload, counts);
+        progress.finish();
+        // pg_dump's verdict first: a dump that failed explains a short stream better than the stream.
+        let warnings = child.wait().await?;
+        let stored = stored?;
+        let counts = counts?;
+        tx.commit().await.map_err(db_err)?;
+        if !warnings.trim().is_empty() {
+            cx.out.warn(&format!("pg_dump: {}", warnings.trim()));
+        }
+
+        let manifest = Manifest {
+            id: self.state.id.clone(),
+            env: env.name.clone(),
+            kind: "logical".into(),
+            format: "pg_dump -Fc, zstd".into(),
+            database: url.dbname.clone(),
+            server_version,
+            pg_dump_version: dump_version.to_string(),
+            run_id: cx.run_id.clone(),
+            started: humantime::format_rfc3339_millis(started).to_string(),
+            finished: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            duration_ms: t0.elapsed().as_millis() as u64,
+            bytes: stored.bytes,
+            sha256: stored.sha256.clone(),
+            dump_bytes: stored.dump_bytes,
+            objects: stored.objects,
+            tables: counts,
+            wal_start: None,
+            wal_end: None,
+        };
+        log.set("id", manifest.id.clone());
+        log.set("bytes", manifest.bytes);
+        log.set("dump_bytes", manifest.dump_bytes);
+        log.set("sha256", manifest.sha256.clone());
+        log.set("objects", manifest.objects.len() as u64);
+        log.summary(format!(
+            "{} -> {} in {} object(s), {} tables",
+            crate::output::table::bytes(manifest.dump_bytes),
+            crate::output::table::bytes(manifest.bytes),
+            manifest.objects.len(),
+            manifest.tables.len()
+        ));
+        let mut r = self.result.lock().expect("result");
+        r.insert("id".into(), manifest.id.clone().into());
+        r.insert("bytes".into(), manifest.bytes.into());
+        r.insert("dump_bytes".into(), manifest.dump_bytes.into());
+        r.insert("sha256".into(), manifest.sha256.clone().into());
+        r.insert("objects".into(), json!(manifest.objects.iter().map(|o| o.key.clone()).collect::<Vec<_>>()));
+        drop(r);
+        *self.state.manifest.lock().expect("manifest") = Some(manifest);
+        Ok(())
+    }
+
+    async fn verify(&self, cx: &Ctx) -> Result<()> {
+        // Look again at what the store holds, not at what the upload said.
+        for o in self.state.manifest()?.objects {
+            match cx.store.head(&o.key).await? {
+                Some(h) if h.size == o.size => {}
+                Some(h) => {
+                    return Err(Error::step(
+                        "dump",
+                        format!("{} holds {} bytes, {} were written", o.key, h.size, o.size),
+                    ));
+                }
+                None => return Err(Error::step("dump", format!("{} is missing after upload", o.key))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `store-writable`: write and delete a probe object (read-only listing under --dry-run).
+pub async fn store_writable(cx: &Ctx) -> Check {
+    let url = cx.store.url().to_string();
+    if cx.global.dry_run {
+        return Check::from_result(
+            "store-writable",
+            cx.store
+                .list("locks/")
+                .await
+                .map(|_| format!("{url} readable (not written in a dry run)"))
+                .map_err(|e| e.to_string()),
+        );
+    }
+    let key = format!("probes/{}", cx.run_id);
+    let r = async {
+        cx.store.put(&key, Bytes::from_static(b"drctl probe")).await?;
+        cx.store.delete(&key).await
+    }
+    .await;
+    Check::from_result("store-writable", r.map(|_| format!("{url} writable")).map_err(|e| e.to_string()))
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct WriteManifest {
+    state: Arc<Shared>,
+}
+
+#[async_trait]
+impl Step for WriteManifest {
+    fn id(&self) -> &'static str {
+        "write-manifest"
+    }
+    async fn is_done(&self, cx: &Ctx) -> Result<bool> {
+        Ok(cx.store.head(&manifest_key(&self.state.env.name, &self.state.id)).await?.is_some())
+    }
+    async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
+        let m = self.state.manifest()?;
+        let bytes = serde_json::to_vec_pretty(&m).map_err(|e| Error::step("write-manifest", e))?;
+        let key = manifest_key(&m.env, &m.id);
+        if !cx.store.put_if_absent(&key, Bytes::from(bytes.clone())).await? {
+            return Err(Error::step("write-manifest", format!("{key} already exists")));
+        }
+        log.set("manifest_sha256", sha256_hex(&bytes));
+        log.summary(key);
+        Ok(())
+    }
+    async fn verify(&self, cx: &Ctx) -> Result<()> {
+        let m = self.state.manifest()?;
+        let key = manifest_key(&m.env, &m.id);
+        let stored =
+            cx.store.get(&key).await?.ok_or_else(|| Error::step("write-manifest", format!("{key} is missing")))?;
+        let expected = serde_json::to_vec_pretty(&m).map_err(|e| Error::step("write-manifest", e))?;
+        if stored.data.as_ref() != expected.as_slice() {
+            return Err(Error::step("write-manifest", format!("{key} does not hold what was written")));
+        }
+        Ok(())
+    }
+}
+
+struct Commit {
+    state: Arc<Shared>,
+}
+
+#[async_trait]
+impl Step for Commit {
+    fn id(&self) -> &'static str {
+        "commit"
+    }
+    async fn is_done(&self, cx: &Ctx) -> Result<bool> {
+        let entries = journal::read_all(&*cx.store).await?;
+        Ok(catalog::committed(&entries, Some(&self.state.env.name)).iter().any(|c| c.id == self.state.id))
+    }
+    async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
+        let m = self.state.manifest()?;
+        let key = manifest_key(&m.env, &m.id);
+        let stored = cx.store.get(&key).await?.ok_or_else(|| Error::step("commit", format!("{key} is missing")))?;
+        let manifest_sha256 = sha256_hex(&stored.data);
+        log.journal
+            .append(
+                "backup-done",
+                json!({
+                    "id": m.id, "type": m.kind, "manifest_sha256": manifest_sha256,
+                    "bytes": m.bytes, "sha256": m.sha256, "duration_ms": m.duration_ms,
+                }),
+            )
+            .await?;
+        log.summary(format!("backup {} committed", m.id));
+        Ok(())
+    }
+    async fn verify(&self, cx: &Ctx) -> Result<()> {
+        if self.is_done(cx).await? {
+            Ok(())
+        } else {
+            Err(Error::step("commit", "the backup-done entry is not in the journal"))
+        }
+    }
+}
