@@ -1,0 +1,194 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_drctl_global_optspecs
+    string join \n c/config= o/output= dry-run y/yes accept= lock-wait= v/verbose q/quiet no-progress log-format= metrics-file= h/help V/version
+end
+
+function __fish_drctl_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_drctl_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_drctl_using_subcommand
+    set -l cmd (__fish_drctl_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c drctl -n "__fish_drctl_needs_command" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_needs_command" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_needs_command" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
+complete -c drctl -n "__fish_drctl_needs_command" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
+complete -c drctl -n "__fish_drctl_needs_command" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_needs_command" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_needs_command" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
+complete -c drctl -n "__fish_drctl_needs_command" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
+complete -c drctl -n "__fish_drctl_needs_command" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
+complete -c drctl -n "__fish_drctl_needs_command" -s q -l quiet -d 'Only errors on stderr'
+complete -c drctl -n "__fish_drctl_needs_command" -l no-progress -d 'No progress bars, even on a TTY'
+complete -c drctl -n "__fish_drctl_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c drctl -n "__fish_drctl_needs_command" -s V -l version -d 'Print version'
+complete -c drctl -n "__fish_drctl_needs_command" -f -a "check" -d 'Validate the config and reach every endpoint it names with the privileges the runbooks need'
+complete -c drctl -n "__fish_drctl_needs_command" -f -a "backup" -d 'Take a backup of an env into the store, or list / prune the stored backups'
+complete -c drctl -n "__fish_drctl_needs_command" -f -a "verify-chain" -d 'Verify hash chains: the journal and the backups (the default), or chosen ones'
+complete -c drctl -n "__fish_drctl_needs_command" -f -a "log" -d 'Show the journal, newest first'
+complete -c drctl -n "__fish_drctl_needs_command" -f -a "completions" -d 'Print shell completions for SHELL'
+complete -c drctl -n "__fish_drctl_needs_command" -f -a "man" -d 'Print the man page (roff)'
+complete -c drctl -n "__fish_drctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c drctl -n "__fish_drctl_using_subcommand check" -s e -l env -d 'Check only this env (and the store); default: every env' -r
+complete -c drctl -n "__fish_drctl_using_subcommand check" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand check" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand check" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
+complete -c drctl -n "__fish_drctl_using_subcommand check" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
+complete -c drctl -n "__fish_drctl_using_subcommand check" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand check" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand check" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
+complete -c drctl -n "__fish_drctl_using_subcommand check" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
+complete -c drctl -n "__fish_drctl_using_subcommand check" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
+complete -c drctl -n "__fish_drctl_using_subcommand check" -s q -l quiet -d 'Only errors on stderr'
+complete -c drctl -n "__fish_drctl_using_subcommand check" -l no-progress -d 'No progress bars, even on a TTY'
+complete -c drctl -n "__fish_drctl_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c drctl -n "__fish_drctl_using_subcommand check" -s V -l version -d 'Print version'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -s e -l env -d 'The environment (a table under [environments] in drctl.toml); defaults to $DRCTL_ENV, or the only env when there is one' -r
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -l type -d 'logical: pg_dump custom format compressed with zstd' -r -f -a "logical\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -s q -l quiet -d 'Only errors on stderr'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -l no-progress -d 'No progress bars, even on a TTY'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -s V -l version -d 'Print version'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -f -a "list" -d 'The complete backups in the store, newest first'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -f -a "prune" -d 'Apply [retention] (keep_last, keep_daily, keep_weekly); never deletes the newest good backup'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -s e -l env -d 'Only this env\'s backups' -r
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Only errors on stderr'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -l no-progress -d 'No progress bars, even on a TTY'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -s e -l env -d 'The environment (a table under [environments] in drctl.toml); defaults to $DRCTL_ENV, or the only env when there is one' -r
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -s q -l quiet -d 'Only errors on stderr'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -l no-progress -d 'No progress bars, even on a TTY'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -s V -l version -d 'Print version'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from help" -f -a "list" -d 'The complete backups in the store, newest first'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from help" -f -a "prune" -d 'Apply [retention] (keep_last, keep_daily, keep_weekly); never deletes the newest good backup'
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l journal -d 'Verify the journal\'s hash chain'
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l backups -d 'Verify every listed backup\'s manifest and objects'
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l deep -d 'With --backups: re-read every stored object and check its sha256'
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s q -l quiet -d 'Only errors on stderr'
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l no-progress -d 'No progress bars, even on a TTY'
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s V -l version -d 'Print version'
+complete -c drctl -n "__fish_drctl_using_subcommand log" -l runbook -d 'Only entries of this runbook (e.g. backup)' -r
+complete -c drctl -n "__fish_drctl_using_subcommand log" -l since -d 'Only entries at or after T (RFC 3339, or a duration back from now such as 24h)' -r
+complete -c drctl -n "__fish_drctl_using_subcommand log" -l limit -d 'At most N entries' -r
+complete -c drctl -n "__fish_drctl_using_subcommand log" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand log" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand log" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
+complete -c drctl -n "__fish_drctl_using_subcommand log" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
+complete -c drctl -n "__fish_drctl_using_subcommand log" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand log" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand log" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
+complete -c drctl -n "__fish_drctl_using_subcommand log" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
+complete -c drctl -n "__fish_drctl_using_subcommand log" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
+complete -c drctl -n "__fish_drctl_using_subcommand log" -s q -l quiet -d 'Only errors on stderr'
+complete -c drctl -n "__fish_drctl_using_subcommand log" -l no-progress -d 'No progress bars, even on a TTY'
+complete -c drctl -n "__fish_drctl_using_subcommand log" -s h -l help -d 'Print help'
+complete -c drctl -n "__fish_drctl_using_subcommand log" -s V -l version -d 'Print version'
+complete -c drctl -n "__fish_drctl_using_subcommand completions" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand completions" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand completions" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
+complete -c drctl -n "__fish_drctl_using_subcommand completions" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
+complete -c drctl -n "__fish_drctl_using_subcommand completions" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand completions" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand completions" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
+complete -c drctl -n "__fish_drctl_using_subcommand completions" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
+complete -c drctl -n "__fish_drctl_using_subcommand completions" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
+complete -c drctl -n "__fish_drctl_using_subcommand completions" -s q -l quiet -d 'Only errors on stderr'
+complete -c drctl -n "__fish_drctl_using_subcommand completions" -l no-progress -d 'No progress bars, even on a TTY'
+complete -c drctl -n "__fish_drctl_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c drctl -n "__fish_drctl_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c drctl -n "__fish_drctl_using_subcommand man" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand man" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand man" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
+complete -c drctl -n "__fish_drctl_using_subcommand man" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
+complete -c drctl -n "__fish_drctl_using_subcommand man" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand man" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand man" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
+complete -c drctl -n "__fish_drctl_using_subcommand man" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
+complete -c drctl -n "__fish_drctl_using_subcommand man" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
+complete -c drctl -n "__fish_drctl_using_subcommand man" -s q -l quiet -d 'Only errors on stderr'
+complete -c drctl -n "__fish_drctl_using_subcommand man" -l no-progress -d 'No progress bars, even on a TTY'
+complete -c drctl -n "__fish_drctl_using_subcommand man" -s h -l help -d 'Print help'
+complete -c drctl -n "__fish_drctl_using_subcommand man" -s V -l version -d 'Print version'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain log completions man help" -f -a "check" -d 'Validate the config and reach every endpoint it names with the privileges the runbooks need'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain log completions man help" -f -a "backup" -d 'Take a backup of an env into the store, or list / prune the stored backups'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain log completions man help" -f -a "verify-chain" -d 'Verify hash chains: the journal and the backups (the default), or chosen ones'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain log completions man help" -f -a "log" -d 'Show the journal, newest first'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain log completions man help" -f -a "completions" -d 'Print shell completions for SHELL'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain log completions man help" -f -a "man" -d 'Print the man page (roff)'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain log completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and __fish_seen_subcommand_from backup" -f -a "list" -d 'The complete backups in the store, newest first'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and __fish_seen_subcommand_from backup" -f -a "prune" -d 'Apply [retention] (keep_last, keep_daily, keep_weekly); never deletes the newest good backup'
