@@ -17,8 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result, Transience};
 use crate::store::Store;
 
-pub const GENESIS_PREV_HASH: &str =
-    "0000000000000000000000000000000000000000000000000000000000000000";
+pub const GENESIS_PREV_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 const PREFIX: &str = "journal/";
 
@@ -82,20 +81,12 @@ pub fn entry_key(seq: u64) -> String {
 /// The seq a well-formed entry key names, or None for anything else under `journal/`.
 fn key_seq(key: &str) -> Option<u64> {
     let digits = key.strip_prefix(PREFIX)?.strip_suffix(".json")?;
-    if digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()) {
-        digits.parse().ok()
-    } else {
-        None
-    }
+    if digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()) { digits.parse().ok() } else { None }
 }
 
 /// RFC 8785 canonical bytes of `entry` without its `hash` field.
 pub fn canonical_bytes(entry: &Entry) -> Vec<u8> {
-    let fences = entry
-        .fences
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::from(*v)))
-        .collect();
+    let fences = entry.fences.iter().map(|(k, v)| (k.clone(), Value::from(*v))).collect();
     let fields: [(&str, Value); 9] = [
         ("seq", Value::from(entry.seq)),
         ("time", Value::from(entry.time.as_str())),
@@ -168,9 +159,7 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
             '\n' => out.extend_from_slice(b"\\n"),
             '\r' => out.extend_from_slice(b"\\r"),
             '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 => {
-                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
-            }
+            c if (c as u32) < 0x20 => out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes()),
             c => {
                 let mut buf = [0u8; 4];
                 out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
@@ -198,18 +187,13 @@ fn check_details(value: &Value, path: &str) -> std::result::Result<(), String> {
             if safe {
                 Ok(())
             } else {
-                Err(format!(
-                    "{path} is {n}: integers in journal details must lie within ±(2^53 − 1)"
-                ))
+                Err(format!("{path} is {n}: integers in journal details must lie within ±(2^53 − 1)"))
             }
         }
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .try_for_each(|(i, v)| check_details(v, &format!("{path}[{i}]"))),
-        Value::Object(map) => map
-            .iter()
-            .try_for_each(|(k, v)| check_details(v, &format!("{path}.{k}"))),
+        Value::Array(items) => {
+            items.iter().enumerate().try_for_each(|(i, v)| check_details(v, &format!("{path}[{i}]")))
+        }
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| check_details(v, &format!("{path}.{k}"))),
         Value::Null | Value::Bool(_) | Value::String(_) => Ok(()),
     }
 }
@@ -219,11 +203,7 @@ fn parse_entry(data: &[u8]) -> std::result::Result<Entry, String> {
 }
 
 fn store_error(store: &dyn Store, problem: impl Into<String>) -> Error {
-    Error::Store {
-        url: store.url().to_owned(),
-        problem: problem.into(),
-        transience: Transience::Temporary,
-    }
+    Error::Store { url: store.url().to_owned(), problem: problem.into(), transience: Transience::Temporary }
 }
 
 /// Read and check the entry at `key`, which must be the head we chain onto: a head that does not
@@ -234,11 +214,7 @@ async fn read_head_at(store: &dyn Store, key: &str) -> Result<Option<Entry>> {
     };
     let entry = parse_entry(&obj.data).map_err(|why| Error::integrity("journal", key, why))?;
     if entry_key(entry.seq) != key {
-        return Err(Error::integrity(
-            "journal",
-            key,
-            format!("holds seq {}", entry.seq),
-        ));
+        return Err(Error::integrity("journal", key, format!("holds seq {}", entry.seq)));
     }
     if compute_hash(&entry) != entry.hash {
         return Err(Error::integrity(
@@ -258,10 +234,7 @@ pub async fn head(store: &dyn Store) -> Result<Option<Entry>> {
     };
     match read_head_at(store, &last.key).await? {
         Some(entry) => Ok(Some(entry)),
-        None => Err(store_error(
-            store,
-            format!("{} was listed but could not be read", last.key),
-        )),
+        None => Err(store_error(store, format!("{} was listed but could not be read", last.key))),
     }
 }
 
@@ -269,30 +242,21 @@ pub async fn head(store: &dyn Store) -> Result<Option<Entry>> {
 /// lock object's (fences only grow, the object is never deleted) or than one already journaled.
 async fn check_fences(store: &dyn Store, head: Option<&Entry>, new: &NewEntry) -> Result<()> {
     for (target, &fence) in &new.fences {
-        if let Some(seen) = head
-            .and_then(|h| h.fences.get(target))
-            .filter(|&&seen| seen > fence)
-        {
+        if let Some(seen) = head.and_then(|h| h.fences.get(target)).filter(|&&seen| seen > fence) {
             return Err(Error::LockLost {
                 target: target.clone(),
-                why: format!(
-                    "the journal already holds fence {seen}; this run's fence {fence} is stale"
-                ),
+                why: format!("the journal already holds fence {seen}; this run's fence {fence} is stale"),
             });
         }
         let Some(obj) = store.get(&crate::engine::lock::lock_key(target)).await? else {
             continue;
         };
         let current = serde_json::from_slice::<Value>(&obj.data).ok();
-        let current = current
-            .as_ref()
-            .and_then(|v| Some((v.get("fence")?.as_u64()?, v.get("run_id")?.as_str()?)));
+        let current = current.as_ref().and_then(|v| Some((v.get("fence")?.as_u64()?, v.get("run_id")?.as_str()?)));
         if let Some((seen, run_id)) = current.filter(|(seen, _)| *seen > fence) {
             return Err(Error::LockLost {
                 target: target.clone(),
-                why: format!(
-                    "run {run_id} now holds fence {seen}; this run's fence {fence} is stale"
-                ),
+                why: format!("run {run_id} now holds fence {seen}; this run's fence {fence} is stale"),
             });
         }
     }
@@ -337,10 +301,7 @@ pub async fn append(store: &dyn Store, new: NewEntry) -> Result<Entry> {
         };
         tokio::time::sleep(backoff(attempt)).await;
     }
-    Err(store_error(
-        store,
-        format!("gave up appending to the journal after losing the race {APPEND_TRIES} times"),
-    ))
+    Err(store_error(store, format!("gave up appending to the journal after losing the race {APPEND_TRIES} times")))
 }
 
 /// A short random pause so that writers which collided do not collide again in lockstep.
@@ -359,10 +320,7 @@ pub async fn read_all(store: &dyn Store) -> Result<Vec<Stored>> {
             Some(v) => parse_entry(&v.data),
             None => Err("listed but gone when read".to_owned()),
         };
-        out.push(Stored {
-            key: obj.key,
-            entry,
-        });
+        out.push(Stored { key: obj.key, entry });
     }
     Ok(out)
 }
@@ -376,20 +334,13 @@ pub fn entries(stored: &[Stored]) -> impl Iterator<Item = &Entry> {
 pub fn verify(entries: &[Stored]) -> std::result::Result<usize, Break> {
     let mut prev: Option<&Entry> = None;
     for (index, stored) in entries.iter().enumerate() {
-        let broken = |reason: String| Break {
-            index,
-            key: stored.key.clone(),
-            reason,
-        };
+        let broken = |reason: String| Break { index, key: stored.key.clone(), reason };
         let entry = match &stored.entry {
             Ok(e) => e,
             Err(why) => return Err(broken(format!("unparseable entry: {why}"))),
         };
         if entry_key(entry.seq) != stored.key {
-            return Err(broken(format!(
-                "key does not match seq: the entry holds seq {}",
-                entry.seq
-            )));
+            return Err(broken(format!("key does not match seq: the entry holds seq {}", entry.seq)));
         }
         let expected_seq = prev.map_or(0, |p| p.seq + 1);
         if entry.seq != expected_seq {
@@ -423,8 +374,7 @@ pub fn verify(entries: &[Stored]) -> std::result::Result<usize, Break> {
         }
         if compute_hash(entry) != entry.hash {
             return Err(broken(
-                "hash does not match the entry's content: it was edited after it was written"
-                    .to_owned(),
+                "hash does not match the entry's content: it was edited after it was written".to_owned(),
             ));
         }
         prev = Some(entry);
@@ -476,10 +426,7 @@ pub(crate) mod test_store {
 
         fn insert(&self, key: &str, data: Bytes) {
             let etag = Self::etag(&data);
-            self.objects
-                .lock()
-                .unwrap()
-                .insert(key.to_owned(), (data, etag));
+            self.objects.lock().unwrap().insert(key.to_owned(), (data, etag));
         }
     }
 
@@ -494,10 +441,7 @@ pub(crate) mod test_store {
         async fn get(&self, key: &str) -> Result<Option<Versioned>> {
             tokio::task::yield_now().await;
             let objects = self.objects.lock().unwrap();
-            Ok(objects.get(key).map(|(data, etag)| Versioned {
-                data: data.clone(),
-                etag: etag.clone(),
-            }))
+            Ok(objects.get(key).map(|(data, etag)| Versioned { data: data.clone(), etag: etag.clone() }))
         }
 
         async fn put(&self, key: &str, data: Bytes) -> Result<()> {
@@ -537,10 +481,7 @@ pub(crate) mod test_store {
             Ok(objects
                 .range(prefix.to_owned()..)
                 .take_while(|(k, _)| k.starts_with(prefix))
-                .map(|(k, (data, _))| ObjectInfo {
-                    key: k.clone(),
-                    size: data.len() as u64,
-                })
+                .map(|(k, (data, _))| ObjectInfo { key: k.clone(), size: data.len() as u64 })
                 .collect())
         }
 
@@ -553,10 +494,7 @@ pub(crate) mod test_store {
         async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
             tokio::task::yield_now().await;
             let objects = self.objects.lock().unwrap();
-            Ok(objects.get(key).map(|(data, _)| ObjectInfo {
-                key: key.to_owned(),
-                size: data.len() as u64,
-            }))
+            Ok(objects.get(key).map(|(data, _)| ObjectInfo { key: key.to_owned(), size: data.len() as u64 }))
         }
 
         async fn upload(&self, key: &str, mut rx: ByteRx) -> Result<u64> {
@@ -605,9 +543,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::test_store::MemStore;
-    use super::{
-        Entry, GENESIS_PREV_HASH, NewEntry, append, canonical_bytes, compute_hash, entry_key,
-    };
+    use super::{Entry, GENESIS_PREV_HASH, NewEntry, append, canonical_bytes, compute_hash, entry_key};
     use super::{read_all, verify};
     use crate::error::Error;
     use crate::store::Store;
@@ -626,13 +562,9 @@ mod tests {
     /// Replace the stored entry at `seq` by what `edit` makes of its JSON, keeping its `hash`.
     async fn tamper(store: &MemStore, seq: u64, edit: impl FnOnce(&mut Value)) {
         let key = entry_key(seq);
-        let mut v: Value =
-            serde_json::from_slice(&store.get(&key).await.unwrap().unwrap().data).unwrap();
+        let mut v: Value = serde_json::from_slice(&store.get(&key).await.unwrap().unwrap().data).unwrap();
         edit(&mut v);
-        store
-            .put(&key, Bytes::from(serde_json::to_vec(&v).unwrap()))
-            .await
-            .unwrap();
+        store.put(&key, Bytes::from(serde_json::to_vec(&v).unwrap())).await.unwrap();
     }
 
     #[test]
@@ -717,44 +649,26 @@ mod tests {
             hash: String::new(),
         };
         let bytes = String::from_utf8(canonical_bytes(&e)).unwrap();
-        assert!(
-            bytes.contains("\"details\":{\"a\":3,\"\u{1f600}\":2,\"\u{ff61}\":1}"),
-            "{bytes}"
-        );
+        assert!(bytes.contains("\"details\":{\"a\":3,\"\u{1f600}\":2,\"\u{ff61}\":1}"), "{bytes}");
     }
 
     #[tokio::test]
     async fn three_appends_chain_and_verify() {
         let store = MemStore::new();
         let mut written = Vec::new();
-        for (i, event) in ["run-started", "step-done", "run-finished"]
-            .into_iter()
-            .enumerate()
-        {
-            let e = append(&store, new_entry("r1", event, json!({"i": i})))
-                .await
-                .unwrap();
+        for (i, event) in ["run-started", "step-done", "run-finished"].into_iter().enumerate() {
+            let e = append(&store, new_entry("r1", event, json!({"i": i}))).await.unwrap();
             assert_eq!(e.seq, i as u64);
             assert_eq!(e.hash, compute_hash(&e));
-            assert!(
-                e.time.ends_with('Z') && e.time.len() == "2024-05-01T12:00:00.000Z".len(),
-                "{}",
-                e.time
-            );
+            assert!(e.time.ends_with('Z') && e.time.len() == "2024-05-01T12:00:00.000Z".len(), "{}", e.time);
             written.push(e);
         }
         assert_eq!(written[0].prev_hash, GENESIS_PREV_HASH);
         assert_eq!(written[1].prev_hash, written[0].hash);
         assert_eq!(written[2].prev_hash, written[1].hash);
         let stored = read_all(&store).await.unwrap();
-        assert_eq!(
-            stored.iter().map(|s| s.key.clone()).collect::<Vec<_>>(),
-            [0, 1, 2].map(entry_key)
-        );
-        assert_eq!(
-            super::entries(&stored).cloned().collect::<Vec<_>>(),
-            written
-        );
+        assert_eq!(stored.iter().map(|s| s.key.clone()).collect::<Vec<_>>(), [0, 1, 2].map(entry_key));
+        assert_eq!(super::entries(&stored).cloned().collect::<Vec<_>>(), written);
         assert_eq!(verify(&stored), Ok(3));
         assert_eq!(super::head(&store).await.unwrap(), Some(written[2].clone()));
     }
@@ -769,67 +683,37 @@ mod tests {
     #[tokio::test]
     async fn a_float_in_details_is_refused_naming_the_key() {
         let store = MemStore::new();
-        let err = append(
-            &store,
-            new_entry("r1", "x", json!({"upload": {"rate": 1.5}})),
-        )
-        .await
-        .unwrap_err();
+        let err = append(&store, new_entry("r1", "x", json!({"upload": {"rate": 1.5}}))).await.unwrap_err();
         assert!(matches!(&err, Error::Step { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains("details.upload.rate is 1.5"),
-            "{err}"
-        );
-        let err = append(&store, new_entry("r1", "x", json!({"n": [1, 2.0]})))
-            .await
-            .unwrap_err();
+        assert!(err.to_string().contains("details.upload.rate is 1.5"), "{err}");
+        let err = append(&store, new_entry("r1", "x", json!({"n": [1, 2.0]}))).await.unwrap_err();
         assert!(err.to_string().contains("details.n[1]"), "{err}");
-        let err = append(
-            &store,
-            new_entry("r1", "x", json!({"big": 9007199254740992_u64})),
-        )
-        .await
-        .unwrap_err();
+        let err = append(&store, new_entry("r1", "x", json!({"big": 9007199254740992_u64}))).await.unwrap_err();
         assert!(err.to_string().contains("details.big"), "{err}");
-        assert!(
-            store.list("journal/").await.unwrap().is_empty(),
-            "nothing may be written"
-        );
+        assert!(store.list("journal/").await.unwrap().is_empty(), "nothing may be written");
     }
 
     #[tokio::test]
     async fn an_edited_entry_breaks_at_its_index_with_the_hash_reason() {
         let store = MemStore::new();
         for i in 0..4 {
-            append(&store, new_entry("r1", "step-done", json!({"i": i})))
-                .await
-                .unwrap();
+            append(&store, new_entry("r1", "step-done", json!({"i": i}))).await.unwrap();
         }
         tamper(&store, 2, |v| v["details"]["i"] = json!(99)).await;
         let b = verify(&read_all(&store).await.unwrap()).unwrap_err();
         assert_eq!((b.index, b.key.as_str()), (2, entry_key(2).as_str()));
-        assert_eq!(
-            b.reason,
-            "hash does not match the entry's content: it was edited after it was written"
-        );
+        assert_eq!(b.reason, "hash does not match the entry's content: it was edited after it was written");
         // Appending onto a damaged head is refused too (exit 4), never chained onto.
         tamper(&store, 3, |v| v["event"] = json!("forged")).await;
-        let err = append(&store, new_entry("r1", "x", json!({})))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, Error::Integrity { at, .. } if *at == entry_key(3)),
-            "{err:?}"
-        );
+        let err = append(&store, new_entry("r1", "x", json!({}))).await.unwrap_err();
+        assert!(matches!(&err, Error::Integrity { at, .. } if *at == entry_key(3)), "{err:?}");
     }
 
     #[tokio::test]
     async fn a_rehashed_edit_breaks_the_next_link() {
         let store = MemStore::new();
         for i in 0..3 {
-            append(&store, new_entry("r1", "step-done", json!({"i": i})))
-                .await
-                .unwrap();
+            append(&store, new_entry("r1", "step-done", json!({"i": i}))).await.unwrap();
         }
         tamper(&store, 1, |v| {
             v["details"]["i"] = json!(7);
@@ -841,31 +725,20 @@ mod tests {
         let b = verify(&read_all(&store).await.unwrap()).unwrap_err();
         assert_eq!(b.index, 2);
         assert!(b.reason.starts_with("prev_hash "), "{}", b.reason);
-        assert!(
-            b.reason
-                .contains("does not equal the previous entry's hash"),
-            "{}",
-            b.reason
-        );
+        assert!(b.reason.contains("does not equal the previous entry's hash"), "{}", b.reason);
     }
 
     #[tokio::test]
     async fn a_deleted_middle_entry_is_a_gap() {
         let store = MemStore::new();
         for i in 0..6 {
-            append(&store, new_entry("r1", "step-done", json!({"i": i})))
-                .await
-                .unwrap();
+            append(&store, new_entry("r1", "step-done", json!({"i": i}))).await.unwrap();
         }
         store.delete(&entry_key(4)).await.unwrap();
         let b = verify(&read_all(&store).await.unwrap()).unwrap_err();
         assert_eq!(
             b,
-            super::Break {
-                index: 4,
-                key: entry_key(5),
-                reason: "seq 5 follows seq 3: entry 4 is missing".into()
-            }
+            super::Break { index: 4, key: entry_key(5), reason: "seq 5 follows seq 3: entry 4 is missing".into() }
         );
         store.delete(&entry_key(3)).await.unwrap();
         store.delete(&entry_key(2)).await.unwrap();
@@ -873,51 +746,33 @@ mod tests {
         assert_eq!(b.reason, "seq 5 follows seq 1: entries 2 to 4 are missing");
         store.delete(&entry_key(0)).await.unwrap();
         let b = verify(&read_all(&store).await.unwrap()).unwrap_err();
-        assert_eq!(
-            (b.index, b.reason.as_str()),
-            (0, "the journal starts at seq 1: entry 0 is missing")
-        );
+        assert_eq!((b.index, b.reason.as_str()), (0, "the journal starts at seq 1: entry 0 is missing"));
     }
 
     #[tokio::test]
     async fn garbage_misplaced_and_rebased_entries_are_named() {
         let store = MemStore::new();
         for i in 0..3 {
-            append(&store, new_entry("r1", "step-done", json!({"i": i})))
-                .await
-                .unwrap();
+            append(&store, new_entry("r1", "step-done", json!({"i": i}))).await.unwrap();
         }
-        store
-            .put(&entry_key(1), Bytes::from_static(b"{\"seq\": 1, trunc"))
-            .await
-            .unwrap();
+        store.put(&entry_key(1), Bytes::from_static(b"{\"seq\": 1, trunc")).await.unwrap();
         let stored = read_all(&store).await.unwrap();
         assert!(stored[1].entry.is_err(), "a parse error is kept, not fatal");
         let b = verify(&stored).unwrap_err();
         assert_eq!(b.index, 1);
         assert!(b.reason.starts_with("unparseable entry: "), "{}", b.reason);
         let err = append(&store, new_entry("r1", "x", json!({}))).await;
-        assert!(
-            err.is_ok(),
-            "the head (seq 2) is intact, so appending is allowed: {err:?}"
-        );
+        assert!(err.is_ok(), "the head (seq 2) is intact, so appending is allowed: {err:?}");
 
         let store = MemStore::new();
-        append(&store, new_entry("r1", "a", json!({})))
-            .await
-            .unwrap();
+        append(&store, new_entry("r1", "a", json!({}))).await.unwrap();
         let data = store.get(&entry_key(0)).await.unwrap().unwrap().data;
         store.put(&entry_key(1), data).await.unwrap();
         let b = verify(&read_all(&store).await.unwrap()).unwrap_err();
-        assert_eq!(
-            (b.index, b.reason.as_str()),
-            (1, "key does not match seq: the entry holds seq 0")
-        );
+        assert_eq!((b.index, b.reason.as_str()), (1, "key does not match seq: the entry holds seq 0"));
 
         let store = MemStore::new();
-        append(&store, new_entry("r1", "a", json!({})))
-            .await
-            .unwrap();
+        append(&store, new_entry("r1", "a", json!({}))).await.unwrap();
         tamper(&store, 0, |v| {
             v["prev_hash"] = json!("ab".repeat(32));
             let mut e: Entry = serde_json::from_value(v.clone()).unwrap();
@@ -939,25 +794,16 @@ mod tests {
         let mut stale = new_entry("r1", "step-done", json!({}));
         stale.fences.insert("env:prod".to_owned(), 2);
         let err = append(&store, stale.clone()).await.unwrap_err();
-        assert!(
-            matches!(&err, Error::LockLost { target, .. } if target == "env:prod"),
-            "{err:?}"
-        );
+        assert!(matches!(&err, Error::LockLost { target, .. } if target == "env:prod"), "{err:?}");
         assert_eq!(err.exit_code(), 5);
 
         // The lock object is the authority even when the journal has not seen the new fence yet.
         let store = MemStore::new();
         let lock = json!({"holder": "sync", "host": "h", "boot_id": "b", "pid": 1, "pid_start": 1,
             "run_id": "r9", "since": "s", "expires": "e", "fence": 5, "released": false});
-        store
-            .put("locks/env:prod.json", Bytes::from(lock.to_string()))
-            .await
-            .unwrap();
+        store.put("locks/env:prod.json", Bytes::from(lock.to_string())).await.unwrap();
         let err = append(&store, stale).await.unwrap_err();
-        assert!(
-            err.to_string().contains("run r9 now holds fence 5"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("run r9 now holds fence 5"), "{err}");
         fenced.fences.insert("env:prod".to_owned(), 5);
         append(&store, fenced).await.unwrap();
     }
@@ -970,22 +816,14 @@ mod tests {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..10 {
-                    append(
-                        store.as_ref(),
-                        new_entry(&format!("w{w}"), "step-done", json!({"i": i})),
-                    )
-                    .await
-                    .unwrap();
+                    append(store.as_ref(), new_entry(&format!("w{w}"), "step-done", json!({"i": i}))).await.unwrap();
                 }
             }));
         }
         for t in tasks {
             t.await.unwrap();
         }
-        assert!(
-            store.refused_creates() > 0,
-            "the writers never collided: the test proves nothing"
-        );
+        assert!(store.refused_creates() > 0, "the writers never collided: the test proves nothing");
         let stored = read_all(store.as_ref()).await.unwrap();
         assert_eq!(verify(&stored), Ok(80));
         let seqs: Vec<u64> = super::entries(&stored).map(|e| e.seq).collect();
@@ -995,11 +833,7 @@ mod tests {
                 .filter(|e| e.run_id == format!("w{w}"))
                 .map(|e| e.details["i"].as_i64().unwrap())
                 .collect();
-            assert_eq!(
-                mine,
-                (0..10).collect::<Vec<_>>(),
-                "each writer's entries, once each, in order"
-            );
+            assert_eq!(mine, (0..10).collect::<Vec<_>>(), "each writer's entries, once each, in order");
         }
     }
 }

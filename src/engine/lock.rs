@@ -110,23 +110,15 @@ impl HeldLock {
         }
         let ours = self.shared.lock().unwrap().info.clone();
         loop {
-            let Some((current, etag)) = read_versioned(self.store.as_ref(), &self.key).await?
-            else {
+            let Some((current, etag)) = read_versioned(self.store.as_ref(), &self.key).await? else {
                 return Ok(());
             };
             if not_ours(Some(&current), &ours).is_some() {
                 // Released already, or someone else's now: nothing of ours to release.
                 return Ok(());
             }
-            let released = LockInfo {
-                released: true,
-                ..current
-            };
-            if self
-                .store
-                .put_if_match(&self.key, to_bytes(&released), &etag)
-                .await?
-            {
+            let released = LockInfo { released: true, ..current };
+            if self.store.put_if_match(&self.key, to_bytes(&released), &etag).await? {
                 return Ok(());
             }
             // Changed under us (a renewal's write landing late): look again.
@@ -134,10 +126,7 @@ impl HeldLock {
     }
 
     fn lost_error(&self, why: String) -> Error {
-        Error::LockLost {
-            target: self.target.clone(),
-            why,
-        }
+        Error::LockLost { target: self.target.clone(), why }
     }
 }
 
@@ -190,9 +179,7 @@ pub async fn acquire_over(
             Some((current, etag)) => {
                 let why = match free_because(&current, now, &me, &key)? {
                     Some(why) => Some(why),
-                    None if may_take(&current) => {
-                        Some(format!("{} may be taken over", current.holder))
-                    }
+                    None if may_take(&current) => Some(format!("{} may be taken over", current.holder)),
                     None => None,
                 };
                 let Some(why) = why else {
@@ -217,10 +204,7 @@ pub async fn acquire_over(
                 if !store.put_if_match(&key, to_bytes(&info), &etag).await? {
                     continue;
                 }
-                let took_over = (!current.released).then(|| Takeover {
-                    previous: current,
-                    why,
-                });
+                let took_over = (!current.released).then(|| Takeover { previous: current, why });
                 (info, took_over)
             }
         };
@@ -235,9 +219,7 @@ pub async fn acquire_over(
 
 /// Read a lock without taking it (for cleanup decisions and `status`).
 pub async fn read(store: &dyn Store, target: &str) -> Result<Option<LockInfo>> {
-    Ok(read_versioned(store, &lock_key(target))
-        .await?
-        .map(|(info, _)| info))
+    Ok(read_versioned(store, &lock_key(target)).await?.map(|(info, _)| info))
 }
 
 async fn read_versioned(store: &dyn Store, key: &str) -> Result<Option<(LockInfo, String)>> {
@@ -275,21 +257,12 @@ fn not_ours(current: Option<&LockInfo>, ours: &LockInfo) -> Option<String> {
 }
 
 /// Why `current` may be taken now, or None while its holder is live.
-fn free_because(
-    current: &LockInfo,
-    now: SystemTime,
-    me: &Process,
-    key: &str,
-) -> Result<Option<String>> {
+fn free_because(current: &LockInfo, now: SystemTime, me: &Process, key: &str) -> Result<Option<String>> {
     if current.released {
         return Ok(Some("it was released".to_owned()));
     }
     let expires = humantime::parse_rfc3339(&current.expires).map_err(|e| {
-        Error::integrity(
-            "locks",
-            key,
-            format!("expires `{}` is not an RFC 3339 time: {e}", current.expires),
-        )
+        Error::integrity("locks", key, format!("expires `{}` is not an RFC 3339 time: {e}", current.expires))
     })?;
     if expires <= now {
         return Ok(Some(format!("it expired at {}", current.expires)));
@@ -298,10 +271,7 @@ fn free_because(
     if !me.boot_id.is_empty() && current.boot_id == me.boot_id {
         match pid_start(current.pid) {
             None => {
-                return Ok(Some(format!(
-                    "its holder, pid {} on this host, is gone",
-                    current.pid
-                )));
+                return Ok(Some(format!("its holder, pid {} on this host, is gone", current.pid)));
             }
             Some(start) if start != current.pid_start => {
                 return Ok(Some(format!(
@@ -367,11 +337,7 @@ fn start(
     took_over: Option<Takeover>,
 ) -> HeldLock {
     let fence = info.fence;
-    let shared = Arc::new(Mutex::new(Shared {
-        etag: Some(etag),
-        info,
-        lost_reason: None,
-    }));
+    let shared = Arc::new(Mutex::new(Shared { etag: Some(etag), info, lost_reason: None }));
     let lost = CancellationToken::new();
     let stop = CancellationToken::new();
     let renewal = Renewal {
@@ -452,16 +418,9 @@ impl Renewal {
             let s = self.shared.lock().unwrap();
             (s.info.clone(), s.etag.clone())
         };
-        let renewed = LockInfo {
-            expires: fmt_time(now + self.ttl),
-            ..ours.clone()
-        };
+        let renewed = LockInfo { expires: fmt_time(now + self.ttl), ..ours.clone() };
         let wrote = match &etag {
-            Some(etag) => {
-                self.store
-                    .put_if_match(&self.key, to_bytes(&renewed), etag)
-                    .await?
-            }
+            Some(etag) => self.store.put_if_match(&self.key, to_bytes(&renewed), etag).await?,
             None => false,
         };
         if wrote {
@@ -478,11 +437,7 @@ impl Renewal {
         let mut s = self.shared.lock().unwrap();
         s.etag = Some(etag);
         s.info = current;
-        Ok(if wrote {
-            Renewed::Extended
-        } else {
-            Renewed::Retry
-        })
+        Ok(if wrote { Renewed::Extended } else { Renewed::Retry })
     }
 }
 
@@ -529,13 +484,7 @@ mod tests {
             fence,
             released: false,
         };
-        store
-            .put(
-                &lock_key(target),
-                Bytes::from(serde_json::to_vec(&info).unwrap()),
-            )
-            .await
-            .unwrap();
+        store.put(&lock_key(target), Bytes::from(serde_json::to_vec(&info).unwrap())).await.unwrap();
     }
 
     #[test]
@@ -556,33 +505,17 @@ mod tests {
     #[tokio::test]
     async fn acquire_conflict_release_and_reacquire() {
         let (_, store) = mem();
-        let a = acquire(store.clone(), "env:prod", &who("r-a", 3000))
-            .await
-            .unwrap();
+        let a = acquire(store.clone(), "env:prod", &who("r-a", 3000)).await.unwrap();
         assert_eq!(a.fence, 1);
         assert!(a.took_over.is_none());
         let info = read(store.as_ref(), "env:prod").await.unwrap().unwrap();
-        assert_eq!(
-            (info.run_id.as_str(), info.fence, info.released),
-            ("r-a", 1, false)
-        );
+        assert_eq!((info.run_id.as_str(), info.fence, info.released), ("r-a", 1, false));
         assert_eq!(info.pid, std::process::id());
 
-        let err = acquire(store.clone(), "env:prod", &who("r-b", 3000))
-            .await
-            .err()
-            .unwrap();
+        let err = acquire(store.clone(), "env:prod", &who("r-b", 3000)).await.err().unwrap();
         match &err {
-            Error::Locked {
-                target,
-                holder,
-                pid,
-                ..
-            } => {
-                assert_eq!(
-                    (target.as_str(), holder.as_str()),
-                    ("env:prod", "backup --env prod (r-a)")
-                );
+            Error::Locked { target, holder, pid, .. } => {
+                assert_eq!((target.as_str(), holder.as_str()), ("env:prod", "backup --env prod (r-a)"));
                 assert_eq!(*pid, std::process::id());
             }
             other => panic!("expected Locked, got {other:?}"),
@@ -592,24 +525,14 @@ mod tests {
 
         a.release().await.unwrap();
         a.release().await.unwrap();
-        assert!(
-            read(store.as_ref(), "env:prod")
-                .await
-                .unwrap()
-                .unwrap()
-                .released
-        );
+        assert!(read(store.as_ref(), "env:prod").await.unwrap().unwrap().released);
         assert!(matches!(a.confirm().await, Err(Error::LockLost { .. })));
 
-        let b = acquire(store.clone(), "env:prod", &who("r-b", 3000))
-            .await
-            .unwrap();
+        let b = acquire(store.clone(), "env:prod", &who("r-b", 3000)).await.unwrap();
         assert_eq!(b.fence, 2);
         assert!(b.took_over.is_none(), "a released lock is not a takeover");
         // Another target is independent.
-        let d = acquire(store.clone(), "dns", &who("r-a", 3000))
-            .await
-            .unwrap();
+        let d = acquire(store.clone(), "dns", &who("r-a", 3000)).await.unwrap();
         assert_eq!(d.fence, 1);
         // Releasing the old handle again must not touch the new holder's lock.
         a.release().await.unwrap();
@@ -621,29 +544,16 @@ mod tests {
     #[tokio::test]
     async fn renewal_moves_the_expiry_forward() {
         let (_, store) = mem();
-        let a = acquire(store.clone(), "env:prod", &who("r-a", 300))
-            .await
-            .unwrap();
-        let first = read(store.as_ref(), "env:prod")
-            .await
-            .unwrap()
-            .unwrap()
-            .expires;
+        let a = acquire(store.clone(), "env:prod", &who("r-a", 300)).await.unwrap();
+        let first = read(store.as_ref(), "env:prod").await.unwrap().unwrap().expires;
         tokio::time::sleep(Duration::from_millis(700)).await;
         let later = read(store.as_ref(), "env:prod").await.unwrap().unwrap();
-        assert!(
-            later.expires > first,
-            "{} should be after {first}",
-            later.expires
-        );
+        assert!(later.expires > first, "{} should be after {first}", later.expires);
         assert_eq!(later.fence, 1);
         assert!(!a.lost.is_cancelled());
         a.confirm().await.unwrap();
         // Still held long past the first ttl: another run is refused.
-        assert!(matches!(
-            acquire(store.clone(), "env:prod", &who("r-b", 300)).await,
-            Err(Error::Locked { .. })
-        ));
+        assert!(matches!(acquire(store.clone(), "env:prod", &who("r-b", 300)).await, Err(Error::Locked { .. })));
         a.release().await.unwrap();
     }
 
@@ -651,24 +561,15 @@ mod tests {
     async fn an_expired_lock_is_taken_over_and_the_old_holder_notices() {
         let (mem, store) = mem();
         // Renews every 500 ms: the takeover below happens well before the first renewal.
-        let a = acquire(store.clone(), "env:prod", &who("r-a", 1500))
-            .await
-            .unwrap();
+        let a = acquire(store.clone(), "env:prod", &who("r-a", 1500)).await.unwrap();
         mem.set_clock_offset(Duration::from_secs(10));
-        let b = acquire(store.clone(), "env:prod", &who("r-b", 1500))
-            .await
-            .unwrap();
+        let b = acquire(store.clone(), "env:prod", &who("r-b", 1500)).await.unwrap();
         assert_eq!(b.fence, 2);
-        let took = b
-            .took_over
-            .clone()
-            .expect("the lock was not released: a takeover");
+        let took = b.took_over.clone().expect("the lock was not released: a takeover");
         assert_eq!(took.previous.run_id, "r-a");
         assert!(took.why.starts_with("it expired at "), "{}", took.why);
 
-        tokio::time::timeout(Duration::from_secs(3), a.lost.cancelled())
-            .await
-            .expect("a notices the loss");
+        tokio::time::timeout(Duration::from_secs(3), a.lost.cancelled()).await.expect("a notices the loss");
         let why = a.lost_reason().unwrap();
         assert!(why.contains("run r-b, fence 2"), "{why}");
         match a.confirm().await {
@@ -686,9 +587,7 @@ mod tests {
         let (_, store) = mem();
         // A pid above any pid_max: no such process.
         plant(store.as_ref(), "env:prod", 0x7fff_fff0, 12345, 4).await;
-        let a = acquire(store.clone(), "env:prod", &who("r-a", 3000))
-            .await
-            .unwrap();
+        let a = acquire(store.clone(), "env:prod", &who("r-a", 3000)).await.unwrap();
         assert_eq!(a.fence, 5);
         assert!(a.took_over.as_ref().unwrap().why.contains("is gone"));
         a.release().await.unwrap();
@@ -698,37 +597,26 @@ mod tests {
         let pid = child.id();
         child.wait().unwrap();
         plant(store.as_ref(), "env:prod", pid, 1, 9).await;
-        let b = acquire(store.clone(), "env:prod", &who("r-b", 3000))
-            .await
-            .unwrap();
+        let b = acquire(store.clone(), "env:prod", &who("r-b", 3000)).await.unwrap();
         assert_eq!(b.fence, 10);
         b.release().await.unwrap();
 
         // A pid that is alive but started at another time: the holder died and its pid was reused.
         let me = Process::current();
         plant(store.as_ref(), "env:prod", me.pid, me.pid_start + 1, 11).await;
-        let c = acquire(store.clone(), "env:prod", &who("r-c", 3000))
-            .await
-            .unwrap();
+        let c = acquire(store.clone(), "env:prod", &who("r-c", 3000)).await.unwrap();
         assert_eq!(c.fence, 12);
         c.release().await.unwrap();
 
         // The same pid with its real start time is a live holder.
         plant(store.as_ref(), "env:prod", me.pid, me.pid_start, 13).await;
-        let err = acquire(store.clone(), "env:prod", &who("r-d", 3000))
-            .await
-            .err()
-            .unwrap();
-        assert!(
-            matches!(err, Error::Locked { ref holder, .. } if holder == "sync --from prod --to dr")
-        );
+        let err = acquire(store.clone(), "env:prod", &who("r-d", 3000)).await.err().unwrap();
+        assert!(matches!(err, Error::Locked { ref holder, .. } if holder == "sync --from prod --to dr"));
 
         // ...unless the requester may take it over (failover over its target's sync).
-        let f = acquire_over(store.clone(), "env:prod", &who("r-f", 3000), |l| {
-            l.holder.starts_with("sync ")
-        })
-        .await
-        .unwrap();
+        let f = acquire_over(store.clone(), "env:prod", &who("r-f", 3000), |l| l.holder.starts_with("sync "))
+            .await
+            .unwrap();
         assert_eq!(f.fence, 14);
         assert_eq!(f.took_over.as_ref().unwrap().previous.run_id, "r-planted");
         f.release().await.unwrap();
@@ -737,11 +625,7 @@ mod tests {
     #[tokio::test]
     async fn wait_succeeds_when_the_holder_releases() {
         let (_, store) = mem();
-        let a = Arc::new(
-            acquire(store.clone(), "env:prod", &who("r-a", 3000))
-                .await
-                .unwrap(),
-        );
+        let a = Arc::new(acquire(store.clone(), "env:prod", &who("r-a", 3000)).await.unwrap());
         let releaser = {
             let a = a.clone();
             tokio::spawn(async move {
@@ -760,15 +644,10 @@ mod tests {
     #[tokio::test]
     async fn wait_gives_up_at_its_deadline() {
         let (_, store) = mem();
-        let a = acquire(store.clone(), "env:prod", &who("r-a", 3000))
-            .await
-            .unwrap();
+        let a = acquire(store.clone(), "env:prod", &who("r-a", 3000)).await.unwrap();
         let mut waiting = who("r-b", 3000);
         waiting.wait = Some(Duration::from_millis(200));
-        let err = acquire(store.clone(), "env:prod", &waiting)
-            .await
-            .err()
-            .unwrap();
+        let err = acquire(store.clone(), "env:prod", &waiting).await.err().unwrap();
         assert!(matches!(err, Error::Locked { .. }), "{err:?}");
         a.release().await.unwrap();
     }
@@ -776,17 +655,8 @@ mod tests {
     #[tokio::test]
     async fn a_garbage_lock_object_is_an_integrity_failure() {
         let (_, store) = mem();
-        store
-            .put(&lock_key("dns"), Bytes::from_static(b"{not json"))
-            .await
-            .unwrap();
-        let err = acquire(store.clone(), "dns", &who("r-a", 3000))
-            .await
-            .err()
-            .unwrap();
-        assert!(
-            matches!(&err, Error::Integrity { at, .. } if at == "locks/dns.json"),
-            "{err:?}"
-        );
+        store.put(&lock_key("dns"), Bytes::from_static(b"{not json")).await.unwrap();
+        let err = acquire(store.clone(), "dns", &who("r-a", 3000)).await.err().unwrap();
+        assert!(matches!(&err, Error::Integrity { at, .. } if at == "locks/dns.json"), "{err:?}");
     }
 }
