@@ -1,1 +1,5 @@
-#[test] fn t(){}
+//! The one integration binary: every scenario drives the real `drctl` against a real PostgreSQL
+//! and moto_server, started once per process by `harness`.
+
+mod harness;
+mod smoke;
