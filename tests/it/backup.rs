@@ -16,7 +16,7 @@ use crate::harness::pg::Cluster;
 /// 20,000-row one.
 fn seeded_db(prefix: &str) -> String {
     let pg = Cluster::shared();
-    let db = pg.unique_name(prefix);
+    let db = crate::harness::unique_name(prefix);
     pg.create_db(&db);
     pg.psql(
         &db,
@@ -118,7 +118,7 @@ fn backup_to_file_store_lists_verifies_and_restores_by_hand() {
     let listing = sh(&format!("{cat} | pg_restore --list"));
     assert!(listing.contains("TABLE DATA public orders"), "{listing}");
     let pg = Cluster::shared();
-    let restored = pg.unique_name("restored");
+    let restored = crate::harness::unique_name("restored");
     pg.create_db(&restored);
     sh_env(
         &format!("{cat} | pg_restore --no-owner -d 'postgres://postgres@127.0.0.1:{}/{restored}'", pg.port),
@@ -257,7 +257,7 @@ fn big_db() -> &'static str {
     static DB: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DB.get_or_init(|| {
         let pg = Cluster::shared();
-        let db = pg.unique_name("big");
+        let db = crate::harness::unique_name("big");
         pg.create_db(&db);
         pg.psql(
             &db,

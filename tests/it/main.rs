@@ -1,2 +1,7 @@
-#[test]
-fn t() {}
+//! The one integration binary: every scenario drives the real `drctl` against a real PostgreSQL
+//! and moto_server, started once per process by `harness`.
+
+mod backup;
+mod cli;
+mod harness;
+mod smoke;
