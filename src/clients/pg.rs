@@ -25,9 +25,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -38,11 +36,7 @@ use crate::error::{Error, Result};
 /// `application_name=drctl`. The connection task is spawned; errors name host:port, never the password.
 pub async fn connect(url: &DbUrl) -> Result<tokio_postgres::Client> {
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&url.host)
-        .port(url.port)
-        .user(&url.user)
-        .dbname(&url.dbname)
-        .application_name("drctl");
+    cfg.host(&url.host).port(url.port).user(&url.user).dbname(&url.dbname).application_name("drctl");
     if let Some(pw) = url.password() {
         cfg.password(pw);
     }
@@ -55,10 +49,7 @@ pub async fn connect(url: &DbUrl) -> Result<tokio_postgres::Client> {
         match tls_plan(url.sslmode, url.sslrootcert.is_some()) {
             None => {
                 cfg.ssl_mode(PgSslMode::Disable);
-                let (client, conn) = cfg
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| db_error(url, &e))?;
+                let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| db_error(url, &e))?;
                 tokio::spawn(conn);
                 Ok(client)
             }
@@ -78,31 +69,17 @@ pub async fn connect(url: &DbUrl) -> Result<tokio_postgres::Client> {
     match timeout {
         Some(t) => tokio::time::timeout(t, connecting)
             .await
-            .unwrap_or_else(|_| {
-                Err(db_problem(
-                    url,
-                    format!("no answer within connect_timeout ({}s)", t.as_secs()),
-                ))
-            }),
+            .unwrap_or_else(|_| Err(db_problem(url, format!("no answer within connect_timeout ({}s)", t.as_secs())))),
         None => connecting.await,
     }
 }
 
 /// `server_version_num` / 10000, e.g. 15.
 pub async fn server_major(client: &tokio_postgres::Client) -> Result<u32> {
-    let problem = |p: String| Error::Db {
-        target: "SHOW server_version_num".into(),
-        problem: p,
-    };
-    let row = client
-        .query_one("SHOW server_version_num", &[])
-        .await
-        .map_err(|e| problem(describe(&e)))?;
+    let problem = |p: String| Error::Db { target: "SHOW server_version_num".into(), problem: p };
+    let row = client.query_one("SHOW server_version_num", &[]).await.map_err(|e| problem(describe(&e)))?;
     let text: String = row.get(0);
-    text.trim()
-        .parse::<u32>()
-        .map(|n| n / 10000)
-        .map_err(|_| problem(format!("unexpected value `{text}`")))
+    text.trim().parse::<u32>().map(|n| n / 10000).map_err(|_| problem(format!("unexpected value `{text}`")))
 }
 
 /// `Error::Db` for `url` (host:port/db) from a tokio-postgres error.
@@ -132,10 +109,7 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 fn db_problem(url: &DbUrl, problem: String) -> Error {
-    Error::Db {
-        target: format!("{}/{}", url.addr(), url.dbname),
-        problem,
-    }
+    Error::Db { target: format!("{}/{}", url.addr(), url.dbname), problem }
 }
 
 /// How much of the server's certificate is checked.
@@ -152,11 +126,7 @@ enum Verify {
 /// tokio-postgres's mode and our verification for a URL's sslmode; `None` is plain text.
 fn tls_plan(mode: SslMode, has_rootcert: bool) -> Option<(PgSslMode, Verify)> {
     // libpq verifies the chain in prefer/require too once a root file is configured.
-    let weak = if has_rootcert {
-        Verify::Chain
-    } else {
-        Verify::Nothing
-    };
+    let weak = if has_rootcert { Verify::Chain } else { Verify::Nothing };
     match mode {
         SslMode::Disable => None,
         SslMode::Prefer => Some((PgSslMode::Prefer, weak)),
@@ -181,13 +151,8 @@ fn client_config(url: &DbUrl, verify: Verify) -> Result<ClientConfig> {
                 Some(file) => roots_from_file(file).map_err(|p| db_problem(url, p))?,
                 None => system_roots().map_err(|p| db_problem(url, p))?,
             };
-            let webpki =
-                webpki_verifier(roots, provider.clone()).map_err(|p| db_problem(url, p))?;
-            if verify == Verify::Chain {
-                Arc::new(IgnoreHostName(webpki))
-            } else {
-                webpki
-            }
+            let webpki = webpki_verifier(roots, provider.clone()).map_err(|p| db_problem(url, p))?;
+            if verify == Verify::Chain { Arc::new(IgnoreHostName(webpki)) } else { webpki }
         }
     };
     Ok(ClientConfig::builder_with_provider(provider)
@@ -198,10 +163,7 @@ fn client_config(url: &DbUrl, verify: Verify) -> Result<ClientConfig> {
         .with_no_client_auth())
 }
 
-fn webpki_verifier(
-    roots: RootCertStore,
-    provider: Arc<CryptoProvider>,
-) -> Result<Arc<WebPkiServerVerifier>, String> {
+fn webpki_verifier(roots: RootCertStore, provider: Arc<CryptoProvider>) -> Result<Arc<WebPkiServerVerifier>, String> {
     WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
         .map_err(|e| format!("TLS setup: {e}"))
@@ -214,15 +176,11 @@ fn roots_from_file(file: &Path) -> Result<RootCertStore, String> {
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("sslrootcert {name}: {e}"))?;
     if certs.is_empty() {
-        return Err(format!(
-            "sslrootcert {name}: no PEM certificate in the file"
-        ));
+        return Err(format!("sslrootcert {name}: no PEM certificate in the file"));
     }
     let mut roots = RootCertStore::empty();
     for cert in certs {
-        roots
-            .add(cert)
-            .map_err(|e| format!("sslrootcert {name}: {e}"))?;
+        roots.add(cert).map_err(|e| format!("sslrootcert {name}: {e}"))?;
     }
     Ok(roots)
 }
@@ -235,11 +193,7 @@ fn system_roots() -> Result<RootCertStore, String> {
         let why: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
         return Err(format!(
             "no system root certificates found{}; set sslrootcert in the URL",
-            if why.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", why.join("; "))
-            }
+            if why.is_empty() { String::new() } else { format!(" ({})", why.join("; ")) }
         ));
     }
     Ok(roots)
@@ -299,10 +253,7 @@ impl ServerCertVerifier for IgnoreHostName {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         // webpki checks the chain before the name, so a name error means the chain was good.
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -383,9 +334,7 @@ lQsLtAHEWEe5TDw=
         roots.add(der(ca)).unwrap();
         let webpki = webpki_verifier(roots, provider()).unwrap();
         match verify {
-            Verify::Nothing => {
-                Arc::new(AcceptAnyCert(provider().signature_verification_algorithms))
-            }
+            Verify::Nothing => Arc::new(AcceptAnyCert(provider().signature_verification_algorithms)),
             Verify::Chain => Arc::new(IgnoreHostName(webpki)),
             Verify::ChainAndName => webpki,
         }
@@ -393,8 +342,7 @@ lQsLtAHEWEe5TDw=
 
     fn check(v: &dyn ServerCertVerifier, name: &str) -> Result<(), rustls::Error> {
         let name = ServerName::try_from(name.to_string()).unwrap();
-        v.verify_server_cert(&der(LEAF), &[], &name, &[], UnixTime::now())
-            .map(|_| ())
+        v.verify_server_cert(&der(LEAF), &[], &name, &[], UnixTime::now()).map(|_| ())
     }
 
     fn url(s: &str) -> DbUrl {
@@ -405,34 +353,13 @@ lQsLtAHEWEe5TDw=
     fn each_sslmode_maps_to_libpqs_verification() {
         use SslMode::*;
         assert_eq!(tls_plan(Disable, true), None);
-        assert_eq!(
-            tls_plan(Prefer, false),
-            Some((PgSslMode::Prefer, Verify::Nothing))
-        );
-        assert_eq!(
-            tls_plan(Prefer, true),
-            Some((PgSslMode::Prefer, Verify::Chain))
-        );
-        assert_eq!(
-            tls_plan(Require, false),
-            Some((PgSslMode::Require, Verify::Nothing))
-        );
-        assert_eq!(
-            tls_plan(Require, true),
-            Some((PgSslMode::Require, Verify::Chain))
-        );
-        assert_eq!(
-            tls_plan(VerifyCa, false),
-            Some((PgSslMode::Require, Verify::Chain))
-        );
-        assert_eq!(
-            tls_plan(VerifyFull, false),
-            Some((PgSslMode::Require, Verify::ChainAndName))
-        );
-        assert_eq!(
-            tls_plan(VerifyFull, true),
-            Some((PgSslMode::Require, Verify::ChainAndName))
-        );
+        assert_eq!(tls_plan(Prefer, false), Some((PgSslMode::Prefer, Verify::Nothing)));
+        assert_eq!(tls_plan(Prefer, true), Some((PgSslMode::Prefer, Verify::Chain)));
+        assert_eq!(tls_plan(Require, false), Some((PgSslMode::Require, Verify::Nothing)));
+        assert_eq!(tls_plan(Require, true), Some((PgSslMode::Require, Verify::Chain)));
+        assert_eq!(tls_plan(VerifyCa, false), Some((PgSslMode::Require, Verify::Chain)));
+        assert_eq!(tls_plan(VerifyFull, false), Some((PgSslMode::Require, Verify::ChainAndName)));
+        assert_eq!(tls_plan(VerifyFull, true), Some((PgSslMode::Require, Verify::ChainAndName)));
     }
 
     #[test]
@@ -442,13 +369,7 @@ lQsLtAHEWEe5TDw=
         let e = check(&*v, "127.0.0.1").unwrap_err();
         assert!(e.to_string().contains("not valid for name"), "{e}");
         let e = check(&*verifier(Verify::ChainAndName, OTHER_CA), "localhost").unwrap_err();
-        assert!(
-            matches!(
-                e,
-                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)), "{e}");
     }
 
     #[test]
@@ -458,13 +379,7 @@ lQsLtAHEWEe5TDw=
         check(&*v, "db.example.com").unwrap();
         check(&*v, "127.0.0.1").unwrap();
         let e = check(&*verifier(Verify::Chain, OTHER_CA), "db.example.com").unwrap_err();
-        assert!(
-            matches!(
-                e,
-                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)), "{e}");
     }
 
     #[test]
@@ -473,12 +388,7 @@ lQsLtAHEWEe5TDw=
         check(&*v, "db.example.com").unwrap();
         // The schemes come from the provider, so handshake signatures are checked, not waved through.
         let schemes = v.supported_verify_schemes();
-        assert_eq!(
-            schemes,
-            provider()
-                .signature_verification_algorithms
-                .supported_schemes()
-        );
+        assert_eq!(schemes, provider().signature_verification_algorithms.supported_schemes());
         assert!(schemes.contains(&SignatureScheme::ECDSA_NISTP256_SHA256));
     }
 
@@ -491,10 +401,7 @@ lQsLtAHEWEe5TDw=
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         let e = roots_from_file(&empty).unwrap_err();
-        assert!(
-            e.contains("empty.pem") && e.contains("no PEM certificate"),
-            "{e}"
-        );
+        assert!(e.contains("empty.pem") && e.contains("no PEM certificate"), "{e}");
         let good = dir.path().join("ca.pem");
         std::fs::write(&good, format!("{CA}{OTHER_CA}")).unwrap();
         assert_eq!(roots_from_file(&good).unwrap().len(), 2);
@@ -502,15 +409,10 @@ lQsLtAHEWEe5TDw=
 
     #[tokio::test]
     async fn bad_rootcert_fails_before_connecting_and_names_the_file() {
-        let u = url(
-            "postgres://app:hunter2@127.0.0.1:1/app?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem",
-        );
+        let u = url("postgres://app:hunter2@127.0.0.1:1/app?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem");
         let e = connect(&u).await.unwrap_err();
         let text = e.to_string();
-        assert!(
-            text.contains("127.0.0.1:1/app") && text.contains("/nonexistent/ca.pem"),
-            "{text}"
-        );
+        assert!(text.contains("127.0.0.1:1/app") && text.contains("/nonexistent/ca.pem"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
     }
 
@@ -521,9 +423,7 @@ lQsLtAHEWEe5TDw=
             l.local_addr().unwrap().port()
         };
         for mode in ["disable", "require"] {
-            let u = url(&format!(
-                "postgres://app:hunter2@127.0.0.1:{port}/shop?sslmode={mode}"
-            ));
+            let u = url(&format!("postgres://app:hunter2@127.0.0.1:{port}/shop?sslmode={mode}"));
             let e = connect(&u).await.unwrap_err();
             let text = e.to_string();
             assert!(matches!(e, Error::Db { .. }), "{text}");
@@ -544,9 +444,7 @@ lQsLtAHEWEe5TDw=
                 held.push(s);
             }
         });
-        let u = url(&format!(
-            "postgres://app:pw@127.0.0.1:{port}/shop?sslmode=disable&connect_timeout=1"
-        ));
+        let u = url(&format!("postgres://app:pw@127.0.0.1:{port}/shop?sslmode=disable&connect_timeout=1"));
         let e = connect(&u).await.unwrap_err();
         assert!(e.to_string().contains("connect_timeout"), "{e}");
         hold.abort();

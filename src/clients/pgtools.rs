@@ -34,9 +34,7 @@ pub struct Running {
 
 impl PgTools {
     pub fn new(bin_dir: Option<&Path>) -> Self {
-        PgTools {
-            bin_dir: bin_dir.map(Path::to_path_buf),
-        }
+        PgTools { bin_dir: bin_dir.map(Path::to_path_buf) }
     }
 
     /// Path of `tool` (pg_bin/tool, else tool on PATH).
@@ -52,21 +50,11 @@ impl PgTools {
         let mut run = self.spawn(tool, &["--version"], None, false)?;
         let mut out = String::new();
         if let Some(mut stdout) = run.stdout.take() {
-            stdout
-                .read_to_string(&mut out)
-                .await
-                .map_err(|e| Error::io(self.path(tool).display(), e))?;
+            stdout.read_to_string(&mut out).await.map_err(|e| Error::io(self.path(tool).display(), e))?;
         }
         run.wait().await?;
         parse_major(&out).ok_or_else(|| {
-            Error::step(
-                tool,
-                format!(
-                    "{} --version printed no version: `{}`",
-                    self.path(tool).display(),
-                    out.trim()
-                ),
-            )
+            Error::step(tool, format!("{} --version printed no version: `{}`", self.path(tool).display(), out.trim()))
         })
     }
 
@@ -77,13 +65,7 @@ impl PgTools {
     /// Call it from an async task on the runtime, never from `spawn_blocking`: the parent-death
     /// signal fires when the *thread* that spawned the child exits, and tokio's worker threads live
     /// as long as the run while its blocking-pool threads exit after a few idle seconds.
-    pub fn spawn(
-        &self,
-        tool: &str,
-        args: &[&str],
-        url: Option<&DbUrl>,
-        stdin_piped: bool,
-    ) -> Result<Running> {
+    pub fn spawn(&self, tool: &str, args: &[&str], url: Option<&DbUrl>, stdin_piped: bool) -> Result<Running> {
         let path = self.path(tool);
         let mut cmd = tokio::process::Command::new(&path);
         cmd.args(args);
@@ -97,14 +79,10 @@ impl PgTools {
         if let Some(url) = url {
             cmd.envs(url.libpq_env());
         }
-        cmd.stdin(if stdin_piped {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        cmd.stdin(if stdin_piped { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: only async-signal-safe calls (prctl, getppid) between fork and exec, no allocation.
         unsafe {
@@ -140,11 +118,7 @@ impl Running {
     pub async fn wait(mut self) -> Result<String> {
         drop(self.stdin.take());
         drop(self.stdout.take());
-        let status = self
-            .child
-            .wait()
-            .await
-            .map_err(|e| Error::step(&self.tool, e))?;
+        let status = self.child.wait().await.map_err(|e| Error::step(&self.tool, e))?;
         let stderr = self.stderr.await.unwrap_or_default();
         finish(&self.tool, status, stderr)
     }
@@ -152,10 +126,7 @@ impl Running {
     /// Stop the child at once (SIGKILL) and reap it: for cancellation, where its partial output is
     /// thrown away anyway.
     pub async fn kill(&mut self) -> Result<()> {
-        self.child
-            .kill()
-            .await
-            .map_err(|e| Error::step(&self.tool, format!("could not kill: {e}")))
+        self.child.kill().await.map_err(|e| Error::step(&self.tool, format!("could not kill: {e}")))
     }
 
     /// The child's pid, until it has been reaped.
@@ -209,9 +180,7 @@ fn drain_tail(mut stderr: tokio::process::ChildStderr) -> tokio::task::JoinHandl
 /// 15 from "pg_dump (PostgreSQL) 15.18" or "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)";
 /// 16 from "16beta1". The first token that starts with a digit holds the version.
 fn parse_major(version_output: &str) -> Option<u32> {
-    let token = version_output
-        .split_whitespace()
-        .find(|t| t.starts_with(|c: char| c.is_ascii_digit()))?;
+    let token = version_output.split_whitespace().find(|t| t.starts_with(|c: char| c.is_ascii_digit()))?;
     let digits: String = token.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
 }
@@ -234,32 +203,21 @@ mod tests {
 
     async fn stdout_of(run: &mut Running) -> String {
         let mut out = String::new();
-        run.stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .await
-            .unwrap();
+        run.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
         out
     }
 
     #[test]
     fn parses_major_versions() {
         assert_eq!(parse_major("pg_dump (PostgreSQL) 15.18\n"), Some(15));
-        assert_eq!(
-            parse_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"),
-            Some(15)
-        );
+        assert_eq!(parse_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"), Some(15));
         assert_eq!(parse_major("pg_restore (PostgreSQL) 16beta1"), Some(16));
         assert_eq!(parse_major("no version here"), None);
     }
 
     #[tokio::test]
     async fn major_version_runs_the_tool_in_pg_bin() {
-        let (_dir, tools) = fake_tool(
-            "pg_dump",
-            "echo 'pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)'",
-        );
+        let (_dir, tools) = fake_tool("pg_dump", "echo 'pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)'");
         assert_eq!(tools.major_version("pg_dump").await.unwrap(), 15);
     }
 
@@ -273,21 +231,14 @@ mod tests {
     #[tokio::test]
     async fn password_travels_in_the_environment_never_in_argv() {
         let (_dir, tools) = fake_tool("pg_dump", r#"echo "argv: $*"; env | grep '^PG' | sort"#);
-        let url =
-            DbUrl::parse("postgres://app:s3cret-pw@db.internal:6432/shop?sslmode=disable").unwrap();
-        let mut run = tools
-            .spawn("pg_dump", &["-Fc", "--no-owner"], Some(&url), false)
-            .unwrap();
+        let url = DbUrl::parse("postgres://app:s3cret-pw@db.internal:6432/shop?sslmode=disable").unwrap();
+        let mut run = tools.spawn("pg_dump", &["-Fc", "--no-owner"], Some(&url), false).unwrap();
         let out = stdout_of(&mut run).await;
         run.wait().await.unwrap();
         let mut lines = out.lines();
         assert_eq!(lines.next(), Some("argv: -Fc --no-owner"));
         // Exactly the URL's settings: nothing inherited from the shell (PGSERVICE, PGPORT…) survives.
-        let mut want: Vec<String> = url
-            .libpq_env()
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let mut want: Vec<String> = url.libpq_env().iter().map(|(k, v)| format!("{k}={v}")).collect();
         want.sort();
         assert_eq!(lines.collect::<Vec<_>>(), want);
         assert!(want.contains(&"PGPASSWORD=s3cret-pw".to_string()));
@@ -295,49 +246,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_failure_reports_status_and_stderr() {
-        let (_dir, tools) = fake_tool(
-            "pg_restore",
-            "echo 'pg_restore: error: could not connect' >&2; exit 3",
-        );
-        let e = tools
-            .spawn("pg_restore", &[], None, false)
-            .unwrap()
-            .wait()
-            .await
-            .unwrap_err();
+        let (_dir, tools) = fake_tool("pg_restore", "echo 'pg_restore: error: could not connect' >&2; exit 3");
+        let e = tools.spawn("pg_restore", &[], None, false).unwrap().wait().await.unwrap_err();
         let text = e.to_string();
-        assert!(
-            matches!(e, Error::Step { ref step, .. } if step == "pg_restore"),
-            "{text}"
-        );
-        assert!(
-            text.contains("exit status: 3") && text.contains("could not connect"),
-            "{text}"
-        );
+        assert!(matches!(e, Error::Step { ref step, .. } if step == "pg_restore"), "{text}");
+        assert!(text.contains("exit status: 3") && text.contains("could not connect"), "{text}");
     }
 
     #[tokio::test]
     async fn success_returns_stderr_warnings() {
         let (_dir, tools) = fake_tool("pg_dump", "echo 'pg_dump: warning: old server' >&2");
-        let warnings = tools
-            .spawn("pg_dump", &[], None, false)
-            .unwrap()
-            .wait()
-            .await
-            .unwrap();
+        let warnings = tools.spawn("pg_dump", &[], None, false).unwrap().wait().await.unwrap();
         assert_eq!(warnings.trim(), "pg_dump: warning: old server");
     }
 
     #[tokio::test]
     async fn a_megabyte_of_stderr_neither_blocks_nor_is_kept_whole() {
-        let (_dir, tools) = fake_tool(
-            "pg_dump",
-            "head -c 1048576 /dev/zero | tr '\\0' x >&2; echo END >&2; echo done; exit 1",
-        );
+        let (_dir, tools) =
+            fake_tool("pg_dump", "head -c 1048576 /dev/zero | tr '\\0' x >&2; echo END >&2; echo done; exit 1");
         let mut run = tools.spawn("pg_dump", &[], None, false).unwrap();
-        let out = tokio::time::timeout(std::time::Duration::from_secs(20), stdout_of(&mut run))
-            .await
-            .unwrap();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(20), stdout_of(&mut run)).await.unwrap();
         assert_eq!(out, "done\n");
         let e = run.wait().await.unwrap_err().to_string();
         assert!(e.ends_with("END"), "{}", &e[e.len() - 40..]);
@@ -369,11 +297,7 @@ mod tests {
         run.kill().await.unwrap();
         assert!(run.pid().is_none());
         // SAFETY: kill with signal 0 only probes whether the pid exists.
-        assert_ne!(
-            unsafe { libc::kill(pid as libc::pid_t, 0) },
-            0,
-            "pid {pid} still alive"
-        );
+        assert_ne!(unsafe { libc::kill(pid as libc::pid_t, 0) }, 0, "pid {pid} still alive");
     }
 
     #[test]
@@ -382,10 +306,7 @@ mod tests {
         // spawning thread exits, which is observable without killing the test process.
         let (_dir, tools) = fake_tool("pg_dump", "exec sleep 60");
         let pid = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 let run = tools.spawn("pg_dump", &[], None, false).unwrap();
                 let pid = run.pid().unwrap();
@@ -404,15 +325,9 @@ mod tests {
             if r == pid as libc::pid_t {
                 break;
             }
-            assert!(
-                r == 0 && std::time::Instant::now() < deadline,
-                "child {pid} outlived its thread"
-            );
+            assert!(r == 0 && std::time::Instant::now() < deadline, "child {pid} outlived its thread");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        assert!(
-            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
-            "status {status}"
-        );
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL, "status {status}");
     }
 }

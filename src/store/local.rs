@@ -1,23 +1,403 @@
-//! The local-directory store. STUB: to be implemented.
+//! The local-directory store: each key is a file under the root, written so that a crash never
+//! leaves a half-written object under its final name.
+//!
+//! Every write goes to `<root>/.tmp/<pid>-<random>` first, is fsynced, and only then gets its final
+//! name: `rename(2)` for plain writes, `link(2)` for create-if-absent (it fails when the name exists,
+//! which is what makes the check and the write one atomic step). Compare-and-swap serialises the
+//! processes of this host on an `flock` of a per-key sidecar file in `.tmp/`. The pid in a temp name
+//! lets `remove_unfinished` tell a dead writer's leftovers from a live writer's work in progress.
 
-use std::path::PathBuf;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
 
 use super::{ByteRx, ObjectInfo, Store, Versioned};
-use crate::error::Result;
+use crate::error::{Error, Result, Transience};
+
+/// Temp files live here, inside the root, so that `rename` and `link` never cross a filesystem.
+const TMP_DIR: &str = ".tmp";
+const DOWNLOAD_CHUNK: usize = 1 << 20;
+const DOWNLOAD_QUEUE: usize = 4;
 
 pub struct LocalStore {
     url: String,
-    root: PathBuf,
+    fs: Arc<Fs>,
 }
 
 impl LocalStore {
+    /// `path` may be relative (`./.drctl`); it is created on the first write.
     pub fn new(url: &str, path: &str) -> Self {
-        LocalStore { url: url.to_string(), root: PathBuf::from(path) }
+        LocalStore { url: url.to_string(), fs: Arc::new(Fs { root: PathBuf::from(path) }) }
     }
+
+    fn err(&self, op: &str, key: &str, e: io::Error) -> Error {
+        let transience = match e.kind() {
+            io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Transience::Temporary,
+            _ => Transience::Permanent,
+        };
+        Error::Store { url: self.url.clone(), problem: format!("{op} {key}: {e}"), transience }
+    }
+
+    /// Runs blocking filesystem work off the async threads and names the operation in any error.
+    async fn blocking<T, F>(&self, op: &str, key: &str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Fs) -> io::Result<T> + Send + 'static,
+    {
+        let fs = Arc::clone(&self.fs);
+        match tokio::task::spawn_blocking(move || f(&fs)).await {
+            Ok(r) => r.map_err(|e| self.err(op, key, e)),
+            Err(join) => Err(self.err(op, key, io::Error::other(join.to_string()))),
+        }
+    }
+
+    fn check_key(&self, op: &str, key: &str) -> Result<()> {
+        valid_key(key).map_err(|why| Error::Store {
+            url: self.url.clone(),
+            problem: format!("{op} {key:?}: invalid key: {why}"),
+            transience: Transience::Permanent,
+        })
+    }
+}
+
+/// Keys become paths, so reject anything that could escape the root or land in `.tmp/`.
+fn valid_key(key: &str) -> std::result::Result<(), &'static str> {
+    if key.is_empty() {
+        return Err("empty");
+    }
+    if key.contains('\0') {
+        return Err("contains NUL");
+    }
+    for (i, part) in key.split('/').enumerate() {
+        match part {
+            "" => return Err("empty path component (leading, trailing or double `/`)"),
+            "." | ".." => return Err("`.` or `..` component"),
+            TMP_DIR if i == 0 => return Err("`.tmp/` is reserved for temp files"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// The blocking half: plain `std::fs` over the root. Only ever called on a blocking thread.
+struct Fs {
+    root: PathBuf,
+}
+
+/// Removes its temp file when dropped, unless disarmed after the rename or link: an error, a panic
+/// or a cancelled upload future all leave nothing behind.
+struct TempFile {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempFile {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Fs {
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join(TMP_DIR)
+    }
+
+    /// A fresh temp path named `<pid>-<16 hex>`, the pattern `remove_unfinished` parses.
+    fn temp_path(&self) -> io::Result<TempFile> {
+        let rnd = getrandom::u64().map_err(|e| io::Error::other(format!("random temp name: {e}")))?;
+        let dir = self.tmp_dir();
+        create_dirs(&dir)?;
+        Ok(TempFile { path: dir.join(format!("{}-{rnd:016x}", std::process::id())), armed: true })
+    }
+
+    /// Writes and fsyncs a temp file holding `data`.
+    fn write_temp(&self, data: &[u8]) -> io::Result<TempFile> {
+        let tmp = self.temp_path()?;
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp.path)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        Ok(tmp)
+    }
+
+    /// The final path of `key`, with its parent directories created (and made durable).
+    fn prepare_final(&self, key: &str) -> io::Result<PathBuf> {
+        let path = self.path(key);
+        if let Some(parent) = path.parent() {
+            create_dirs(parent)?;
+        }
+        Ok(path)
+    }
+
+    fn replace_with(&self, key: &str, tmp: TempFile) -> io::Result<()> {
+        let path = self.prepare_final(key)?;
+        fs::rename(&tmp.path, &path)?;
+        tmp.disarm();
+        sync_parent(&path)
+    }
+
+    fn get(&self, key: &str) -> io::Result<Option<Versioned>> {
+        match fs::read(self.path(key)) {
+            Ok(data) => {
+                let etag = sha256_hex(&data);
+                Ok(Some(Versioned { data: Bytes::from(data), etag }))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
+        let tmp = self.write_temp(data)?;
+        self.replace_with(key, tmp)
+    }
+
+    fn put_if_absent(&self, key: &str, data: &[u8]) -> io::Result<bool> {
+        let tmp = self.write_temp(data)?;
+        let path = self.prepare_final(key)?;
+        // link(2) refuses an existing name, so "absent?" and "create" are one atomic step, and the
+        // name only ever points at a complete, fsynced file.
+        match fs::hard_link(&tmp.path, &path) {
+            Ok(()) => {
+                drop(tmp);
+                sync_parent(&path)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn put_if_match(&self, key: &str, data: &[u8], etag: &str) -> io::Result<bool> {
+        // Held for the whole read-compare-rename, so two processes on this host cannot both see the
+        // same version and both replace it. Lock files are never deleted: unlinking one while
+        // another process waits on it would let a third lock a new file of the same name.
+        let _lock = self.lock_cas(key)?;
+        match self.get(key)? {
+            Some(current) if current.etag == etag => {}
+            _ => return Ok(false),
+        }
+        let tmp = self.write_temp(data)?;
+        self.replace_with(key, tmp)?;
+        Ok(true)
+    }
+
+    fn lock_cas(&self, key: &str) -> io::Result<File> {
+        let dir = self.tmp_dir();
+        create_dirs(&dir)?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(cas_lock_name(key)))?;
+        loop {
+            // SAFETY: flock on a descriptor we own; the lock is released when `f` is closed.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(f);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
+        // Start at the deepest directory the prefix names instead of walking the whole store.
+        let base = match prefix.rfind('/') {
+            Some(i) => &prefix[..=i],
+            None => "",
+        };
+        let mut out = Vec::new();
+        let start = if base.is_empty() { self.root.clone() } else { self.root.join(base) };
+        walk(&start, base, &mut out)?;
+        out.retain(|o| o.key.starts_with(prefix));
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> io::Result<()> {
+        // Empty parent directories stay: removing one could race a concurrent put that has just
+        // created it and is about to rename into it.
+        match fs::remove_file(self.path(key)) {
+            Ok(()) => sync_parent(&self.path(key)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn head(&self, key: &str) -> io::Result<Option<ObjectInfo>> {
+        match fs::metadata(self.path(key)) {
+            Ok(m) if m.is_file() => Ok(Some(ObjectInfo { key: key.to_string(), size: m.len() })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remove_unfinished(&self) -> io::Result<usize> {
+        let entries = match fs::read_dir(self.tmp_dir()) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry?;
+            let Some(pid) = entry.file_name().to_str().and_then(temp_pid) else {
+                continue;
+            };
+            if pid_alive(pid) {
+                continue;
+            }
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                // Another cleaner got there first.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if removed > 0 {
+            File::open(self.tmp_dir())?.sync_all()?;
+        }
+        Ok(removed)
+    }
+}
+
+/// The pid recorded in a temp file name `<pid>-<16 hex>`; `None` for anything else (CAS lock files).
+fn temp_pid(name: &str) -> Option<i32> {
+    let (pid, rnd) = name.split_once('-')?;
+    if rnd.len() != 16 || !rnd.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok().filter(|&p| p > 0)
+}
+
+/// A recycled pid makes a dead writer look alive: its temp file is then kept, never a live one removed.
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    if unsafe { libc::kill(pid, 0) } == 0 {
+        return true;
+    }
+    // EPERM: it exists but belongs to another user.
+    io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// One lock file per key; `%`-escaping keeps distinct keys on distinct files. Over-long names fall
+/// back to a hash (sharing a lock between two keys would only serialise them).
+fn cas_lock_name(key: &str) -> String {
+    let escaped = key.replace('%', "%25").replace('/', "%2F");
+    if escaped.len() <= 200 { format!("{escaped}.cas") } else { format!("{}.cas", sha256_hex(key.as_bytes())) }
+}
+
+fn walk(dir: &Path, rel: &str, out: &mut Vec<ObjectInfo>) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        // A name that is not UTF-8 cannot be a key: drctl never wrote it.
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if rel.is_empty() && name == TMP_DIR {
+            continue;
+        }
+        let key = format!("{rel}{name}");
+        // Follows symlinks, so an operator may link a directory into the store.
+        let meta = match fs::metadata(entry.path()) {
+            Ok(m) => m,
+            // Deleted between read_dir and stat.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if meta.is_dir() {
+            walk(&entry.path(), &format!("{key}/"), out)?;
+        } else if meta.is_file() {
+            out.push(ObjectInfo { key, size: meta.len() });
+        }
+    }
+    Ok(())
+}
+
+/// `create_dir_all`, plus an fsync of the parent of every directory it made, so a new directory's
+/// entry survives a crash together with the file later renamed into it.
+fn create_dirs(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    while !cur.as_os_str().is_empty() && !cur.is_dir() {
+        missing.push(cur);
+        match cur.parent() {
+            Some(p) => cur = p,
+            None => break,
+        }
+    }
+    for d in missing.into_iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => sync_parent(d)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// fsync the directory holding `path`, making a rename, link or unlink in it durable.
+fn sync_parent(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
+}
+
+/// Reads up to `buf.len()` bytes, short only at end of file.
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 #[async_trait]
@@ -25,38 +405,374 @@ impl Store for LocalStore {
     fn url(&self) -> &str {
         &self.url
     }
-    async fn get(&self, _key: &str) -> Result<Option<Versioned>> {
-        let _ = &self.root;
-        todo!()
+
+    async fn get(&self, key: &str) -> Result<Option<Versioned>> {
+        self.check_key("get", key)?;
+        let k = key.to_string();
+        self.blocking("get", key, move |fs| fs.get(&k)).await
     }
-    async fn put(&self, _key: &str, _data: Bytes) -> Result<()> {
-        todo!()
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        self.check_key("put", key)?;
+        let k = key.to_string();
+        self.blocking("put", key, move |fs| fs.put(&k, &data)).await
     }
-    async fn put_if_absent(&self, _key: &str, _data: Bytes) -> Result<bool> {
-        todo!()
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool> {
+        self.check_key("put_if_absent", key)?;
+        let k = key.to_string();
+        self.blocking("put_if_absent", key, move |fs| fs.put_if_absent(&k, &data)).await
     }
-    async fn put_if_match(&self, _key: &str, _data: Bytes, _etag: &str) -> Result<bool> {
-        todo!()
+
+    async fn put_if_match(&self, key: &str, data: Bytes, etag: &str) -> Result<bool> {
+        self.check_key("put_if_match", key)?;
+        let (k, etag) = (key.to_string(), etag.to_string());
+        self.blocking("put_if_match", key, move |fs| fs.put_if_match(&k, &data, &etag)).await
     }
-    async fn list(&self, _prefix: &str) -> Result<Vec<ObjectInfo>> {
-        todo!()
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let p = prefix.to_string();
+        self.blocking("list", prefix, move |fs| fs.list(&p)).await
     }
-    async fn delete(&self, _key: &str) -> Result<()> {
-        todo!()
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.check_key("delete", key)?;
+        let k = key.to_string();
+        self.blocking("delete", key, move |fs| fs.delete(&k)).await
     }
-    async fn head(&self, _key: &str) -> Result<Option<ObjectInfo>> {
-        todo!()
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
+        self.check_key("head", key)?;
+        let k = key.to_string();
+        self.blocking("head", key, move |fs| fs.head(&k)).await
     }
-    async fn upload(&self, _key: &str, _rx: ByteRx) -> Result<u64> {
-        todo!()
+
+    async fn upload(&self, key: &str, mut rx: ByteRx) -> Result<u64> {
+        self.check_key("upload", key)?;
+        // Armed until renamed: an Err chunk, an I/O error or this future being dropped all
+        // remove the temp file.
+        let tmp = self.blocking("upload", key, |fs| fs.temp_path()).await?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp.path)
+            .await
+            .map_err(|e| self.err("upload", key, e))?;
+        let mut written = 0u64;
+        while let Some(chunk) = rx.recv().await {
+            let chunk = chunk.map_err(|e| self.err("upload", key, e))?;
+            file.write_all(&chunk).await.map_err(|e| self.err("upload", key, e))?;
+            written += chunk.len() as u64;
+        }
+        file.sync_all().await.map_err(|e| self.err("upload", key, e))?;
+        drop(file);
+        let k = key.to_string();
+        self.blocking("upload", key, move |fs| fs.replace_with(&k, tmp)).await?;
+        Ok(written)
     }
-    async fn download(&self, _key: &str) -> Result<Option<ByteRx>> {
-        todo!()
+
+    async fn download(&self, key: &str) -> Result<Option<ByteRx>> {
+        self.check_key("download", key)?;
+        let path = self.fs.path(key);
+        let file = self
+            .blocking("download", key, move |_| match File::open(path) {
+                Ok(f) => Ok(Some(f)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            })
+            .await?;
+        let Some(mut file) = file else {
+            return Ok(None);
+        };
+        let (tx, rx) = mpsc::channel(DOWNLOAD_QUEUE);
+        let (url, key) = (self.url.clone(), key.to_string());
+        tokio::task::spawn_blocking(move || {
+            loop {
+                let mut buf = BytesMut::zeroed(DOWNLOAD_CHUNK);
+                let item = match read_full(&mut file, &mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Ok(buf.freeze())
+                    }
+                    Err(e) => Err(io::Error::new(e.kind(), format!("store {url}: download {key}: {e}"))),
+                };
+                let failed = item.is_err();
+                // A closed channel means the reader gave up: stop reading.
+                if tx.blocking_send(item).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Some(rx))
     }
-    async fn remove_unfinished(&self, _prefix: &str) -> Result<usize> {
-        todo!()
+
+    async fn remove_unfinished(&self, prefix: &str) -> Result<usize> {
+        // Temp names record the writer's pid, not the key, so `prefix` cannot narrow this down; a
+        // temp file of a dead pid is garbage whatever key it was meant for.
+        self.blocking("remove_unfinished", prefix, |fs| fs.remove_unfinished()).await
     }
+
     async fn now(&self) -> Result<SystemTime> {
-        todo!()
+        Ok(SystemTime::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn store(dir: &tempfile::TempDir) -> LocalStore {
+        let root = dir.path().join("store");
+        LocalStore::new(&format!("file://{}", root.display()), root.to_str().unwrap())
+    }
+
+    fn tmp_entries(dir: &tempfile::TempDir) -> Vec<String> {
+        match fs::read_dir(dir.path().join("store").join(TMP_DIR)) {
+            Ok(rd) => rd.map(|e| e.unwrap().file_name().into_string().unwrap()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn chunks(parts: Vec<io::Result<Bytes>>) -> ByteRx {
+        let (tx, rx) = mpsc::channel(parts.len().max(1));
+        for p in parts {
+            tx.try_send(p).unwrap();
+        }
+        rx
+    }
+
+    async fn collect(mut rx: ByteRx) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(c) = rx.recv().await {
+            out.extend_from_slice(&c.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn put_get_returns_content_and_sha256_etag() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        assert!(s.get("a/b.json").await.unwrap().is_none());
+        s.put("a/b.json", Bytes::from_static(b"hello")).await.unwrap();
+        let v = s.get("a/b.json").await.unwrap().unwrap();
+        assert_eq!(&v.data[..], b"hello");
+        assert_eq!(v.etag, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        s.put("a/b.json", Bytes::from_static(b"bye")).await.unwrap();
+        assert_eq!(&s.get("a/b.json").await.unwrap().unwrap().data[..], b"bye");
+        assert_eq!(s.head("a/b.json").await.unwrap(), Some(ObjectInfo { key: "a/b.json".into(), size: 3 }));
+        assert_eq!(s.head("a/none").await.unwrap(), None);
+        assert!(tmp_entries(&dir).is_empty(), "temp files left: {:?}", tmp_entries(&dir));
+    }
+
+    #[tokio::test]
+    async fn relative_root_is_created_on_first_write() {
+        let dir = tempfile::tempdir().unwrap();
+        // A genuinely relative path to the tempdir: up to `/` from the working directory, then down.
+        let cwd = std::env::current_dir().unwrap();
+        let mut root = PathBuf::from(".");
+        for _ in cwd.components().skip(1) {
+            root.push("..");
+        }
+        root.push(dir.path().strip_prefix("/").unwrap());
+        root.push("rel-store");
+        assert!(root.is_relative());
+        let s = LocalStore::new("file://./rel", root.to_str().unwrap());
+        assert!(s.list("").await.unwrap().is_empty());
+        s.put("x", Bytes::from_static(b"1")).await.unwrap();
+        assert_eq!(fs::read(dir.path().join("rel-store/x")).unwrap(), b"1");
+    }
+
+    #[tokio::test]
+    async fn put_if_absent_writes_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        assert!(s.put_if_absent("journal/0", Bytes::from_static(b"first")).await.unwrap());
+        assert!(!s.put_if_absent("journal/0", Bytes::from_static(b"second")).await.unwrap());
+        assert_eq!(&s.get("journal/0").await.unwrap().unwrap().data[..], b"first");
+        assert!(tmp_entries(&dir).is_empty());
+    }
+
+    #[tokio::test]
+    async fn put_if_match_replaces_only_the_expected_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        assert!(!s.put_if_match("locks/dns.json", Bytes::from_static(b"x"), "0").await.unwrap());
+        assert!(s.get("locks/dns.json").await.unwrap().is_none());
+        s.put("locks/dns.json", Bytes::from_static(b"v1")).await.unwrap();
+        let v1 = s.get("locks/dns.json").await.unwrap().unwrap();
+        assert!(s.put_if_match("locks/dns.json", Bytes::from_static(b"v2"), &v1.etag).await.unwrap());
+        // v1's etag is now stale.
+        assert!(!s.put_if_match("locks/dns.json", Bytes::from_static(b"v3"), &v1.etag).await.unwrap());
+        assert_eq!(&s.get("locks/dns.json").await.unwrap().unwrap().data[..], b"v2");
+    }
+
+    #[tokio::test]
+    async fn list_is_sorted_filtered_and_skips_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        assert!(s.list("").await.unwrap().is_empty(), "missing root lists empty");
+        for k in ["b/2", "a", "b/10", "b/1/x", "c/d/e", "bz"] {
+            s.put(k, Bytes::from(k.to_string())).await.unwrap();
+        }
+        fs::write(dir.path().join("store/.tmp/999999-0000000000000000"), b"junk").unwrap();
+        let keys = |v: Vec<ObjectInfo>| v.into_iter().map(|o| o.key).collect::<Vec<_>>();
+        assert_eq!(keys(s.list("").await.unwrap()), ["a", "b/1/x", "b/10", "b/2", "bz", "c/d/e"]);
+        assert_eq!(keys(s.list("b").await.unwrap()), ["b/1/x", "b/10", "b/2", "bz"]);
+        assert_eq!(keys(s.list("b/").await.unwrap()), ["b/1/x", "b/10", "b/2"]);
+        assert_eq!(keys(s.list("b/1").await.unwrap()), ["b/1/x", "b/10"]);
+        assert_eq!(keys(s.list("nope/").await.unwrap()), Vec::<String>::new());
+        assert_eq!(s.list("c/").await.unwrap(), [ObjectInfo { key: "c/d/e".into(), size: 5 }]);
+    }
+
+    #[tokio::test]
+    async fn delete_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        s.put("k/v", Bytes::from_static(b"1")).await.unwrap();
+        s.delete("k/v").await.unwrap();
+        assert!(s.get("k/v").await.unwrap().is_none());
+        s.delete("k/v").await.unwrap();
+        s.delete("never/was").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn keys_that_escape_the_root_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "a/", ".tmp/x"] {
+            let err = s.put(bad, Bytes::from_static(b"x")).await.unwrap_err();
+            assert!(matches!(&err, Error::Store { transience: Transience::Permanent, .. }), "{bad:?}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn upload_then_download_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        // Chunk sizes that do not line up with the 1 MiB download chunks.
+        let parts: Vec<Bytes> = (0..7u8).map(|i| Bytes::from(vec![i; 300_000 + usize::from(i) * 1000])).collect();
+        let expected: Vec<u8> = parts.iter().flat_map(|b| b.iter().copied()).collect();
+        let n = s.upload("data/obj", chunks(parts.into_iter().map(Ok).collect())).await.unwrap();
+        assert_eq!(n, expected.len() as u64);
+        let got = collect(s.download("data/obj").await.unwrap().unwrap()).await;
+        assert_eq!(sha256_hex(&got), sha256_hex(&expected));
+        assert!(s.download("data/none").await.unwrap().is_none());
+        assert!(tmp_entries(&dir).is_empty());
+    }
+
+    #[tokio::test]
+    async fn upload_with_an_err_chunk_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let rx = chunks(vec![
+            Ok(Bytes::from(vec![1u8; 1000])),
+            Err(io::Error::other("pg_dump exited 1")),
+            Ok(Bytes::from(vec![2u8; 1000])),
+        ]);
+        let err = s.upload("data/broken", rx).await.unwrap_err();
+        assert!(err.to_string().contains("upload data/broken: pg_dump exited 1"), "{err}");
+        assert!(s.head("data/broken").await.unwrap().is_none());
+        assert!(tmp_entries(&dir).is_empty(), "temp files left: {:?}", tmp_entries(&dir));
+    }
+
+    #[tokio::test]
+    async fn dropped_upload_removes_its_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(Ok(Bytes::from_static(b"partial"))).await.unwrap();
+        // The sender stays open, so the upload waits for more; the timeout drops the future.
+        let r = tokio::time::timeout(std::time::Duration::from_millis(200), s.upload("data/x", rx)).await;
+        assert!(r.is_err());
+        assert!(tmp_entries(&dir).is_empty(), "temp files left: {:?}", tmp_entries(&dir));
+        assert!(s.head("data/x").await.unwrap().is_none());
+        drop(tx);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_put_if_absent_has_exactly_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(store(&dir));
+        let mut tasks = Vec::new();
+        for i in 0..32 {
+            let s = Arc::clone(&s);
+            tasks.push(tokio::spawn(async move {
+                (i, s.put_if_absent("journal/7", Bytes::from(format!("writer {i}"))).await.unwrap())
+            }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            let (i, won) = t.await.unwrap();
+            if won {
+                winners.push(i);
+            }
+        }
+        assert_eq!(winners.len(), 1, "winners: {winners:?}");
+        let stored = s.get("journal/7").await.unwrap().unwrap();
+        assert_eq!(stored.data, Bytes::from(format!("writer {}", winners[0])));
+        assert!(tmp_entries(&dir).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_put_if_match_loses_no_increment() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(store(&dir));
+        s.put("counter", Bytes::from_static(b"0")).await.unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let s = Arc::clone(&s);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let cur = s.get("counter").await.unwrap().unwrap();
+                    let n: u32 = std::str::from_utf8(&cur.data).unwrap().parse().unwrap();
+                    let next = Bytes::from((n + 1).to_string());
+                    if s.put_if_match("counter", next, &cur.etag).await.unwrap() {
+                        return;
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(&s.get("counter").await.unwrap().unwrap().data[..], b"16");
+        // Only the CAS lock file remains in .tmp.
+        assert_eq!(tmp_entries(&dir), ["counter.cas"]);
+    }
+
+    #[tokio::test]
+    async fn remove_unfinished_removes_only_dead_writers_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        s.put("a/b", Bytes::from_static(b"x")).await.unwrap();
+        assert!(!s.put_if_match("a/b", Bytes::from_static(b"y"), "stale").await.unwrap());
+        // A child that has exited (and been reaped) gives a pid that is certainly not running.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let tmp = dir.path().join("store/.tmp");
+        fs::write(tmp.join(format!("{dead}-00000000deadbeef")), b"dead").unwrap();
+        let live = format!("{}-00000000000000aa", std::process::id());
+        fs::write(tmp.join(&live), b"live").unwrap();
+        assert_eq!(s.remove_unfinished("backups/").await.unwrap(), 1);
+        let mut left = tmp_entries(&dir);
+        left.sort();
+        assert_eq!(left, [live, "a%2Fb.cas".to_string()]);
+        assert_eq!(s.remove_unfinished("").await.unwrap(), 0);
+    }
+
+    #[test]
+    fn temp_names_parse_strictly() {
+        assert_eq!(temp_pid("1234-0123456789abcdef"), Some(1234));
+        assert_eq!(temp_pid("a%2Fb.cas"), None);
+        assert_eq!(temp_pid("1234-0123"), None);
+        assert_eq!(temp_pid("-0123456789abcdef"), None);
+        assert_eq!(temp_pid("0-0123456789abcdef"), None);
+        let names: HashSet<_> = ["a/b", "a%2Fb", "a_b"].iter().map(|k| cas_lock_name(k)).collect();
+        assert_eq!(names.len(), 3);
     }
 }

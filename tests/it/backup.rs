@@ -114,7 +114,8 @@ fn backup_to_file_store_lists_verifies_and_restores_by_hand() {
     let objects = object_files(&store, &id);
     assert_eq!(objects.len(), 1, "{objects:?}");
     assert!(objects[0].to_string_lossy().ends_with(".dump.zst.000"));
-    let cat = format!("cat {} | zstd -dc", objects.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "));
+    let cat =
+        format!("cat {} | zstd -dc", objects.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "));
     let listing = sh(&format!("{cat} | pg_restore --list"));
     assert!(listing.contains("TABLE DATA public orders"), "{listing}");
     let pg = Cluster::shared();
@@ -129,7 +130,8 @@ fn backup_to_file_store_lists_verifies_and_restores_by_hand() {
 
     // The manifest's per-table counts are the source's.
     let manifest: Value =
-        serde_json::from_slice(&std::fs::read(store.join("backups/prod").join(&id).join("manifest.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(store.join("backups/prod").join(&id).join("manifest.json")).unwrap())
+            .unwrap();
     let orders = manifest["tables"].as_array().unwrap().iter().find(|t| t["table"] == "orders").unwrap();
     assert_eq!(orders["rows"], 20000);
     assert_eq!(manifest["objects"][0]["sha256"].as_str().unwrap(), sha256_file(&objects[0]));
@@ -140,7 +142,9 @@ fn backup_to_file_store_lists_verifies_and_restores_by_hand() {
     let backups = list(&config);
     assert_eq!(backups.iter().map(|b| b["id"].as_str().unwrap()).collect::<Vec<_>>(), [id2.as_str(), id.as_str()]);
 
-    let v = checked(drctl(&config).args(["verify-chain", "--journal", "--backups", "--deep", "-o", "json"]).run().expect_code(0));
+    let v = checked(
+        drctl(&config).args(["verify-chain", "--journal", "--backups", "--deep", "-o", "json"]).run().expect_code(0),
+    );
     let doc = json(&v);
     assert_eq!(doc["ok"], true);
     let chains = doc["chains"].as_array().unwrap();
@@ -189,7 +193,7 @@ fn an_edited_journal_entry_breaks_the_chain_at_that_entry() {
 #[test]
 fn backup_to_s3_on_moto() {
     let moto = Moto::shared();
-    let bucket = Cluster::shared().unique_name("bkt").replace('_', "-");
+    let bucket = Moto::unique_bucket("bkt");
     moto.create_bucket(&bucket);
     let dir = TestDir::new();
     let db = seeded_db("backup_s3");
@@ -343,10 +347,28 @@ fn bad_input_exits_2_names_the_problem_and_writes_nothing() {
 
     let cases: Vec<(String, Vec<&str>, Vec<&str>)> = vec![
         (format!("[store]\nurl = \"{store}\"\nbukcet = \"x\"\n"), vec!["backup"], vec!["bukcet", "drctl.toml"]),
-        (format!("[store]\nurl = \"{store}\"\n[environments.prod]\ndatabase_url = \"mysql://u:{pw}@h/d\"\n"), vec!["backup"], vec!["database_url", "mysql"]),
-        (format!("[store]\nurl = \"ftp://nowhere\"\n[environments.prod]\ndatabase_url = \"{}\"\n", url("x")), vec!["backup"], vec!["[store] url", "ftp://nowhere"]),
-        (format!("[store]\nurl = \"{store}\"\n[environments.prod]\ndatabase_url = \"{}\"\n", url("x")), vec!["backup", "--env", "stagin"], vec!["stagin", "prod"]),
-        (format!("[store]\nurl = \"{store}\"\n[environments.prod]\ndatabase_url = \"postgres://u:${{DRCTL_TEST_UNSET_VAR}}@h/d\"\n"), vec!["backup"], vec!["DRCTL_TEST_UNSET_VAR"]),
+        (
+            format!("[store]\nurl = \"{store}\"\n[environments.prod]\ndatabase_url = \"mysql://u:{pw}@h/d\"\n"),
+            vec!["backup"],
+            vec!["database_url", "mysql"],
+        ),
+        (
+            format!("[store]\nurl = \"ftp://nowhere\"\n[environments.prod]\ndatabase_url = \"{}\"\n", url("x")),
+            vec!["backup"],
+            vec!["[store] url", "ftp://nowhere"],
+        ),
+        (
+            format!("[store]\nurl = \"{store}\"\n[environments.prod]\ndatabase_url = \"{}\"\n", url("x")),
+            vec!["backup", "--env", "stagin"],
+            vec!["stagin", "prod"],
+        ),
+        (
+            format!(
+                "[store]\nurl = \"{store}\"\n[environments.prod]\ndatabase_url = \"postgres://u:${{DRCTL_TEST_UNSET_VAR}}@h/d\"\n"
+            ),
+            vec!["backup"],
+            vec!["DRCTL_TEST_UNSET_VAR"],
+        ),
     ];
     for (text, args, needles) in cases {
         let config = dir.write_config(&text);
@@ -367,7 +389,10 @@ fn bad_input_exits_2_names_the_problem_and_writes_nothing() {
     let r = Drctl::new().config(&config).args(["backup", "-o", "json"]).run().expect_code(3);
     r.assert_no_secret(pw);
     assert!(r.stderr.contains(&format!("127.0.0.1:{port}")), "{}", r.stderr);
-    assert_eq!(json(&r)["preflight"].as_array().unwrap().iter().find(|c| c["check"] == "db-reachable").unwrap()["ok"], false);
+    assert_eq!(
+        json(&r)["preflight"].as_array().unwrap().iter().find(|c| c["check"] == "db-reachable").unwrap()["ok"],
+        false
+    );
     let log = Drctl::new().config(&config).args(["log", "-o", "json"]).run().expect_code(0);
     log.assert_no_secret(pw);
     assert_eq!(json(&log)["entries"][0]["event"], "preflight-failed");
@@ -402,7 +427,8 @@ fn sh(cmd: &str) -> String {
 }
 
 fn sh_env(cmd: &str, env: &[(&str, &str)]) -> String {
-    let out = Command::new("bash").arg("-o").arg("pipefail").arg("-c").arg(cmd).envs(env.iter().copied()).output().unwrap();
+    let out =
+        Command::new("bash").arg("-o").arg("pipefail").arg("-c").arg(cmd).envs(env.iter().copied()).output().unwrap();
     assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -28,12 +28,7 @@ pub struct RunResult {
 
 impl Drctl {
     pub fn new() -> Drctl {
-        Drctl {
-            args: Vec::new(),
-            envs: Vec::new(),
-            stdin: None,
-            cwd: None,
-        }
+        Drctl { args: Vec::new(), envs: Vec::new(), stdin: None, cwd: None }
     }
 
     /// `--config PATH`, placed before the command's own arguments.
@@ -92,10 +87,7 @@ impl Drctl {
             .env("AWS_REGION", "us-east-1")
             // No profile files and no instance metadata: nothing outside the test may answer.
             .env("AWS_CONFIG_FILE", cwd.join(".no-aws-config"))
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                cwd.join(".no-aws-credentials"),
-            )
+            .env("AWS_SHARED_CREDENTIALS_FILE", cwd.join(".no-aws-credentials"))
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("XDG_CONFIG_HOME", cwd.join(".no-xdg-config"))
             .current_dir(cwd)
@@ -111,10 +103,7 @@ impl Drctl {
 
     /// Run to completion, feeding stdin and collecting stdout and stderr concurrently.
     pub fn run(self) -> RunResult {
-        let scratch = tempfile::Builder::new()
-            .prefix("drctl-it-cwd-")
-            .tempdir()
-            .expect("temp cwd");
+        let scratch = tempfile::Builder::new().prefix("drctl-it-cwd-").tempdir().expect("temp cwd");
         let mut child = self
             .command(scratch.path())
             .stdin(Stdio::piped())
@@ -139,10 +128,7 @@ impl Drctl {
                 let _ = child.kill();
                 let _ = child.wait();
                 let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
-                panic!(
-                    "drctl {:?} ran longer than {RUN_TIMEOUT:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-                    self.args
-                );
+                panic!("drctl {:?} ran longer than {RUN_TIMEOUT:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", self.args);
             }
             std::thread::sleep(Duration::from_millis(10));
         };
@@ -151,24 +137,17 @@ impl Drctl {
             use std::os::unix::process::ExitStatusExt;
             128 + status.signal().unwrap_or(0)
         });
-        RunResult {
-            code,
-            stdout: out.join().unwrap(),
-            stderr: err.join().unwrap(),
-        }
+        RunResult { code, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
     }
 
     /// Start drctl and return at once (stdin null, stdout and stderr piped), for tests that
     /// signal or kill it mid-run. The caller waits for it.
     pub fn spawn(self) -> Child {
         // The default cwd must outlive the child: keep it for the rest of the process.
-        let cwd = self.cwd.clone().unwrap_or_else(|| {
-            tempfile::Builder::new()
-                .prefix("drctl-it-cwd-")
-                .tempdir()
-                .expect("temp cwd")
-                .keep()
-        });
+        let cwd = self
+            .cwd
+            .clone()
+            .unwrap_or_else(|| tempfile::Builder::new().prefix("drctl-it-cwd-").tempdir().expect("temp cwd").keep());
         self.command(&cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -189,28 +168,15 @@ fn reader(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Strin
 impl RunResult {
     /// Panics, showing both streams, unless drctl exited with `code`.
     pub fn expect_code(self, code: i32) -> RunResult {
-        assert_eq!(
-            self.code,
-            code,
-            "drctl exited {} (wanted {code})\n{}",
-            self.code,
-            self.dump()
-        );
+        assert_eq!(self.code, code, "drctl exited {} (wanted {code})\n{}", self.code, self.dump());
         self
     }
 
     /// Panics if `secret` appears on stdout or stderr.
     pub fn assert_no_secret(&self, secret: &str) -> &RunResult {
-        assert!(
-            !secret.is_empty(),
-            "assert_no_secret with an empty secret checks nothing"
-        );
+        assert!(!secret.is_empty(), "assert_no_secret with an empty secret checks nothing");
         for (name, text) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
-            assert!(
-                !text.contains(secret),
-                "the secret appears on {name}\n{}",
-                self.dump()
-            );
+            assert!(!text.contains(secret), "the secret appears on {name}\n{}", self.dump());
         }
         self
     }
@@ -222,9 +188,6 @@ impl RunResult {
     }
 
     fn dump(&self) -> String {
-        format!(
-            "--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.stdout, self.stderr
-        )
+        format!("--- stdout ---\n{}\n--- stderr ---\n{}", self.stdout, self.stderr)
     }
 }

@@ -6,10 +6,7 @@
 //! a pipe its watcher shell reads: when the process exits, however it exits, the pipe closes and
 //! the watcher stops the server and removes its files.
 
-#![allow(
-    dead_code,
-    reason = "each test file uses a different part of the harness"
-)]
+#![allow(dead_code, reason = "each test file uses a different part of the harness")]
 
 pub mod drctl;
 pub mod moto;
@@ -25,12 +22,7 @@ pub struct TestDir {
 
 impl TestDir {
     pub fn new() -> TestDir {
-        TestDir {
-            dir: tempfile::Builder::new()
-                .prefix("drctl-it-")
-                .tempdir()
-                .expect("create a temp dir"),
-        }
+        TestDir { dir: tempfile::Builder::new().prefix("drctl-it-").tempdir().expect("create a temp dir") }
     }
 
     pub fn path(&self) -> &Path {
@@ -46,8 +38,7 @@ impl TestDir {
     pub fn write(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+            std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
         }
         std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         path
@@ -57,11 +48,7 @@ impl TestDir {
 /// `t_<prefix>_<pid>_<n>`: a database, table or store prefix no concurrent test can also get.
 pub fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "t_{prefix}_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("t_{prefix}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A loopback port free right now. Another process may take it before we bind it, so servers
@@ -80,8 +67,7 @@ pub fn random_hex(bytes: usize) -> String {
 
 /// The last `n` lines of a log file, for panic messages.
 pub fn tail(path: &Path, n: usize) -> String {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| format!("({}: {e})", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("({}: {e})", path.display()));
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -33,15 +33,8 @@ impl Moto {
             .stdout(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        assert!(
-            found,
-            "moto_server is not on PATH: install moto: pip install 'moto[server]==5.2.5'"
-        );
-        let log = tempfile::Builder::new()
-            .prefix("drctl-it-moto-")
-            .suffix(".log")
-            .tempfile()
-            .expect("log");
+        assert!(found, "moto_server is not on PATH: install moto: pip install 'moto[server]==5.2.5'");
+        let log = tempfile::Builder::new().prefix("drctl-it-moto-").suffix(".log").tempfile().expect("log");
         for _attempt in 0..5 {
             let port = free_port();
             let script = format!(
@@ -56,16 +49,11 @@ impl Moto {
                 .spawn()
                 .expect("spawn the moto_server watcher shell");
             let up = wait_until(Duration::from_secs(30), || {
-                http(port, "GET", "/")
-                    .is_ok_and(|r| r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200"))
+                http(port, "GET", "/").is_ok_and(|r| r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200"))
                     || port_taken(log.path())
             });
             if up && !port_taken(log.path()) {
-                return Moto {
-                    port,
-                    _watcher: Mutex::new(watcher),
-                    log,
-                };
+                return Moto { port, _watcher: Mutex::new(watcher), log };
             }
             let _ = watcher.kill();
             let _ = watcher.wait();
@@ -76,10 +64,7 @@ impl Moto {
                 tail(log.path(), 30)
             );
         }
-        panic!(
-            "moto_server could not bind a free port in 5 attempts:\n{}",
-            tail(log.path(), 30)
-        )
+        panic!("moto_server could not bind a free port in 5 attempts:\n{}", tail(log.path(), 30))
     }
 
     /// `http://127.0.0.1:PORT`, for `[aws].endpoint_url`.
@@ -100,19 +85,14 @@ impl Moto {
 
     /// A raw request to moto (no body, no signature); the whole response text.
     pub fn request(&self, method: &str, path: &str) -> String {
-        http(self.port, method, path)
-            .unwrap_or_else(|e| panic!("{method} {path} to moto on port {}: {e}", self.port))
+        http(self.port, method, path).unwrap_or_else(|e| panic!("{method} {path} to moto on port {}: {e}", self.port))
     }
 
     /// A bucket name no other test of this process gets: S3 names allow no `_`.
     pub fn unique_bucket(prefix: &str) -> String {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let prefix = prefix.to_ascii_lowercase().replace('_', "-");
-        format!(
-            "t-{prefix}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        )
+        format!("t-{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
     }
 }
 

@@ -96,17 +96,7 @@ impl Cluster {
         run_ok(
             as_postgres(&bin.join("pg_basebackup"), &dir)
                 .args(["-D".as_ref(), data_dir.as_os_str()])
-                .args([
-                    "-R",
-                    "-X",
-                    "stream",
-                    "-c",
-                    "fast",
-                    "-h",
-                    "127.0.0.1",
-                    "-U",
-                    "postgres",
-                ])
+                .args(["-R", "-X", "stream", "-c", "fast", "-h", "127.0.0.1", "-U", "postgres"])
                 .args(["-p", &primary.port.to_string()])
                 .env("PGPASSWORD", &primary.password)
                 .env("PGSSLMODE", "disable"),
@@ -132,10 +122,7 @@ impl Cluster {
             // Later settings win: each attempt appends its port.
             append(
                 &data_dir.join("postgresql.conf"),
-                &format!(
-                    "port = {port}\nunix_socket_directories = '{}'\n",
-                    dir.display()
-                ),
+                &format!("port = {port}\nunix_socket_directories = '{}'\n", dir.display()),
             );
             chown_to_postgres(&dir);
             let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
@@ -186,11 +173,7 @@ impl Cluster {
                 }
             }
         }
-        panic!(
-            "PostgreSQL could not bind a free port in 5 attempts; log {}:\n{}",
-            log.display(),
-            tail(&log, 30)
-        )
+        panic!("PostgreSQL could not bind a free port in 5 attempts; log {}:\n{}", log.display(), tail(&log, 30))
     }
 
     pub fn password(&self) -> &str {
@@ -199,10 +182,7 @@ impl Cluster {
 
     /// `postgres://postgres:PW@127.0.0.1:PORT/db?sslmode=disable`.
     pub fn superuser_url(&self, db: &str) -> String {
-        format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{db}?sslmode=disable",
-            self.password, self.port
-        )
+        format!("postgres://postgres:{}@127.0.0.1:{}/{db}?sslmode=disable", self.password, self.port)
     }
 
     /// The test CA that signed the server's certificate (valid for `localhost`, not 127.0.0.1).
@@ -218,8 +198,7 @@ impl Cluster {
     /// Run `sql` with psql as postgres in `db`; panics with psql's stderr on any error. Returns
     /// trimmed unaligned tuples-only output (`|` between columns, a line per row).
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        self.try_psql(db, sql)
-            .unwrap_or_else(|e| panic!("psql on port {} db {db}: {e}\nSQL: {sql}", self.port))
+        self.try_psql(db, sql).unwrap_or_else(|e| panic!("psql on port {} db {db}: {e}\nSQL: {sql}", self.port))
     }
 
     /// `psql` that returns the error instead of panicking (polling a server that may not be ready).
@@ -227,17 +206,7 @@ impl Cluster {
         let mut cmd = Command::new(self.bin.join("psql"));
         scrub_pg_env(&mut cmd);
         let out = cmd
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-            ])
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
             .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
             .env("PGPASSWORD", &self.password)
             .env("PGSSLMODE", "disable")
@@ -254,10 +223,7 @@ impl Cluster {
     /// A fresh, empty database `name` (dropped first, with its sessions, if it exists).
     pub fn create_db(&self, name: &str) {
         let ident = format!("\"{}\"", name.replace('"', "\"\""));
-        self.psql(
-            "postgres",
-            &format!("DROP DATABASE IF EXISTS {ident} WITH (FORCE)"),
-        );
+        self.psql("postgres", &format!("DROP DATABASE IF EXISTS {ident} WITH (FORCE)"));
         self.psql("postgres", &format!("CREATE DATABASE {ident}"));
     }
 
@@ -278,11 +244,7 @@ impl Drop for Cluster {
             return;
         }
         self.stop();
-        let watcher = self
-            .watcher
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let watcher = self.watcher.get_mut().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(mut watcher) = watcher {
             // Closing the pipe lets the watcher finish: its kill finds nothing, then it removes dir.
             drop(watcher.stdin.take());
@@ -320,11 +282,7 @@ fn startup_state(bin: &Path, port: u16, log: &Path, log_start: u64) -> Startup {
             && !l.contains("starting up")
             && !l.contains("not yet accepting connections")
     });
-    if fatal {
-        Startup::Failed
-    } else {
-        Startup::Starting
-    }
+    if fatal { Startup::Failed } else { Startup::Starting }
 }
 
 fn bin_dir() -> PathBuf {
@@ -369,11 +327,7 @@ fn scrub_pg_env(cmd: &mut Command) {
 
 fn new_dir() -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = PathBuf::from(format!(
-        "/tmp/drctl-it-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
+    let dir = PathBuf::from(format!("/tmp/drctl-it-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
     // A leftover from a crashed run with a recycled pid.
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
@@ -382,19 +336,12 @@ fn new_dir() -> PathBuf {
 
 fn chown_to_postgres(path: &Path) {
     if is_root() {
-        run_ok(
-            Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(path),
-        );
+        run_ok(Command::new("chown").args(["-R", "postgres:postgres"]).arg(path));
     }
 }
 
 fn run_ok(cmd: &mut Command) {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\n{}{}",
@@ -405,12 +352,9 @@ fn run_ok(cmd: &mut Command) {
 }
 
 fn append(path: &Path, text: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    f.write_all(text.as_bytes())
-        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    let mut f =
+        std::fs::OpenOptions::new().append(true).open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    f.write_all(text.as_bytes()).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
 /// The server certificate (DNS:localhost only) and key in the data directory, the CA beside it.
@@ -421,11 +365,9 @@ fn install_tls(dir: &Path, data_dir: &Path) {
     let key = data_dir.join("server.key");
     std::fs::write(&key, SERVER_KEY).expect("write server.key");
     // The server refuses a key readable by others.
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
-        .expect("chmod server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod server.key");
     // ca.pem must be readable by drctl's tests whoever they run as.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-        .expect("chmod cluster dir");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod cluster dir");
 }
 
 // Test-only PKI, valid 2000-2100, the same as in src/clients/pg.rs's unit tests.
