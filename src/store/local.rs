@@ -431,6 +431,10 @@ impl Store for LocalStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        // The directory part becomes a path, so it must be as safe as a key.
+        if let Some(i) = prefix.rfind('/') {
+            self.check_key("list", &prefix[..i])?;
+        }
         let p = prefix.to_string();
         self.blocking("list", prefix, move |fs| fs.list(&p)).await
     }
@@ -643,6 +647,9 @@ mod tests {
     async fn keys_that_escape_the_root_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir);
+        for bad in ["/etc/", "../", "a/../../"] {
+            assert!(s.list(bad).await.is_err(), "list {bad:?}");
+        }
         for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "a/", ".tmp/x"] {
             let err = s.put(bad, Bytes::from_static(b"x")).await.unwrap_err();
             assert!(matches!(&err, Error::Store { transience: Transience::Permanent, .. }), "{bad:?}: {err}");

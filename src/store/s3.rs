@@ -288,6 +288,17 @@ fn status_of<E>(e: &SdkError<E>) -> Option<u16> {
     }
 }
 
+/// The key is not in the state the condition named: 412, or 409 ConditionalRequestConflict (a
+/// concurrent conditional write to the key is under way; whoever it is, it is not us). Other 409s
+/// (OperationAborted) are errors.
+fn condition_failed<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
+    match status_of(e) {
+        Some(412) => true,
+        Some(409) => e.code() == Some("ConditionalRequestConflict"),
+        _ => false,
+    }
+}
+
 /// A multipart upload in progress. Dropped unfinished, it asks S3 to abort it.
 struct Multipart {
     client: aws_sdk_s3::Client,
@@ -428,9 +439,7 @@ impl Store for S3Store {
             .await;
         match sent {
             Ok(_) => Ok(true),
-            // 409 ConditionalRequestConflict: a concurrent conditional write to the key is under
-            // way; whoever it is, it is not us, so report the key as taken.
-            Err(e) if matches!(status_of(&e), Some(412 | 409)) => Ok(false),
+            Err(e) if condition_failed(&e) => Ok(false),
             Err(e) => Err(self.sdk_err("put_if_absent", &ok, &e)),
         }
     }
@@ -448,8 +457,9 @@ impl Store for S3Store {
             .await;
         match sent {
             Ok(_) => Ok(true),
-            // 404: the object is gone, so it certainly is not at `etag` any more.
-            Err(e) if matches!(status_of(&e), Some(412 | 409 | 404)) => Ok(false),
+            // NoSuchKey: the object is gone, so it certainly is not at `etag` any more (but
+            // NoSuchBucket, also a 404, is an error).
+            Err(e) if condition_failed(&e) || e.code() == Some("NoSuchKey") => Ok(false),
             Err(e) => Err(self.sdk_err("put_if_match", &ok, &e)),
         }
     }
@@ -565,7 +575,7 @@ impl Store for S3Store {
                 match self.client.abort_multipart_upload().bucket(&self.bucket).key(k).upload_id(id).send().await {
                     Ok(_) => removed += 1,
                     // Aborted meanwhile by its own run or another cleaner.
-                    Err(e) if status_of(&e) == Some(404) => {}
+                    Err(e) if e.code() == Some("NoSuchUpload") => {}
                     Err(e) => return Err(self.sdk_err("remove_unfinished (abort upload)", k, &e)),
                 }
             }
@@ -850,6 +860,9 @@ mod tests {
             s.get("k").await.map(|_| ()).unwrap_err(),
             s.list("").await.map(|_| ()).unwrap_err(),
             s.now().await.map(|_| ()).unwrap_err(),
+            // Its 404 must not read as "the key changed" or "the key exists".
+            s.put_if_match("k", Bytes::from_static(b"x"), "\"0\"").await.map(|_| ()).unwrap_err(),
+            s.put_if_absent("k", Bytes::from_static(b"x")).await.map(|_| ()).unwrap_err(),
         ] {
             let Error::Store { url, problem, transience } = &err else { panic!("{err:?}") };
             assert_eq!(url, "s3://no-such-bucket/p");

@@ -167,6 +167,7 @@ fn backup_to_file_store_lists_verifies_and_restores_by_hand() {
     assert_eq!(bad["first_bad_key"], format!("prod/{id}"));
     assert!(bad["reason"].as_str().unwrap().contains("sha256"), "{bad}");
     assert!(v.stderr.contains(&id), "{}", v.stderr);
+    assert_store_has_no_secret(&store, Cluster::shared().password());
 }
 
 #[test]
@@ -248,7 +249,8 @@ fn prune_keeps_the_newest_and_journals_what_it_removed() {
     assert_eq!(after.len(), 1);
     assert_eq!(after[0]["id"], before[0]["id"], "the newest stays");
     let pruned = before[2]["id"].as_str().unwrap();
-    assert!(!dir.path().join("store/backups/prod").join(pruned).exists());
+    let left = walk(&dir.path().join("store/backups/prod").join(pruned));
+    assert!(left.is_empty(), "objects of a pruned backup remain: {left:?}");
     let log = checked(drctl(&config).args(["log", "--runbook", "backup-prune", "-o", "json"]).run().expect_code(0));
     assert_eq!(json(&log)["entries"].as_array().unwrap().iter().filter(|e| e["event"] == "backup-pruned").count(), 2);
     // Idempotent: nothing left to do.
@@ -397,6 +399,7 @@ fn bad_input_exits_2_names_the_problem_and_writes_nothing() {
     let log = Drctl::new().config(&config).args(["log", "-o", "json"]).run().expect_code(0);
     log.assert_no_secret(pw);
     assert_eq!(json(&log)["entries"][0]["event"], "preflight-failed");
+    assert_store_has_no_secret(&dir.path().join("store"), pw);
 }
 
 #[test]
@@ -442,4 +445,91 @@ fn sh_env(cmd: &str, env: &[(&str, &str)]) -> String {
 
 fn sha256_file(p: &Path) -> String {
     sh(&format!("sha256sum {}", p.display())).split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn sigterm_mid_backup_exits_143_journals_it_and_discards_the_partial_backup() {
+    let dir = TestDir::new();
+    let config = file_config(&dir, big_db());
+    let store = dir.path().join("store");
+    let child = drctl(&config).args(["backup", "-o", "json"]).spawn();
+    wait_for("the dump to start writing", Duration::from_secs(60), || {
+        std::fs::read_dir(store.join(".tmp")).map(|d| d.count() > 0).unwrap_or(false)
+            || std::fs::read_dir(store.join("backups/prod")).map(|d| d.count() > 0).unwrap_or(false)
+    });
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["status"], "interrupted");
+
+    let pg = Cluster::shared();
+    wait_for("pg_dump to exit", Duration::from_secs(10), || {
+        pg.psql("postgres", &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'", big_db())) == "0"
+    });
+    assert!(list(&config).is_empty());
+    let log = json(&checked(drctl(&config).args(["log", "-o", "json"]).run().expect_code(0)));
+    assert_eq!(log["entries"][0]["event"], "interrupted");
+    assert_eq!(log["entries"][0]["details"]["signal"], "SIGTERM");
+    // The lock was released on the way out: the next run starts at once, without a takeover.
+    let lock: Value = serde_json::from_slice(&std::fs::read(store.join("locks/env:prod.json")).unwrap()).unwrap();
+    assert_eq!(lock["released"], true);
+    checked(drctl(&config).args(["verify-chain", "--journal"]).run().expect_code(0));
+}
+
+#[test]
+fn check_reaches_everything_and_names_what_fails() {
+    let dir = TestDir::new();
+    let db = seeded_db("check");
+    let config = file_config(&dir, &db);
+    let r = checked(drctl(&config).args(["check", "-o", "json"]).run().expect_code(0));
+    let doc = json(&r);
+    assert_eq!(doc["ok"], true);
+    let ids: Vec<&str> = doc["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
+    for want in ["config-valid", "store-writable", "db-reachable", "can-dump", "declared-role", "pg-dump-version"] {
+        assert!(ids.contains(&want), "{want} not in {ids:?}");
+    }
+    // The probe object is deleted again and nothing else is written.
+    let leftovers: Vec<_> = walk(&dir.path().join("store"));
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A role that cannot read a table: can-dump fails, exit 3, naming the table.
+    let pg = Cluster::shared();
+    let role = crate::harness::unique_name("weak");
+    pg.psql(&db, &format!("CREATE ROLE {role} LOGIN PASSWORD 'weakpw{role}'; GRANT SELECT ON customers TO {role};"));
+    let weak = dir.write_config(&format!(
+        "[store]\nurl = \"file://{}/store\"\n[environments.prod]\ndatabase_url = \"postgres://{role}:weakpw{role}@127.0.0.1:{}/{db}?sslmode=disable\"\n",
+        dir.path().display(),
+        pg.port
+    ));
+    let r = Drctl::new().config(&weak).args(["check"]).run().expect_code(3);
+    r.assert_no_secret(&format!("weakpw{role}"));
+    assert!(r.stdout.contains("can-dump") && r.stdout.contains("orders"), "{}", r.stdout);
+}
+
+fn walk(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// The configured password appears nowhere in the store: journal, manifests, locks.
+pub fn assert_store_has_no_secret(store: &Path, secret: &str) {
+    for f in walk(store) {
+        if f.to_string_lossy().contains(".dump.zst") {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+        assert!(!text.contains(secret), "{} contains the password", f.display());
+    }
 }
