@@ -278,10 +278,10 @@ impl Config {
                 return Err(bad(&key("sync_from"), "an env declares at most one of replica_of and sync_from".into()));
             }
             for (k, other) in [("sync_from", &e.sync_from), ("replica_of", &e.replica_of)] {
-                if let Some(o) = other {
-                    if !raw.environments.contains_key(o) || o == name {
-                        return Err(bad(&key(k), format!("`{o}` is not another env in this file")));
-                    }
+                if let Some(o) = other
+                    && (!raw.environments.contains_key(o) || o == name)
+                {
+                    return Err(bad(&key(k), format!("`{o}` is not another env in this file")));
                 }
             }
             environments.insert(

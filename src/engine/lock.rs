@@ -204,7 +204,7 @@ pub async fn acquire_over(
                 if !store.put_if_match(&key, to_bytes(&info), &etag).await? {
                     continue;
                 }
-                let took_over = (!current.released).then(|| Takeover { previous: current, why });
+                let took_over = (!current.released).then_some(Takeover { previous: current, why });
                 (info, took_over)
             }
         };

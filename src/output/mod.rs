@@ -4,7 +4,6 @@
 //! stderr carries log lines and progress. Off a TTY (cron), log lines carry an RFC 3339 timestamp
 //! and the run id, and informational lines appear only with `-v`: cron mails whatever is printed,
 //! so a healthy run is silent and a failing one is loud.
-#![expect(clippy::print_stdout, clippy::print_stderr, reason = "this module is where drctl prints")]
 
 pub mod metrics;
 pub mod progress;

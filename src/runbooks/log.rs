@@ -31,10 +31,10 @@ pub async fn log(cx: &Ctx, a: &LogArgs) -> Result<(Value, String)> {
         if a.runbook.as_deref().is_some_and(|r| r != e.runbook) {
             continue;
         }
-        if let Some(since) = since {
-            if humantime::parse_rfc3339(&e.time).map(|t| t < since).unwrap_or(false) {
-                continue;
-            }
+        if let Some(since) = since
+            && humantime::parse_rfc3339(&e.time).map(|t| t < since).unwrap_or(false)
+        {
+            continue;
         }
         shown.push(e.clone());
         if shown.len() >= a.limit {

@@ -80,10 +80,10 @@ impl CleanPartial {
         let prefix = format!("backups/{}/", self.env);
         let mut ids = BTreeSet::new();
         for o in cx.store.list(&prefix).await? {
-            if let Some(id) = o.key[prefix.len()..].split('/').next() {
-                if !known.contains(id) {
-                    ids.insert(id.to_string());
-                }
+            if let Some(id) = o.key[prefix.len()..].split('/').next()
+                && !known.contains(id)
+            {
+                ids.insert(id.to_string());
             }
         }
         Ok(ids.into_iter().collect())
