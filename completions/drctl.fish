@@ -127,7 +127,7 @@ json\t''"
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l journal -d 'Verify the journal\'s hash chain'
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l backups -d 'Verify every listed backup\'s manifest and objects'
-complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l deep -d 'With --backups: re-read every stored object and check its sha256'
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l deep -d 'Re-read every stored object of every listed backup and check its sha256 (implies --backups)'
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s v -l verbose -d 'More log lines on stderr (repeat for more)'

@@ -182,8 +182,8 @@ pub struct VerifyChainArgs {
     /// Verify every listed backup's manifest and objects
     #[arg(long)]
     pub backups: bool,
-    /// With --backups: re-read every stored object and check its sha256
-    #[arg(long, requires = "backups")]
+    /// Re-read every stored object of every listed backup and check its sha256 (implies --backups)
+    #[arg(long)]
     pub deep: bool,
 }
 

@@ -43,7 +43,11 @@ impl ChainResult {
 }
 
 pub async fn verify_chain(cx: &Ctx, a: &VerifyChainArgs) -> (Value, String, Option<Error>) {
-    let (do_journal, do_backups) = if !a.journal && !a.backups { (true, true) } else { (a.journal, a.backups) };
+    let (do_journal, do_backups) = match (a.journal, a.backups || a.deep) {
+        (false, false) => (true, true),
+        (false, true) if !a.backups => (true, true),
+        chosen => chosen,
+    };
     let mut chains = Vec::new();
     let mut fatal = None;
     let entries = match journal::read_all(&*cx.store).await {

@@ -533,3 +533,18 @@ pub fn assert_store_has_no_secret(store: &Path, secret: &str) {
         assert!(!text.contains(secret), "{} contains the password", f.display());
     }
 }
+
+#[test]
+fn lock_wait_queues_behind_the_running_backup() {
+    let dir = TestDir::new();
+    let config = file_config(&dir, big_db());
+    let lock = dir.path().join("store/locks/env:prod.json");
+    let mut first = drctl(&config).args(["backup"]).spawn();
+    wait_for("the first backup's lock", Duration::from_secs(30), || lock.exists());
+    checked(drctl(&config).args(["--lock-wait", "5m", "backup"]).run().expect_code(0));
+    assert!(first.wait().unwrap().success());
+    assert_eq!(list(&config).len(), 2);
+    // The second run took the lock after the first released it: fence 2, no takeover.
+    let l: Value = serde_json::from_slice(&std::fs::read(&lock).unwrap()).unwrap();
+    assert_eq!(l["fence"], 2);
+}
