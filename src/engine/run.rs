@@ -154,9 +154,9 @@ async fn run_inner(cx: &Ctx, rb: &Runbook, report: &mut RunReport, held: &mut Ve
             wait: cx.global.lock_wait,
         };
         for target in &rb.locks {
-            match lock::acquire(cx.store.clone(), target, &who).await {
+            match until_interrupted(cx, lock::acquire(cx.store.clone(), target, &who)).await {
                 Ok(l) => held.push(l),
-                Err(e @ (Error::Locked { .. } | Error::LockLost { .. })) => return Err(e),
+                Err(e @ (Error::Locked { .. } | Error::LockLost { .. } | Error::Interrupted { .. })) => return Err(e),
                 Err(e) => {
                     let c = Check::fail("store-writable", format!("cannot write lock {target}: {e}"));
                     report.preflight.push(c);
@@ -199,7 +199,11 @@ async fn run_locked(
     let dry = cx.global.dry_run;
     // (2) Preflight, every step's checks, before the first change.
     for s in &rb.steps {
-        for mut c in s.preflight(cx).await {
+        let checks = match until_interrupted(cx, async { Ok(s.preflight(cx).await) }).await {
+            Ok(c) => c,
+            Err(e) => return interrupted_before_steps(cx, writer, locks, e).await,
+        };
+        for mut c in checks {
             if !c.ok && cx.global.accept.iter().any(|a| a == &c.check) {
                 c.accepted = true;
             }
@@ -224,14 +228,24 @@ async fn run_locked(
     // (3) Dry run: the plan, and nothing written.
     if dry {
         for (i, s) in rb.steps.iter().enumerate() {
-            report.steps[i].state = if s.is_done(cx).await? { StepState::Done } else { StepState::Pending };
+            let done = until_interrupted(cx, s.is_done(cx)).await?;
+            report.steps[i].state = if done { StepState::Done } else { StepState::Pending };
         }
         return Ok("planned");
     }
 
     // (4) Confirmation where the runbook moves live traffic or data.
     if let Some(c) = &rb.confirm {
-        confirm(cx, c)?;
+        let (question, env, yes) = (c.question.clone(), c.env.clone(), cx.global.yes);
+        // The prompt blocks on stdin: read it off the runtime so Ctrl-C still stops the run.
+        let answer = tokio::task::spawn_blocking(move || confirm(yes, &question, &env));
+        match until_interrupted(cx, async { answer.await.map_err(|e| Error::usage(format!("confirmation: {e}")))? })
+            .await
+        {
+            Ok(()) => {}
+            Err(e @ Error::Interrupted { .. }) => return interrupted_before_steps(cx, writer, locks, e).await,
+            Err(e) => return Err(e),
+        }
     }
 
     let accepted: Vec<Value> =
@@ -305,24 +319,45 @@ fn checks_json(checks: &[Check]) -> Value {
     )
 }
 
-fn confirm(cx: &Ctx, c: &Confirm) -> Result<()> {
-    if cx.global.yes {
+/// Outside a step, SIGINT / SIGTERM stop the run at once (a lock wait, a slow preflight check).
+async fn until_interrupted<T>(cx: &Ctx, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::select! {
+        r = fut => r,
+        _ = cx.cancel.cancelled() => Err(Error::Interrupted { signal: cx.interrupted_by().unwrap_or(libc::SIGTERM) }),
+    }
+}
+
+/// Interrupted while holding locks but before any step: journal it (nothing was changed).
+async fn interrupted_before_steps(
+    cx: &Ctx,
+    writer: &JournalWriter,
+    locks: &[HeldLock],
+    e: Error,
+) -> Result<&'static str> {
+    if let (Error::Interrupted { signal }, false) = (&e, locks.is_empty() || cx.global.dry_run) {
+        return interrupted(writer, "preflight", *signal).await;
+    }
+    Err(e)
+}
+
+fn confirm(yes: bool, question: &str, env: &str) -> Result<()> {
+    if yes {
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
-        return Err(Error::usage(format!("refusing to {} without confirmation: stdin is not a TTY", c.question))
+        return Err(Error::usage(format!("refusing to {question} without confirmation: stdin is not a TTY"))
             .with_hint("pass --yes to confirm from a script"));
     }
     #[expect(clippy::print_stderr, reason = "the prompt is part of the TTY conversation")]
     {
-        eprint!("{}\nType the env name `{}` to proceed: ", c.question, c.env);
+        eprint!("{question}\nType the env name `{env}` to proceed: ");
     }
     let _ = std::io::stderr().flush();
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).map_err(|e| Error::io("stdin", e))?;
-    if line.trim() == c.env {
+    if line.trim() == env {
         Ok(())
     } else {
-        Err(Error::usage(format!("confirmation did not match `{}`: nothing was changed", c.env)))
+        Err(Error::usage(format!("confirmation did not match `{env}`: nothing was changed")))
     }
 }

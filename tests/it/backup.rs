@@ -548,3 +548,21 @@ fn lock_wait_queues_behind_the_running_backup() {
     let l: Value = serde_json::from_slice(&std::fs::read(&lock).unwrap()).unwrap();
     assert_eq!(l["fence"], 2);
 }
+
+#[test]
+fn sigint_while_waiting_for_a_lock_exits_130_at_once() {
+    let dir = TestDir::new();
+    let config = file_config(&dir, big_db());
+    let lock = dir.path().join("store/locks/env:prod.json");
+    let mut first = drctl(&config).args(["backup"]).spawn();
+    wait_for("the first backup's lock", Duration::from_secs(30), || lock.exists());
+    let waiter = drctl(&config).args(["--lock-wait", "10m", "backup", "-o", "json"]).spawn();
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(waiter.id() as i32, libc::SIGINT) };
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["status"], "interrupted");
+    assert!(first.wait().unwrap().success());
+}
