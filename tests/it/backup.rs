@@ -255,7 +255,10 @@ fn prune_keeps_the_newest_and_journals_what_it_removed() {
     assert_eq!(json(&log)["entries"].as_array().unwrap().iter().filter(|e| e["event"] == "backup-pruned").count(), 2);
     // Idempotent: nothing left to do.
     let again = checked(drctl(&config).args(["backup", "prune", "-o", "json"]).run().expect_code(0));
-    assert_eq!(json(&again)["status"], "already_done");
+    let again = json(&again);
+    assert_eq!(again["status"], "ok");
+    let expire = again["steps"].as_array().unwrap().iter().find(|s| s["step"] == "expire").unwrap();
+    assert_eq!(expire["state"], "done", "nothing left to expire");
     checked(drctl(&config).args(["verify-chain", "--deep", "--backups", "--journal"]).run().expect_code(0));
 }
 
@@ -275,6 +278,19 @@ fn big_db() -> &'static str {
     })
 }
 
+/// Until the run is past preflight (its `run-started` entry) and dump data is being written.
+fn wait_dump_started(store: &Path) {
+    wait_for("the dump to start writing", Duration::from_secs(60), || {
+        let data_tmp = std::fs::read_dir(store.join(".tmp"))
+            .map(|d| d.flatten().any(|e| !e.file_name().to_string_lossy().ends_with(".cas")))
+            .unwrap_or(false);
+        let started = std::fs::read_dir(store.join("journal"))
+            .map(|d| d.flatten().any(|e| std::fs::read_to_string(e.path()).unwrap_or_default().contains("run-started")))
+            .unwrap_or(false);
+        started && (data_tmp || std::fs::read_dir(store.join("backups/prod")).map(|d| d.count() > 0).unwrap_or(false))
+    });
+}
+
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
@@ -290,10 +306,7 @@ fn kill_9_mid_backup_lists_nothing_and_the_rerun_takes_over() {
     let store = dir.path().join("store");
     let mut child = drctl(&config).args(["backup"]).spawn();
     // Wait until data objects are being written, then kill -9 mid-upload.
-    wait_for("the dump to start writing", Duration::from_secs(60), || {
-        std::fs::read_dir(store.join(".tmp")).map(|d| d.count() > 0).unwrap_or(false)
-            || std::fs::read_dir(store.join("backups/prod")).map(|d| d.count() > 0).unwrap_or(false)
-    });
+    wait_dump_started(&store);
     std::thread::sleep(Duration::from_millis(150));
     child.kill().unwrap();
     let status = child.wait().unwrap();
@@ -317,6 +330,9 @@ fn kill_9_mid_backup_lists_nothing_and_the_rerun_takes_over() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(ids, [backups[0]["id"].as_str().unwrap().to_string()], "partial objects removed ({clean})");
+    let temps: Vec<PathBuf> =
+        walk(&store.join(".tmp")).into_iter().filter(|p| !p.to_string_lossy().ends_with(".cas")).collect();
+    assert!(temps.is_empty(), "the killed run's temp files were removed: {temps:?} ({clean})");
     checked(drctl(&config).args(["verify-chain", "--journal", "--backups", "--deep"]).run().expect_code(0));
 }
 
@@ -453,10 +469,7 @@ fn sigterm_mid_backup_exits_143_journals_it_and_discards_the_partial_backup() {
     let config = file_config(&dir, big_db());
     let store = dir.path().join("store");
     let child = drctl(&config).args(["backup", "-o", "json"]).spawn();
-    wait_for("the dump to start writing", Duration::from_secs(60), || {
-        std::fs::read_dir(store.join(".tmp")).map(|d| d.count() > 0).unwrap_or(false)
-            || std::fs::read_dir(store.join("backups/prod")).map(|d| d.count() > 0).unwrap_or(false)
-    });
+    wait_dump_started(&store);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();

@@ -111,8 +111,10 @@ impl Step for CleanPartial {
     fn id(&self) -> &'static str {
         "clean-partial"
     }
-    async fn is_done(&self, cx: &Ctx) -> Result<bool> {
-        Ok(self.leftovers(cx).await?.is_empty())
+    async fn is_done(&self, _cx: &Ctx) -> Result<bool> {
+        // Unfinished uploads (S3 multipart, local temp files) cannot be seen without removing
+        // them, so this step always runs; it is cheap when there is nothing to remove.
+        Ok(false)
     }
     async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
         let ids = self.leftovers(cx).await?;
@@ -123,11 +125,25 @@ impl Step for CleanPartial {
                 cx.store.delete(&o.key).await?;
                 removed += 1;
             }
-            removed += cx.store.remove_unfinished(&prefix).await?;
         }
+        // Uploads of dead runs: only when no other live run could be writing under this env.
+        let live = live_run_ids(cx).await?;
+        let uploads = if live.iter().all(|id| id == &self.own_id) {
+            cx.store.remove_unfinished(&format!("backups/{}/", self.env)).await?
+        } else {
+            let mut n = 0;
+            for id in &ids {
+                n += cx.store.remove_unfinished(&backup_prefix(&self.env, id)).await?;
+            }
+            n
+        };
         log.set("removed_backup_ids", Value::from(ids.clone()));
         log.set("removed_objects", removed as u64);
-        log.summary(format!("removed {removed} objects of {} dead backup runs", ids.len()));
+        log.set("removed_unfinished_uploads", uploads as u64);
+        log.summary(format!(
+            "removed {removed} objects of {} dead backup runs, {uploads} unfinished uploads",
+            ids.len()
+        ));
         Ok(())
     }
     async fn verify(&self, cx: &Ctx) -> Result<()> {
