@@ -121,9 +121,9 @@ pub async fn execute(cx: &Ctx, rb: Runbook) -> Outcome {
         extra: Map::new(),
         error: None,
     };
-    let mut held: Vec<HeldLock> = Vec::new();
+    let mut held: Arc<Vec<HeldLock>> = Arc::default();
     let result = run_inner(cx, &rb, &mut report, &mut held).await;
-    for l in &held {
+    for l in held.iter() {
         if let Err(e) = l.release().await {
             cx.out.warn(&format!("could not release lock {}: {e}", l.target));
         }
@@ -143,7 +143,13 @@ pub async fn execute(cx: &Ctx, rb: Runbook) -> Outcome {
     }
 }
 
-async fn run_inner(cx: &Ctx, rb: &Runbook, report: &mut RunReport, held: &mut Vec<HeldLock>) -> Result<&'static str> {
+async fn run_inner(
+    cx: &Ctx,
+    rb: &Runbook,
+    report: &mut RunReport,
+    held: &mut Arc<Vec<HeldLock>>,
+) -> Result<&'static str> {
+    let mut acquired = Vec::new();
     let dry = cx.global.dry_run;
     // (1) Locks. A store that cannot be written is a preflight failure (`store-writable`), not exit 5.
     if !dry {
@@ -154,8 +160,13 @@ async fn run_inner(cx: &Ctx, rb: &Runbook, report: &mut RunReport, held: &mut Ve
             wait: cx.global.lock_wait,
         };
         for target in &rb.locks {
-            match until_interrupted(cx, lock::acquire(cx.store.clone(), target, &who)).await {
-                Ok(l) => held.push(l),
+            let got = until_interrupted(cx, lock::acquire(cx.store.clone(), target, &who)).await;
+            if got.is_err() {
+                // Locks taken before this one are released by `execute`.
+                *held = Arc::new(std::mem::take(&mut acquired));
+            }
+            match got {
+                Ok(l) => acquired.push(l),
                 Err(e @ (Error::Locked { .. } | Error::LockLost { .. } | Error::Interrupted { .. })) => return Err(e),
                 Err(e) => {
                     let c = Check::fail("store-writable", format!("cannot write lock {target}: {e}"));
@@ -165,7 +176,9 @@ async fn run_inner(cx: &Ctx, rb: &Runbook, report: &mut RunReport, held: &mut Ve
             }
         }
     }
-    let locks = Arc::new(std::mem::take(held));
+    // `execute` releases them whatever happens below.
+    *held = Arc::new(acquired);
+    let locks = held.clone();
     let writer = JournalWriter {
         store: cx.store.clone(),
         run_id: cx.run_id.clone(),
@@ -181,11 +194,7 @@ async fn run_inner(cx: &Ctx, rb: &Runbook, report: &mut RunReport, held: &mut Ve
             lost.cancel();
         });
     }
-    let r = run_locked(cx, rb, report, &writer, &lost, &locks).await;
-    // Hand the locks back for release by `execute`, whatever happened.
-    drop(writer);
-    *held = Arc::try_unwrap(locks).unwrap_or_else(|_| Vec::new());
-    r
+    run_locked(cx, rb, report, &writer, &lost, &locks).await
 }
 
 async fn run_locked(
