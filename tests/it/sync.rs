@@ -147,6 +147,9 @@ fn sync_makes_the_target_equal_the_source_and_status_sees_it_fresh() {
     );
     assert_eq!(fingerprint(&p.to), fingerprint(&p.from));
     assert_eq!(sequences(&p.to), sequences(&p.from));
+    // The sequence values were read from the dump's own TOC and checked (customers, orders).
+    let restore = doc["steps"].as_array().unwrap().iter().find(|s| s["step"] == "restore").unwrap().clone();
+    assert!(restore["detail"].as_str().unwrap().contains("2 sequences checked"), "{restore}");
     assert!(sequences(&p.to).contains("customers_id_seq=5000"), "{}", sequences(&p.to));
     // The old copy is kept as __drctl_prev; no scratch copy is left.
     assert_eq!(databases_like(&p.to), format!("{0},{0}__drctl_prev", p.to));
