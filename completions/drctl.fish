@@ -42,6 +42,8 @@ complete -c drctl -n "__fish_drctl_needs_command" -s V -l version -d 'Print vers
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "check" -d 'Validate the config and reach every endpoint it names with the privileges the runbooks need'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "backup" -d 'Take a backup of an env into the store, or list / prune the stored backups'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "verify-chain" -d 'Verify hash chains: the journal and the backups (the default), or chosen ones'
+complete -c drctl -n "__fish_drctl_needs_command" -f -a "sync" -d 'Refresh a warm standby: FROM\'s database dumped, restored into a scratch copy on TO, validated, then swapped in'
+complete -c drctl -n "__fish_drctl_needs_command" -f -a "status" -d 'Readiness of every env: reachable, role, replication lag, live, healthy, data age vs RPO'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "log" -d 'Show the journal, newest first'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "completions" -d 'Print shell completions for SHELL'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "man" -d 'Print the man page (roff)'
@@ -135,6 +137,38 @@ complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s q -l quiet 
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l no-progress -d 'No progress bars, even on a TTY'
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s V -l version -d 'Print version'
+complete -c drctl -n "__fish_drctl_using_subcommand sync" -l from -d 'The env whose database is copied (only read)' -r
+complete -c drctl -n "__fish_drctl_using_subcommand sync" -l to -d 'The standby env whose database is replaced' -r
+complete -c drctl -n "__fish_drctl_using_subcommand sync" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand sync" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand sync" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
+complete -c drctl -n "__fish_drctl_using_subcommand sync" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
+complete -c drctl -n "__fish_drctl_using_subcommand sync" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand sync" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand sync" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
+complete -c drctl -n "__fish_drctl_using_subcommand sync" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
+complete -c drctl -n "__fish_drctl_using_subcommand sync" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
+complete -c drctl -n "__fish_drctl_using_subcommand sync" -s q -l quiet -d 'Only errors on stderr'
+complete -c drctl -n "__fish_drctl_using_subcommand sync" -l no-progress -d 'No progress bars, even on a TTY'
+complete -c drctl -n "__fish_drctl_using_subcommand sync" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c drctl -n "__fish_drctl_using_subcommand sync" -s V -l version -d 'Print version'
+complete -c drctl -n "__fish_drctl_using_subcommand status" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand status" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand status" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
+complete -c drctl -n "__fish_drctl_using_subcommand status" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
+complete -c drctl -n "__fish_drctl_using_subcommand status" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand status" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand status" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
+complete -c drctl -n "__fish_drctl_using_subcommand status" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
+complete -c drctl -n "__fish_drctl_using_subcommand status" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
+complete -c drctl -n "__fish_drctl_using_subcommand status" -s q -l quiet -d 'Only errors on stderr'
+complete -c drctl -n "__fish_drctl_using_subcommand status" -l no-progress -d 'No progress bars, even on a TTY'
+complete -c drctl -n "__fish_drctl_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c drctl -n "__fish_drctl_using_subcommand status" -s V -l version -d 'Print version'
 complete -c drctl -n "__fish_drctl_using_subcommand log" -l runbook -d 'Only entries of this runbook (e.g. backup)' -r
 complete -c drctl -n "__fish_drctl_using_subcommand log" -l since -d 'Only entries at or after T (RFC 3339, or a duration back from now such as 24h)' -r
 complete -c drctl -n "__fish_drctl_using_subcommand log" -l limit -d 'At most N entries' -r
@@ -183,12 +217,14 @@ complete -c drctl -n "__fish_drctl_using_subcommand man" -s q -l quiet -d 'Only 
 complete -c drctl -n "__fish_drctl_using_subcommand man" -l no-progress -d 'No progress bars, even on a TTY'
 complete -c drctl -n "__fish_drctl_using_subcommand man" -s h -l help -d 'Print help'
 complete -c drctl -n "__fish_drctl_using_subcommand man" -s V -l version -d 'Print version'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain log completions man help" -f -a "check" -d 'Validate the config and reach every endpoint it names with the privileges the runbooks need'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain log completions man help" -f -a "backup" -d 'Take a backup of an env into the store, or list / prune the stored backups'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain log completions man help" -f -a "verify-chain" -d 'Verify hash chains: the journal and the backups (the default), or chosen ones'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain log completions man help" -f -a "log" -d 'Show the journal, newest first'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain log completions man help" -f -a "completions" -d 'Print shell completions for SHELL'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain log completions man help" -f -a "man" -d 'Print the man page (roff)'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain log completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync status log completions man help" -f -a "check" -d 'Validate the config and reach every endpoint it names with the privileges the runbooks need'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync status log completions man help" -f -a "backup" -d 'Take a backup of an env into the store, or list / prune the stored backups'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync status log completions man help" -f -a "verify-chain" -d 'Verify hash chains: the journal and the backups (the default), or chosen ones'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync status log completions man help" -f -a "sync" -d 'Refresh a warm standby: FROM\'s database dumped, restored into a scratch copy on TO, validated, then swapped in'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync status log completions man help" -f -a "status" -d 'Readiness of every env: reachable, role, replication lag, live, healthy, data age vs RPO'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync status log completions man help" -f -a "log" -d 'Show the journal, newest first'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync status log completions man help" -f -a "completions" -d 'Print shell completions for SHELL'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync status log completions man help" -f -a "man" -d 'Print the man page (roff)'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync status log completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c drctl -n "__fish_drctl_using_subcommand help; and __fish_seen_subcommand_from backup" -f -a "list" -d 'The complete backups in the store, newest first'
 complete -c drctl -n "__fish_drctl_using_subcommand help; and __fish_seen_subcommand_from backup" -f -a "prune" -d 'Apply [retention] (keep_last, keep_daily, keep_weekly); never deletes the newest good backup'

@@ -112,6 +112,25 @@ pub enum Command {
     /// first bad entry and why.
     VerifyChain(VerifyChainArgs),
 
+    /// Refresh a warm standby: FROM's database dumped, restored into a scratch copy on TO,
+    /// validated, then swapped in
+    ///
+    /// One `pg_dump -Fc -Z0` stream is stored (zstd, listed by `backup list` as a backup of FROM)
+    /// and restored into `DB__drctl_new` on TO in the same pass. Only a copy whose row counts,
+    /// materialized views and sequences match the dump is swapped in, from TO's maintenance_db, by
+    /// two renames in one transaction (`DB` -> `DB__drctl_prev`, `DB__drctl_new` -> `DB`): clients
+    /// see the old data or the new, never a mix, and a failure leaves TO as it was. The previous
+    /// copy is kept until the next sync. Refuses (exit 3) when DNS points at TO or TO is a replica.
+    /// An env declaring `sync_from = "FROM"` is synced without confirmation (cron); any other TO
+    /// needs --yes off a TTY. Locks env:TO only.
+    Sync(SyncArgs),
+
+    /// Readiness of every env: reachable, role, replication lag, live, healthy, data age vs RPO
+    ///
+    /// Read-only: takes no lock and writes nothing. Exit 3 when an env's last sync or last backup
+    /// is older than policy.rpo, or a live env is unhealthy.
+    Status,
+
     /// Show the journal, newest first
     Log(LogArgs),
 
@@ -185,6 +204,16 @@ pub struct VerifyChainArgs {
     /// Re-read every stored object of every listed backup and check its sha256 (implies --backups)
     #[arg(long)]
     pub deep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// The env whose database is copied (only read)
+    #[arg(long, value_name = "ENV")]
+    pub from: String,
+    /// The standby env whose database is replaced
+    #[arg(long, value_name = "ENV")]
+    pub to: String,
 }
 
 #[derive(Debug, Args)]

@@ -72,6 +72,20 @@ pub struct JournalWriter {
 }
 
 impl JournalWriter {
+    /// The same writer (run, runbook, fences) for entries about another env: sync commits the dump
+    /// it took as a backup of FROM while it holds only TO's lock.
+    pub fn for_env(&self, env: &str) -> JournalWriter {
+        JournalWriter { env: Some(env.to_string()), ..self.clone() }
+    }
+
+    /// Confirm that every lock is still this run's (exit 5 if one was taken over), writing nothing.
+    pub async fn confirm_locks(&self) -> Result<()> {
+        for l in self.locks.iter() {
+            l.confirm().await?;
+        }
+        Ok(())
+    }
+
     pub async fn append(&self, event: &str, details: Value) -> Result<journal::Entry> {
         let mut fences = BTreeMap::new();
         for l in self.locks.iter() {

@@ -3,6 +3,8 @@
 pub mod backup;
 pub mod check;
 pub mod log;
+pub mod status;
+pub mod sync;
 pub mod verify_chain;
 
 use serde_json::Value;
@@ -51,6 +53,17 @@ pub async fn dispatch(cx: &Ctx, command: &Command) -> Done {
             Ok((json, text, error)) => Done::Doc { json, text, error, metrics: None },
             Err(e) => Done::doc(Err(e)),
         },
+        Command::Sync(a) => {
+            let rb = cx.config.env(&a.from).and_then(|f| cx.config.env(&a.to).and_then(|t| sync::sync(cx, f, t)));
+            match rb {
+                Ok(rb) => Done::Run(execute(cx, rb).await),
+                Err(e) => Done::doc(Err(e)),
+            }
+        }
+        Command::Status => {
+            let (json, text, error) = status::status(cx).await;
+            Done::Doc { json, text, error, metrics: Some(("status".to_string(), String::new(), None)) }
+        }
         Command::Log(a) => Done::doc(log::log(cx, a).await),
         Command::Completions { .. } | Command::Man => unreachable!("handled before the config loads"),
     }

@@ -43,10 +43,11 @@ pub fn backup(cx: &Ctx, env: &EnvConfig) -> Runbook {
         .step(Commit { state })
 }
 
-struct Shared {
-    env: EnvConfig,
-    id: String,
-    manifest: Mutex<Option<Manifest>>,
+/// One backup in the making, shared by its steps (and by sync, whose dump is a backup of FROM).
+pub struct Shared {
+    pub env: EnvConfig,
+    pub id: String,
+    pub manifest: Mutex<Option<Manifest>>,
 }
 
 impl Shared {
@@ -241,18 +242,7 @@ impl Step for DumpToStore {
             .map_err(db_err)?;
         let snapshot: String = tx.query_one("SELECT pg_export_snapshot()", &[]).await.map_err(db_err)?.get(0);
         let server_version: String = tx.query_one("SHOW server_version", &[]).await.map_err(db_err)?.get(0);
-        let tables: Vec<(String, String)> = tx
-            .query(
-                "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                 AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1, 2",
-                &[],
-            )
-            .await
-            .map_err(db_err)?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+        let tables = leaf_tables(&tx).await.map_err(db_err)?;
 
         let base = format!("{}{}.dump.zst", backup_prefix(&env.name, &self.state.id), env.database_url.dbname);
         let mut child =
@@ -260,15 +250,7 @@ impl Step for DumpToStore {
         let stdout = child.stdout.take().ok_or_else(|| Error::step("dump", "pg_dump has no stdout"))?;
         let progress = cx.out.progress("dump", None, true);
         let upload = dump::compress_to_store(stdout, cx.store.clone(), &base, dump::SPLIT_BYTES, progress.clone());
-        let counts = async {
-            let mut out = Vec::with_capacity(tables.len());
-            for (schema, table) in &tables {
-                let q = format!("SELECT count(*) FROM {}.{}", quote_ident(schema), quote_ident(table));
-                let rows: i64 = tx.query_one(&q, &[]).await.map_err(db_err)?.get(0);
-                out.push(TableCount { schema: schema.clone(), table: table.clone(), rows });
-            }
-            Ok::<_, Error>(out)
-        };
+        let counts = async { count_rows(&tx, &tables).await.map_err(db_err) };
         let (stored, counts) = tokio::join!(upload, counts);
         progress.finish();
         // pg_dump's verdict first: a dump that failed explains a short stream better than the stream.
@@ -363,14 +345,46 @@ pub async fn store_writable(cx: &Ctx) -> Check {
     Check::from_result("store-writable", r.map(|_| format!("{url} writable")).map_err(|e| e.to_string()))
 }
 
+/// Every leaf table (relkind `r`: plain tables and partitions, not partitioned parents) outside
+/// the system schemas, except extension members, whose data pg_dump leaves to the extension.
+pub async fn leaf_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    Ok(tx
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' \
+             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                             AND d.objid = c.oid AND d.deptype = 'e') ORDER BY 1, 2",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// Exact `count(*)` of each table, in the caller's transaction (and so in its snapshot).
+pub async fn count_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    tables: &[(String, String)],
+) -> Result<Vec<TableCount>, tokio_postgres::Error> {
+    let mut out = Vec::with_capacity(tables.len());
+    for (schema, table) in tables {
+        let q = format!("SELECT count(*) FROM {}.{}", quote_ident(schema), quote_ident(table));
+        let rows: i64 = tx.query_one(&q, &[]).await?.get(0);
+        out.push(TableCount { schema: schema.clone(), table: table.clone(), rows });
+    }
+    Ok(out)
+}
+
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 // ---------------------------------------------------------------------------------------------
 
-struct WriteManifest {
-    state: Arc<Shared>,
+pub struct WriteManifest {
+    pub state: Arc<Shared>,
 }
 
 #[async_trait]
@@ -405,8 +419,8 @@ impl Step for WriteManifest {
     }
 }
 
-struct Commit {
-    state: Arc<Shared>,
+pub struct Commit {
+    pub state: Arc<Shared>,
 }
 
 #[async_trait]
@@ -423,7 +437,9 @@ impl Step for Commit {
         let key = manifest_key(&m.env, &m.id);
         let stored = cx.store.get(&key).await?.ok_or_else(|| Error::step("commit", format!("{key} is missing")))?;
         let manifest_sha256 = sha256_hex(&stored.data);
+        // The entry names the backed-up env, which is not the run's own env when sync commits it.
         log.journal
+            .for_env(&m.env)
             .append(
                 "backup-done",
                 json!({

@@ -1,0 +1,181 @@
+//! status: one row per env saying whether it could take over now. Replaces the on-call habit of
+//! opening psql on each host, the Route 53 console and the backup bucket before deciding anything.
+//! Read-only: no lock, no journal entry.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+
+use crate::clients::pg;
+use crate::config::EnvConfig;
+use crate::ctx::Ctx;
+use crate::error::Error;
+use crate::journal;
+use crate::runbooks::backup::catalog;
+use crate::runbooks::check::health;
+use crate::runbooks::sync::target;
+
+struct Row {
+    name: String,
+    reachable: bool,
+    role: Option<&'static str>,
+    lag_bytes: Option<i64>,
+    live: Option<bool>,
+    healthy: Option<bool>,
+    last_sync_age_s: Option<u64>,
+    last_backup_age_s: Option<u64>,
+    rpo_ok: Option<bool>,
+    notes: Vec<String>,
+}
+
+pub async fn status(cx: &Ctx) -> (Value, String, Option<Error>) {
+    let entries = match journal::read_all(&*cx.store).await {
+        Ok(e) => e,
+        Err(e) => return (Value::Null, String::new(), Some(e)),
+    };
+    let now = SystemTime::now();
+    let rpo = cx.config.policy.rpo;
+    let mut rows = Vec::new();
+    for env in cx.config.environments.values() {
+        rows.push(row(cx, env, &entries, now, rpo).await);
+    }
+    let mut breaches = Vec::new();
+    for r in &rows {
+        if r.rpo_ok == Some(false) {
+            breaches.push(format!("{}: data older than policy.rpo ({})", r.name, humantime::format_duration(rpo)));
+        }
+        if r.live == Some(true) && r.healthy == Some(false) {
+            breaches.push(format!("{}: live but unhealthy", r.name));
+        }
+    }
+    let doc = json!({
+        "ok": breaches.is_empty(),
+        "environments": rows.iter().map(|r| json!({
+            "name": r.name, "reachable": r.reachable, "role": r.role, "lag_bytes": r.lag_bytes,
+            "live": r.live, "healthy": r.healthy, "last_sync_age_s": r.last_sync_age_s,
+            "last_backup_age_s": r.last_backup_age_s, "rpo_ok": r.rpo_ok, "notes": r.notes,
+        })).collect::<Vec<_>>(),
+    });
+    let mut t = crate::output::table::new_table(&[
+        "env",
+        "reachable",
+        "role",
+        "lag",
+        "live",
+        "healthy",
+        "last sync",
+        "last backup",
+        "rpo ok",
+        "notes",
+    ]);
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let age = |s: Option<u64>| opt(s.map(|s| humantime::format_duration(Duration::from_secs(s)).to_string()));
+    for r in &rows {
+        t.add_row(vec![
+            r.name.clone(),
+            r.reachable.to_string(),
+            opt(r.role.map(str::to_string)),
+            opt(r.lag_bytes.map(|b| crate::output::table::bytes(b.max(0) as u64))),
+            opt(r.live.map(|b| b.to_string())),
+            opt(r.healthy.map(|b| b.to_string())),
+            age(r.last_sync_age_s),
+            age(r.last_backup_age_s),
+            opt(r.rpo_ok.map(|b| b.to_string())),
+            r.notes.join("; "),
+        ]);
+    }
+    let error = (!breaches.is_empty()).then_some(Error::Preflight { failed: breaches });
+    (doc, t.to_string(), error)
+}
+
+async fn row(cx: &Ctx, env: &EnvConfig, entries: &[journal::Stored], now: SystemTime, rpo: Duration) -> Row {
+    let mut r = Row {
+        name: env.name.clone(),
+        reachable: false,
+        role: None,
+        lag_bytes: None,
+        live: None,
+        healthy: None,
+        last_sync_age_s: None,
+        last_backup_age_s: None,
+        rpo_ok: None,
+        notes: Vec::new(),
+    };
+    match pg::connect(&env.database_url).await {
+        Ok(c) => {
+            r.reachable = true;
+            match role_and_lag(&c).await {
+                Ok((role, lag)) => {
+                    r.role = Some(role);
+                    r.lag_bytes = lag;
+                }
+                Err(e) => r.notes.push(pg::describe(&e)),
+            }
+        }
+        Err(e) => r.notes.push(e.to_string()),
+    }
+    match target::is_live(cx, env).await {
+        Ok(l) => r.live = l.map(|(live, _)| live),
+        Err(e) => r.notes.push(e.to_string()),
+    }
+    if let Some(url) = &env.health_url {
+        let c = health(url, cx.config.policy.health_timeout).await;
+        if !c.ok {
+            r.notes.push(c.detail);
+        }
+        r.healthy = Some(c.ok);
+    }
+    let age_of =
+        |t: &str| humantime::parse_rfc3339(t).ok().map(|t| now.duration_since(t).unwrap_or_default().as_secs());
+    if env.sync_from.is_some() {
+        // The data's age is the source snapshot's, not the time the swap finished.
+        let newest = journal::entries(entries)
+            .filter(|e| e.event == "sync-done" && e.env.as_deref() == Some(env.name.as_str()))
+            .filter_map(|e| e.details.get("snapshot_time")?.as_str().map(str::to_string))
+            .last();
+        r.last_sync_age_s = newest.as_deref().and_then(age_of);
+        if newest.is_none() {
+            r.notes.push("never synced".into());
+        }
+    }
+    if let Some(newest) = catalog::committed(entries, Some(&env.name)).last() {
+        // The manifest's start is when the dump's snapshot was taken; the commit time is later.
+        r.last_backup_age_s = match catalog::read_manifest(&*cx.store, newest).await {
+            Ok(Ok(m)) => age_of(&m.started),
+            _ => age_of(&newest.time),
+        };
+    }
+    let ages: Vec<Option<u64>> =
+        [(env.sync_from.is_some(), r.last_sync_age_s), (r.last_backup_age_s.is_some(), r.last_backup_age_s)]
+            .into_iter()
+            .filter(|(applies, _)| *applies)
+            .map(|(_, a)| a)
+            .collect();
+    if !ages.is_empty() {
+        // A standby that was never synced is not within the RPO.
+        r.rpo_ok = Some(ages.iter().all(|a| a.is_some_and(|s| s <= rpo.as_secs())));
+    }
+    r
+}
+
+/// primary or replica, and replication lag in bytes: the largest replay lag among a primary's
+/// streaming replicas (none: null), or a replica's received-but-not-replayed WAL.
+async fn role_and_lag(c: &tokio_postgres::Client) -> Result<(&'static str, Option<i64>), tokio_postgres::Error> {
+    let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0);
+    if in_recovery {
+        let lag: Option<i64> = c
+            .query_one("SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint", &[])
+            .await?
+            .get(0);
+        Ok(("replica", lag))
+    } else {
+        let lag: Option<i64> = c
+            .query_one(
+                "SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn))::bigint FROM pg_stat_replication",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok(("primary", lag))
+    }
+}

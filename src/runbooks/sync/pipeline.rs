@@ -1,0 +1,234 @@
+//! Dump once, use twice: one `pg_dump -Fc -Z0` stream, teed into the store (zstd, the backup
+//! runbook's own pipeline) and into `pg_restore` of the scratch database, then validated.
+//!
+//! Why a tee of one stream rather than a directory-format dump restored with `pg_restore -j`: the
+//! stored copy must be the same single custom-format object a backup is (`cat | zstd -dc |
+//! pg_restore` restores it), a directory dump would need a local temp copy of the whole database,
+//! and `-j` can only start once the dump is complete. The tee overlaps dump, upload and restore in
+//! one pass, with flat memory (one 1 MiB chunk in flight plus a 1 MiB pipe to the compressor); a
+//! slower consumer slows pg_dump down instead of growing a buffer. The restore's own index builds
+//! are serial, which is the price; the benchmark (scripts/bench-sync) measures the whole.
+
+use std::time::{Instant, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::toc::{self, Parsed, SeqValue};
+use super::{Restored, State};
+use crate::clients::{pg, pgtools::PgTools};
+use crate::ctx::Ctx;
+use crate::error::{Error, Result};
+use crate::runbooks::backup::catalog::{Manifest, TableCount, backup_prefix};
+use crate::runbooks::backup::{count_rows, dump, leaf_tables};
+
+const CHUNK: usize = 1 << 20;
+/// A TOC larger than this is not read for sequence values (the run fails rather than guess).
+const MAX_TOC: usize = 256 << 20;
+
+pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)> {
+    let (from, to) = (&st.from, &st.to);
+    let started = SystemTime::now();
+    let t0 = Instant::now();
+
+    // The scratch database: TO's owner, encoding, locale, settings and grants.
+    let maint = st.maint().await?;
+    let props = super::target::db_props(&maint, st.db())
+        .await
+        .map_err(st.maint_err())?
+        .ok_or_else(|| Error::step("restore", format!("database {} is gone from {}", st.db(), to.name)))?;
+    maint.batch_execute(&super::target::create_sql(&st.scratch(), &props)).await.map_err(st.maint_err())?;
+    for sql in super::target::settings_and_grants_sql(&maint, &props, &st.scratch()).await.map_err(st.maint_err())? {
+        maint.batch_execute(&sql).await.map_err(st.maint_err())?;
+    }
+    drop(maint);
+
+    // As in backup: a REPEATABLE READ transaction exports the snapshot pg_dump reads and counts
+    // every leaf table in it while it stays open, so the counts describe exactly the dump.
+    let src = &from.database_url;
+    let src_err = |e: tokio_postgres::Error| pg::db_error(src, &e);
+    let mut client = pg::connect(src).await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(src_err)?;
+    let snapshot: String = tx.query_one("SELECT pg_export_snapshot()", &[]).await.map_err(src_err)?.get(0);
+    let snapshot_time = SystemTime::now();
+    let server_version: String = tx.query_one("SHOW server_version", &[]).await.map_err(src_err)?.get(0);
+    let tables = leaf_tables(&tx).await.map_err(src_err)?;
+    let matviews = matviews(&tx).await.map_err(src_err)?;
+
+    let dump_tools = PgTools::new(from.pg_bin.as_deref());
+    let dump_version = dump_tools.major_version("pg_dump").await?;
+    let mut dumping =
+        dump_tools.spawn("pg_dump", &["-Fc", "-Z0", "--no-password", "--snapshot", &snapshot], Some(src), false)?;
+    let scratch_url = to.database_url.with_dbname(&st.scratch());
+    let conninfo = format!("dbname='{}'", st.scratch().replace('\\', "\\\\").replace('\'', "\\'"));
+    // Ownership and grants as the dump has them (the roles were checked in preflight), so the
+    // standby matches its source; tablespaces and subscriptions are the source server's own: a
+    // standby that subscribed to the source's publishers would compete with it for their changes.
+    let mut restoring = PgTools::new(to.pg_bin.as_deref()).spawn(
+        "pg_restore",
+        &["--exit-on-error", "--no-password", "--no-tablespaces", "--no-subscriptions", "-d", &conninfo],
+        Some(&scratch_url),
+        true,
+    )?;
+    let mut dump_out = dumping.stdout.take().ok_or_else(|| Error::step("restore", "pg_dump has no stdout"))?;
+    let mut restore_in = restoring.stdin.take().ok_or_else(|| Error::step("restore", "pg_restore has no stdin"))?;
+
+    let (mut to_store, from_tee) = tokio::io::duplex(CHUNK);
+    let tee = async move {
+        let mut buf = vec![0u8; CHUNK];
+        let mut head: Vec<u8> = Vec::new();
+        let mut parsed = Parsed::Incomplete;
+        loop {
+            let n =
+                dump_out.read(&mut buf).await.map_err(|e| Error::step("restore", format!("reading pg_dump: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            if parsed == Parsed::Incomplete {
+                head.extend_from_slice(&buf[..n]);
+                parsed = toc::parse(&head);
+                if parsed != Parsed::Incomplete {
+                    head = Vec::new();
+                } else if head.len() > MAX_TOC {
+                    parsed = Parsed::Unsupported(format!("the archive's TOC is larger than {} MiB", MAX_TOC >> 20));
+                }
+            }
+            restore_in
+                .write_all(&buf[..n])
+                .await
+                .map_err(|e| Error::step("restore", format!("pg_restore stopped reading: {e}")))?;
+            to_store
+                .write_all(&buf[..n])
+                .await
+                .map_err(|e| Error::step("restore", format!("the store upload stopped: {e}")))?;
+        }
+        // EOF for both readers.
+        drop(restore_in);
+        drop(to_store);
+        Ok::<_, Error>(parsed)
+    };
+    let base = format!("{}{}.dump.zst", backup_prefix(&from.name, &st.backup.id), src.dbname);
+    let progress = cx.out.progress("sync", None, true);
+    let upload = dump::compress_to_store(from_tee, cx.store.clone(), &base, dump::SPLIT_BYTES, progress.clone());
+    let counts = async { count_rows(&tx, &tables).await.map_err(src_err) };
+    let (teed, stored, counts) = tokio::join!(tee, upload, counts);
+    progress.finish();
+    // The children's verdicts first: pg_restore's error explains a broken pipe better than the pipe.
+    let restore_stderr = restoring.wait().await?;
+    let dump_warnings = dumping.wait().await?;
+    let parsed = teed?;
+    let stored = stored?;
+    let counts = counts?;
+    tx.commit().await.map_err(src_err)?;
+    // --exit-on-error makes any SQL error fatal; anything else pg_restore calls an error is too.
+    if let Some(line) = restore_stderr.lines().find(|l| l.contains("error")) {
+        return Err(Error::step("restore", format!("pg_restore reported: {line}")));
+    }
+    if !dump_warnings.trim().is_empty() {
+        cx.out.warn(&format!("pg_dump: {}", dump_warnings.trim()));
+    }
+    let sequences = match parsed {
+        Parsed::Done(s) => s,
+        Parsed::Incomplete => return Err(Error::step("restore", "the dump ended inside its table of contents")),
+        Parsed::Unsupported(why) => {
+            return Err(Error::step("restore", format!("cannot read the dump's sequence values: {why}")));
+        }
+    };
+
+    validate(&scratch_url, &counts, &matviews, &sequences).await?;
+
+    let manifest = Manifest {
+        id: st.backup.id.clone(),
+        env: from.name.clone(),
+        kind: "logical".into(),
+        format: "pg_dump -Fc, zstd".into(),
+        database: src.dbname.clone(),
+        server_version,
+        pg_dump_version: dump_version.to_string(),
+        run_id: cx.run_id.clone(),
+        started: humantime::format_rfc3339_millis(started).to_string(),
+        finished: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        duration_ms: t0.elapsed().as_millis() as u64,
+        bytes: stored.bytes,
+        sha256: stored.sha256.clone(),
+        dump_bytes: stored.dump_bytes,
+        objects: stored.objects,
+        tables: counts.clone(),
+        wal_start: None,
+        wal_end: None,
+    };
+    let restored = Restored {
+        snapshot_time,
+        rows: counts.iter().map(|c| c.rows).sum(),
+        tables: counts.len(),
+        sequences: sequences.len(),
+        bytes: stored.bytes,
+        dump_bytes: stored.dump_bytes,
+        duration_ms: t0.elapsed().as_millis() as u64,
+    };
+    Ok((restored, manifest))
+}
+
+/// (schema, name, populated) of every materialized view.
+async fn matviews(c: &tokio_postgres::Transaction<'_>) -> Result<Vec<(String, String, bool)>, tokio_postgres::Error> {
+    Ok(c.query("SELECT schemaname::text, matviewname::text, ispopulated FROM pg_matviews ORDER BY 1, 2", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// The scratch copy against the dump: the same leaf tables with exactly the rows counted in the
+/// dump's snapshot, the same materialized views (populated alike), every sequence at the value
+/// the dump set. Any difference fails the run before the swap.
+async fn validate(
+    scratch: &crate::dburl::DbUrl,
+    counts: &[TableCount],
+    matviews_src: &[(String, String, bool)],
+    sequences: &[SeqValue],
+) -> Result<()> {
+    let fail = |what: String| Err(Error::step("validate", what));
+    let mut client = pg::connect(scratch).await?;
+    let err = |e: tokio_postgres::Error| pg::db_error(scratch, &e);
+    let tx = client.build_transaction().read_only(true).start().await.map_err(err)?;
+    let tables = leaf_tables(&tx).await.map_err(err)?;
+    let got = count_rows(&tx, &tables).await.map_err(err)?;
+    for want in counts {
+        match got.iter().find(|g| g.schema == want.schema && g.table == want.table) {
+            None => return fail(format!("table {}.{} is missing from the restored copy", want.schema, want.table)),
+            Some(g) if g.rows != want.rows => {
+                return fail(format!(
+                    "{}.{} has {} rows restored, {} in the dump's snapshot",
+                    want.schema, want.table, g.rows, want.rows
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(extra) = got.iter().find(|g| !counts.iter().any(|w| w.schema == g.schema && w.table == g.table)) {
+        return fail(format!("the restored copy has a table {}.{} the source did not", extra.schema, extra.table));
+    }
+    let mv = matviews(&tx).await.map_err(err)?;
+    if mv != matviews_src {
+        return fail(format!("materialized views differ: source {matviews_src:?}, restored {mv:?}"));
+    }
+    for s in sequences {
+        let v: Option<i64> = tx
+            .query_one("SELECT pg_sequence_last_value($1::text::regclass)", &[&s.regclass])
+            .await
+            .map_err(err)?
+            .get(0);
+        // pg_sequence_last_value is NULL until the sequence is called.
+        let want = s.is_called.then_some(s.value);
+        if v != want {
+            return fail(format!("sequence {} is at {v:?}, the dump set {want:?}", s.regclass));
+        }
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(())
+}
