@@ -137,7 +137,7 @@ fn sync_makes_the_target_equal_the_source_and_status_sees_it_fresh() {
     assert_eq!(
         steps,
         [
-            ("clean-partial", "done"),
+            ("clean-partial", "applied"),
             ("drop-scratch", "done"),
             ("restore", "applied"),
             ("write-manifest", "applied"),
