@@ -5,3 +5,4 @@ mod backup;
 mod cli;
 mod harness;
 mod smoke;
+mod verify_chain;

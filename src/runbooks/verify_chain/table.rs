@@ -461,7 +461,8 @@ async fn plan_ranges(
     after: Option<&str>,
 ) -> Result<Vec<Range>> {
     let one = vec![Range { after: None, upto: None }];
-    if !r.int_key || s.jobs < 2 || r.estimate < PARALLEL_MIN_ROWS {
+    // reltuples is -1 until the table is first analyzed: then the key span decides.
+    if !r.int_key || s.jobs < 2 || (0.0..PARALLEL_MIN_ROWS).contains(&r.estimate) {
         return Ok(one);
     }
     let filter = after.map(|a| format!(" WHERE {} > {a}", r.order)).unwrap_or_default();
@@ -471,7 +472,7 @@ async fn plan_ranges(
         return Ok(one);
     };
     let width = (i128::from(hi) - i128::from(lo) + 1) / s.jobs as i128;
-    if width < 1 {
+    if width * (s.jobs as i128) < PARALLEL_MIN_ROWS as i128 {
         return Ok(one);
     }
     let mut ranges = Vec::with_capacity(s.jobs);
