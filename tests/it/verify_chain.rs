@@ -57,7 +57,8 @@ fn base_db() -> &'static str {
 fn events_copy() -> (String, String) {
     let db = base_db().to_string();
     let t = unique_name("events");
-    Cluster::shared().psql(&db, &format!("CREATE TABLE {t} AS TABLE events_base; ALTER TABLE {t} ADD PRIMARY KEY (id);"));
+    Cluster::shared()
+        .psql(&db, &format!("CREATE TABLE {t} AS TABLE events_base; ALTER TABLE {t} ADD PRIMARY KEY (id);"));
     (db, t)
 }
 
@@ -82,7 +83,10 @@ fn verify(config: &Path, table: &str, more: &[&str], code: i32) -> Value {
 
 /// The one table chain of a verify-chain document.
 fn chain<'a>(doc: &'a Value, table: &str) -> &'a Value {
-    doc["chains"].as_array().and_then(|c| c.iter().find(|c| c["chain"] == table)).unwrap_or_else(|| panic!("no chain {table} in {doc}"))
+    doc["chains"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["chain"] == table))
+        .unwrap_or_else(|| panic!("no chain {table} in {doc}"))
 }
 
 fn assert_first_bad(doc: &Value, table: &str, index: u64, key: &str, reason: &str) {
@@ -280,9 +284,15 @@ fn a_missing_table_or_column_or_a_bad_setting_is_exit_2_naming_it() {
     let r = drctl(&cfg).args(["verify-chain", "--env", "prod", "--table", "no_such_table"]).run().expect_code(2);
     assert!(r.stderr.contains("no_such_table") && r.stderr.contains("does not exist"), "{}", r.stderr);
     assert!(r.stdout.is_empty());
-    let r = drctl(&cfg).args(["verify-chain", "--env", "prod", "--table", &t, "--hash-column", "digest"]).run().expect_code(2);
+    let r = drctl(&cfg)
+        .args(["verify-chain", "--env", "prod", "--table", &t, "--hash-column", "digest"])
+        .run()
+        .expect_code(2);
     assert!(r.stderr.contains("no column `digest`") && r.stderr.contains("--hash-column"), "{}", r.stderr);
-    let r = drctl(&cfg).args(["verify-chain", "--env", "prod", "--table", &t, "--content", "body::text"]).run().expect_code(2);
+    let r = drctl(&cfg)
+        .args(["verify-chain", "--env", "prod", "--table", &t, "--content", "body::text"])
+        .run()
+        .expect_code(2);
     assert!(r.stderr.contains("--content") && r.stderr.contains("body"), "{}", r.stderr);
     // An env with no configured chains and no --table.
     let r = drctl(&cfg).args(["verify-chain", "--env", "prod"]).run().expect_code(2);
@@ -306,12 +316,18 @@ fn put_file(root: &Path, key: &str, data: &[u8]) {
 }
 
 fn artifacts(config: &Path, url: &str, code: i32) -> Value {
-    let r = Drctl::new().config(config).args(["verify-chain", "--artifacts", url, "-o", "json"]).run().expect_code(code);
+    let r =
+        Drctl::new().config(config).args(["verify-chain", "--artifacts", url, "-o", "json"]).run().expect_code(code);
     r.json()["artifacts"].clone()
 }
 
 fn problems(a: &Value) -> Vec<(String, String)> {
-    a["bad"].as_array().unwrap().iter().map(|b| (b["key"].as_str().unwrap().into(), b["problem"].as_str().unwrap().into())).collect()
+    a["bad"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["key"].as_str().unwrap().into(), b["problem"].as_str().unwrap().into()))
+        .collect()
 }
 
 #[test]
@@ -386,7 +402,10 @@ fn s3_artifacts_on_moto_are_checked_and_damage_is_listed() {
     let z = sha(b"z");
     moto_put(&bucket, &format!("art/{}/{z}", &z[..2]), b"");
     let a = artifacts(&cfg, &url, 4);
-    let mut want = vec![(format!("{}/{h}", &h[..2]), "sha_mismatch".to_string()), (format!("{}/{z}", &z[..2]), "sha_mismatch".into())];
+    let mut want = vec![
+        (format!("{}/{h}", &h[..2]), "sha_mismatch".to_string()),
+        (format!("{}/{z}", &z[..2]), "sha_mismatch".into()),
+    ];
     want.sort();
     assert_eq!(problems(&a), want, "{a}");
 }
@@ -413,6 +432,7 @@ fn a_200_mb_artifact_is_streamed_not_loaded() {
     let cfg = dir.write_config(&format!("[store]\nurl = \"file://{}/store\"\n", dir.path().display()));
 
     // Reap this one child with wait4 to read its own peak RSS.
+    #[expect(clippy::zombie_processes, reason = "reaped by wait4 below, which also reports its rusage")]
     let mut child = Drctl::new()
         .config(&cfg)
         .args(["verify-chain", "--artifacts", &format!("file://{}", root.display()), "-o", "json"])

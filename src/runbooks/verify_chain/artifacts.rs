@@ -63,12 +63,11 @@ fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// One object's sha256 and size, or why it could not be read.
+type Hashed = std::result::Result<(String, u64), String>;
+
 /// The sha256 and size of one object, streamed.
-async fn hash_object(
-    store: &dyn Store,
-    key: &str,
-    progress: &crate::output::progress::Progress,
-) -> std::result::Result<(String, u64), String> {
+async fn hash_object(store: &dyn Store, key: &str, progress: &crate::output::progress::Progress) -> Hashed {
     let mut rx = match store.download(key).await {
         Ok(Some(rx)) => rx,
         Ok(None) => return Err("listed but gone when read".into()),
@@ -94,7 +93,7 @@ pub async fn verify(cx: &Ctx, url: &str) -> Result<ArtifactsResult> {
     let total: u64 = objects.iter().map(|o| o.size).sum();
     let progress = cx.out.progress("re-reading artifacts", Some(total), true);
     let store_ref: &dyn Store = &*store;
-    let results: Vec<(ObjectInfo, std::result::Result<(String, u64), String>)> = futures_util::stream::iter(objects)
+    let results: Vec<(ObjectInfo, Hashed)> = futures_util::stream::iter(objects)
         .map(|o| {
             let progress = progress.clone();
             async move {

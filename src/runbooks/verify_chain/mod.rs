@@ -107,10 +107,11 @@ pub async fn verify_chain(cx: &Ctx, a: &VerifyChainArgs) -> Verdict {
         let env = env.expect("specs come with their env");
         match table::verify(cx, env, spec, &entries).await {
             Ok(r) => {
-                if r.errors.is_empty() && !cx.global.dry_run {
-                    if let Err(e) = table::record_anchor(cx, &env.name, &r, &entries).await {
-                        fatal.get_or_insert(e);
-                    }
+                if r.errors.is_empty()
+                    && !cx.global.dry_run
+                    && let Err(e) = table::record_anchor(cx, &env.name, &r, &entries).await
+                {
+                    fatal.get_or_insert(e);
                 }
                 tables.push(r);
             }
