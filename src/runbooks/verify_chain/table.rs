@@ -352,8 +352,11 @@ pub async fn verify(cx: &Ctx, env: &EnvConfig, s: &Spec, entries: &[journal::Sto
         None
     };
 
-    let progress =
-        cx.out.progress(&format!("verifying {}", s.table), (r.estimate > 0.0).then_some(r.estimate as u64), false);
+    let progress = cx.out.progress(
+        &format!("verifying {}", s.table),
+        (r.estimate > 0.0 && newest.is_none()).then_some(r.estimate as u64),
+        false,
+    );
     let mut set = JoinSet::new();
     for (i, range) in ranges.iter().enumerate() {
         let sql = copy_sql(&r, s, *range, if range.after.is_none() { after_text.as_deref() } else { None });
@@ -389,8 +392,7 @@ pub async fn verify(cx: &Ctx, env: &EnvConfig, s: &Spec, entries: &[journal::Sto
     let _ = client.batch_execute("COMMIT").await;
 
     // Stitch the ranges: each one's first row links to the last row before it.
-    let start = start_edge.or(None);
-    let mut before: Option<Edge> = start;
+    let mut before: Option<Edge> = start_edge;
     let mut offset = start_index;
     let mut entries_read = 0u64;
     let mut complete = true;
