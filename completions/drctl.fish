@@ -41,7 +41,7 @@ complete -c drctl -n "__fish_drctl_needs_command" -s h -l help -d 'Print help (s
 complete -c drctl -n "__fish_drctl_needs_command" -s V -l version -d 'Print version'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "check" -d 'Validate the config and reach every endpoint it names with the privileges the runbooks need'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "backup" -d 'Take a backup of an env into the store, or list / prune the stored backups'
-complete -c drctl -n "__fish_drctl_needs_command" -f -a "verify-chain" -d 'Verify hash chains: the journal and the backups (the default), or chosen ones'
+complete -c drctl -n "__fish_drctl_needs_command" -f -a "verify-chain" -d 'Verify hash chains: the journal and backups, application tables, content-addressed artifacts'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "sync" -d 'Refresh a warm standby: FROM\'s database dumped, restored into a scratch copy on TO, validated, then swapped in'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "status" -d 'Readiness of every env: reachable, role, replication lag, live, healthy, data age vs RPO'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "log" -d 'Show the journal, newest first'
@@ -119,6 +119,19 @@ complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subc
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from help" -f -a "list" -d 'The complete backups in the store, newest first'
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from help" -f -a "prune" -d 'Apply [retention] (keep_last, keep_daily, keep_weekly); never deletes the newest good backup'
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s e -l env -d 'Verify the hash-chained tables of this env: --table, or every [environments.ENV.chains.*]' -r
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l table -d 'With --env: the table to verify (schema-qualified if needed); its [environments.ENV.chains.T] settings apply, flags override them' -r
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l order-by -d 'The column that orders the chain [default: id]' -r
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l hash-column -d 'The column holding each row\'s hash (text hex or bytea) [default: hash]' -r
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l prev-column -d 'The column holding the previous row\'s hash (text hex or bytea) [default: prev_hash]' -r
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l content -d 'SQL expression of the hashed content, read as text [default: payload::text]' -r
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l genesis -d 'What the first row\'s prev_hash holds: 64 zeros, NULL, or the empty string [default: zeros]' -r -f -a "zeros\t''
+null\t''
+empty\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l bytea-hash -d 'For bytea hash columns: the application hashed the hex text of prev_hash (hex) or its raw bytes (raw) [default: hex]' -r -f -a "hex\t''
+raw\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l jobs -d 'Parallel connections per table, each verifying one range of an integer order column [default: 4]' -r
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l artifacts -d 'Re-read every object under URL (s3://BUCKET/PREFIX or file:///PATH) and check that its key is PREFIX/ab/<sha256 of its content>, sharded by the hash\'s first two hex digits' -r
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
 json\t''"
@@ -130,6 +143,9 @@ complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l metrics-fil
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l journal -d 'Verify the journal\'s hash chain'
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l backups -d 'Verify every listed backup\'s manifest and objects'
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l deep -d 'Re-read every stored object of every listed backup and check its sha256 (implies --backups)'
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l dense -d 'Also report a gap in the order column (ids expected to be consecutive integers)'
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l all-errors -d 'List every bad entry instead of stopping at the first'
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l since-anchor -d 'Verify only the rows after the newest anchor (after checking every anchor): cheap for cron'
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
@@ -219,7 +235,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand man" -s h -l help -d 'Print 
 complete -c drctl -n "__fish_drctl_using_subcommand man" -s V -l version -d 'Print version'
 complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync status log completions man help" -f -a "check" -d 'Validate the config and reach every endpoint it names with the privileges the runbooks need'
 complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync status log completions man help" -f -a "backup" -d 'Take a backup of an env into the store, or list / prune the stored backups'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync status log completions man help" -f -a "verify-chain" -d 'Verify hash chains: the journal and the backups (the default), or chosen ones'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync status log completions man help" -f -a "verify-chain" -d 'Verify hash chains: the journal and backups, application tables, content-addressed artifacts'
 complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync status log completions man help" -f -a "sync" -d 'Refresh a warm standby: FROM\'s database dumped, restored into a scratch copy on TO, validated, then swapped in'
 complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync status log completions man help" -f -a "status" -d 'Readiness of every env: reachable, role, replication lag, live, healthy, data age vs RPO'
 complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync status log completions man help" -f -a "log" -d 'Show the journal, newest first'

@@ -82,6 +82,30 @@ pub struct ChainConfig {
     pub bytea_hash: Option<String>,
 }
 
+impl ChainConfig {
+    /// The key and the problem of the first bad value; verify-chain relies on these being valid.
+    fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
+        let columns = [
+            ("order_by", &self.order_by),
+            ("hash_column", &self.hash_column),
+            ("prev_column", &self.prev_column),
+            ("content", &self.content),
+        ];
+        for (key, v) in columns {
+            if v.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err((key, "must not be empty".into()));
+            }
+        }
+        if let Some(g) = self.genesis.as_deref().filter(|g| !["zeros", "null", "empty"].contains(g)) {
+            return Err(("genesis", format!("`{g}` is not zeros, null or empty")));
+        }
+        if let Some(b) = self.bytea_hash.as_deref().filter(|b| !["hex", "raw"].contains(b)) {
+            return Err(("bytea_hash", format!("`{b}` is not hex or raw")));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDns {
@@ -284,6 +308,9 @@ impl Config {
                     return Err(bad(&key(k), format!("`{o}` is not another env in this file")));
                 }
             }
+            for (table, c) in &e.chains {
+                c.validate().map_err(|(k, p)| bad(&format!("[environments.{name}.chains.{table}] {k}"), p))?;
+            }
             environments.insert(
                 name.clone(),
                 EnvConfig {
@@ -477,6 +504,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("DRCTL_TEST_SURELY_UNSET") && e.contains("[environments.p] database_url"), "{e}");
+    }
+
+    #[test]
+    fn bad_chain_settings_name_the_key() {
+        let base = "[environments.prod]\ndatabase_url = \"postgres://me@h/d\"\n[environments.prod.chains.events]\n";
+        let e = parse(&format!("{base}genesis = \"ones\"\n")).unwrap_err().to_string();
+        assert!(e.contains("[environments.prod.chains.events] genesis") && e.contains("ones"), "{e}");
+        let e = parse(&format!("{base}bytea_hash = \"b64\"\n")).unwrap_err().to_string();
+        assert!(e.contains("[environments.prod.chains.events] bytea_hash"), "{e}");
+        let e = parse(&format!("{base}order_by = \" \"\n")).unwrap_err().to_string();
+        assert!(e.contains("[environments.prod.chains.events] order_by"), "{e}");
+        let ok = parse(&format!("{base}genesis = \"null\"\nbytea_hash = \"raw\"\n")).unwrap();
+        assert_eq!(ok.environments["prod"].chains["events"].genesis.as_deref(), Some("null"));
     }
 
     #[test]

@@ -45,9 +45,9 @@ pub async fn dispatch(cx: &Ctx, command: &Command) -> Done {
             },
         },
         Command::VerifyChain(a) => {
-            let (json, text, error) = verify_chain::verify_chain(cx, a).await;
-            let metrics = Some(("verify-chain".to_string(), String::new(), None));
-            Done::Doc { json, text, error, metrics }
+            let v = verify_chain::verify_chain(cx, a).await;
+            let metrics = Some(("verify-chain".to_string(), v.env, v.bytes));
+            Done::Doc { json: v.json, text: v.text, error: v.error, metrics }
         }
         Command::Check(a) => match check::check(cx, a.env.as_deref()).await {
             Ok((json, text, error)) => Done::Doc { json, text, error, metrics: None },
