@@ -31,7 +31,7 @@ complete -c drctl -n "__fish_drctl_needs_command" -l accept -d 'Waive one named 
 complete -c drctl -n "__fish_drctl_needs_command" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
 complete -c drctl -n "__fish_drctl_needs_command" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
 json\t''"
-complete -c drctl -n "__fish_drctl_needs_command" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_needs_command" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
 complete -c drctl -n "__fish_drctl_needs_command" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
 complete -c drctl -n "__fish_drctl_needs_command" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
 complete -c drctl -n "__fish_drctl_needs_command" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
@@ -56,7 +56,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand check" -l accept -d 'Waive o
 complete -c drctl -n "__fish_drctl_using_subcommand check" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
 complete -c drctl -n "__fish_drctl_using_subcommand check" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
 json\t''"
-complete -c drctl -n "__fish_drctl_using_subcommand check" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand check" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand check" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
 complete -c drctl -n "__fish_drctl_using_subcommand check" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
 complete -c drctl -n "__fish_drctl_using_subcommand check" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
@@ -73,7 +73,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
 json\t''"
-complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
@@ -92,7 +92,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subc
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
 json\t''"
-complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
@@ -108,7 +108,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subc
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
 json\t''"
-complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
@@ -139,7 +139,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l accept -d '
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
 json\t''"
-complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l journal -d 'Verify the journal\'s hash chain'
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l backups -d 'Verify every listed backup\'s manifest and objects'
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l deep -d 'Re-read every stored object of every listed backup and check its sha256 (implies --backups)'
@@ -162,7 +162,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand sync" -l accept -d 'Waive on
 complete -c drctl -n "__fish_drctl_using_subcommand sync" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
 complete -c drctl -n "__fish_drctl_using_subcommand sync" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
 json\t''"
-complete -c drctl -n "__fish_drctl_using_subcommand sync" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand sync" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand sync" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
 complete -c drctl -n "__fish_drctl_using_subcommand sync" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
 complete -c drctl -n "__fish_drctl_using_subcommand sync" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
@@ -177,7 +177,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand status" -l accept -d 'Waive 
 complete -c drctl -n "__fish_drctl_using_subcommand status" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
 complete -c drctl -n "__fish_drctl_using_subcommand status" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
 json\t''"
-complete -c drctl -n "__fish_drctl_using_subcommand status" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand status" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand status" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
 complete -c drctl -n "__fish_drctl_using_subcommand status" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
 complete -c drctl -n "__fish_drctl_using_subcommand status" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
@@ -195,7 +195,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand log" -l accept -d 'Waive one
 complete -c drctl -n "__fish_drctl_using_subcommand log" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
 complete -c drctl -n "__fish_drctl_using_subcommand log" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
 json\t''"
-complete -c drctl -n "__fish_drctl_using_subcommand log" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand log" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand log" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
 complete -c drctl -n "__fish_drctl_using_subcommand log" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
 complete -c drctl -n "__fish_drctl_using_subcommand log" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
@@ -210,7 +210,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand completions" -l accept -d 'W
 complete -c drctl -n "__fish_drctl_using_subcommand completions" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
 complete -c drctl -n "__fish_drctl_using_subcommand completions" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
 json\t''"
-complete -c drctl -n "__fish_drctl_using_subcommand completions" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand completions" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand completions" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
 complete -c drctl -n "__fish_drctl_using_subcommand completions" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
 complete -c drctl -n "__fish_drctl_using_subcommand completions" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
@@ -225,7 +225,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand man" -l accept -d 'Waive one
 complete -c drctl -n "__fish_drctl_using_subcommand man" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
 complete -c drctl -n "__fish_drctl_using_subcommand man" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
 json\t''"
-complete -c drctl -n "__fish_drctl_using_subcommand man" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand man" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand man" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
 complete -c drctl -n "__fish_drctl_using_subcommand man" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
 complete -c drctl -n "__fish_drctl_using_subcommand man" -s v -l verbose -d 'More log lines on stderr (repeat for more)'

@@ -65,7 +65,8 @@ pub struct Global {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// After the run, update this Prometheus textfile-collector file (flock + atomic rename)
+    /// After the run, update this Prometheus textfile-collector file (flock + atomic rename; not
+    /// under --dry-run)
     #[arg(long, global = true, value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
 }

@@ -78,7 +78,9 @@ async fn run_async(cli: Cli, out: Output) -> u8 {
 
     let done = runbooks::dispatch(&cx, &cli.command).await;
     let (code, metrics) = render(&cx, done);
-    if let (Some(path), Some((runbook, env, bytes))) = (&cx.global.metrics_file, metrics) {
+    // A dry run changed nothing: it must not look like a successful run to the alerting.
+    let metrics_file = cx.global.metrics_file.as_ref().filter(|_| !cx.global.dry_run);
+    if let (Some(path), Some((runbook, env, bytes))) = (metrics_file, metrics) {
         let m = output::metrics::RunMetrics {
             runbook: &runbook,
             env: &env,
