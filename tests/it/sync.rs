@@ -211,6 +211,7 @@ fn sync_makes_the_target_equal_the_source_and_status_sees_it_fresh() {
     let staging = st["environments"].as_array().unwrap().iter().find(|e| e["name"] == "staging").unwrap().clone();
     assert_eq!(staging["rpo_ok"], false, "{staging}");
     assert!(r.stderr.contains("staging"), "{}", r.stderr);
+    assert!(r.stderr.contains("RPO breach") && !r.stderr.contains("preflight"), "{}", r.stderr);
     // The table form and the metrics file work for status too.
     let prom = p.dir.path().join("drctl.prom");
     let t = checked(drctl(&p.config).args(["status", "--metrics-file"]).arg(&prom).run().expect_code(0));
