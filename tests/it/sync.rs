@@ -555,3 +555,25 @@ fn a_corrupted_or_truncated_stored_dump_fails_the_resume_with_exit_4_and_the_tar
     assert_eq!(doc["source"], "dump");
     assert_eq!(fingerprint(&p.to), fingerprint(&p.from));
 }
+
+#[test]
+fn a_resumed_sync_whose_stored_dump_is_older_than_the_rpo_dumps_afresh() {
+    let p = pair("sync_stale", "sync_from = \"prod\"", "[policy]\nrpo = \"1s\"\n");
+    let old = kill_9_after_the_commit(&p);
+    pg().psql(&p.from, "UPDATE marker SET v = 'after the dump'");
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = checked(sync(&p).run().expect_code(0));
+    let doc = r.json();
+    assert_eq!(doc["source"], "dump", "{doc}");
+    assert_ne!(doc["backup_id"], old.as_str());
+    assert!(r.stderr.contains("beyond policy.rpo"), "{}", r.stderr);
+    let events = journal_events(&p.dir.path().join("store"));
+    let started = events.iter().find(|e| e["event"] == "run-started" && e["run_id"] == doc["run_id"]).unwrap();
+    assert_eq!(started["details"]["resumes"], old.as_str());
+    let restore = events
+        .iter()
+        .find(|e| e["event"] == "step-done" && e["run_id"] == doc["run_id"] && e["details"]["step"] == "restore")
+        .unwrap();
+    assert!(restore["details"]["fresh_dump_because"].as_str().unwrap().contains("beyond policy.rpo"), "{restore}");
+    assert_eq!(fingerprint(&p.to), fingerprint(&p.from));
+}

@@ -310,12 +310,16 @@ impl Step for RestoreScratch {
     }
     async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
         let stored = match self.state.resumes.get() {
-            Some(old) => stored_dump(cx, &self.state, old).await?,
+            Some(old) => match stored_dump(cx, &self.state, old).await? {
+                Ok(m) => Some(m),
+                Err(why) => {
+                    cx.out.warn(&format!("sync resumes run {old}, but {why}: dumping {} afresh", self.state.from.name));
+                    log.set("fresh_dump_because", why);
+                    None
+                }
+            },
             None => None,
         };
-        if let (Some(old), None) = (self.state.resumes.get(), &stored) {
-            cx.out.info(&format!("sync: run {old} committed no dump of {}: dumping afresh", self.state.from.name));
-        }
         let r = match stored {
             Some(m) => pipeline::restore_stored(cx, &self.state, &m).await.map(|r| (r, None)),
             None => pipeline::restore(cx, &self.state).await.map(|(r, m)| (r, Some(m))),
@@ -366,7 +370,7 @@ impl Step for RestoreScratch {
 /// The committed dump of FROM that the resumed run `old` (or the run it resumed in turn) took,
 /// with its manifest checked against the sha256 the journal committed. `None` when that run died
 /// before committing one (its objects are then removed by clean-partial and FROM is dumped afresh).
-async fn stored_dump(cx: &Ctx, st: &State, old: &str) -> Result<Option<Manifest>> {
+async fn stored_dump(cx: &Ctx, st: &State, old: &str) -> Result<std::result::Result<Manifest, String>> {
     let entries = journal::read_all(&*cx.store).await?;
     let committed = catalog::committed(&entries, Some(&st.from.name));
     let mut id = old.to_string();
@@ -376,7 +380,21 @@ async fn stored_dump(cx: &Ctx, st: &State, old: &str) -> Result<Option<Manifest>
             let m = catalog::read_manifest(&*cx.store, c).await?.map_err(|why| {
                 Error::integrity(format!("backup {} of {}", c.id, c.env), manifest_key(&c.env, &c.id), why)
             })?;
-            return Ok((m.database == st.from.database_url.dbname).then_some(m));
+            if m.database != st.from.database_url.dbname {
+                return Ok(Err(format!("the stored dump {} is of another database", m.id)));
+            }
+            // A dump already older than policy.rpo would leave the standby in breach the moment it
+            // is swapped in: a fresh dump serves better than saving one.
+            let taken = humantime::parse_rfc3339_weak(&m.started).unwrap_or(std::time::UNIX_EPOCH);
+            let age = cx.store.now().await?.duration_since(taken).unwrap_or_default();
+            if age > cx.config.policy.rpo {
+                return Ok(Err(format!(
+                    "the stored dump {} is {} old, beyond policy.rpo",
+                    m.id,
+                    humantime::format_duration(Duration::from_secs(age.as_secs()))
+                )));
+            }
+            return Ok(Ok(m));
         }
         let prev = entries.iter().filter_map(|s| s.entry.as_ref().ok()).find_map(|e| {
             (e.event == "run-started" && e.run_id == id)
@@ -387,7 +405,7 @@ async fn stored_dump(cx: &Ctx, st: &State, old: &str) -> Result<Option<Manifest>
             None => break,
         }
     }
-    Ok(None)
+    Ok(Err(format!("run {old} committed no dump of {}", st.from.name)))
 }
 
 /// A backup step that a resumed run skips when it restored from the stored dump: that dump is
