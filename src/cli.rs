@@ -137,7 +137,9 @@ pub enum Command {
     /// see the old data or the new, never a mix, and a failure leaves TO as it was. The previous
     /// copy is kept until the next sync. Refuses (exit 3) when DNS points at TO or TO is a replica.
     /// An env declaring `sync_from = "FROM"` is synced without confirmation (cron); any other TO
-    /// needs --yes off a TTY. Locks env:TO only.
+    /// needs --yes off a TTY. Locks env:TO only. A rerun after an unfinished sync resumes it: when
+    /// that run's dump was already committed, it restores from the stored dump (sha256 checked as
+    /// it streams; exit 4 on a mismatch) instead of dumping FROM again.
     Sync(SyncArgs),
 
     /// Readiness of every env: reachable, role, replication lag, live, healthy, data age vs RPO

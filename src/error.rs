@@ -42,6 +42,10 @@ pub enum Error {
     #[error("preflight failed: {}", failed.join("; "))]
     Preflight { failed: Vec<String> },
 
+    /// `status`: an env's data is older than policy.rpo, or a live env is unhealthy (exit 3).
+    #[error("health/RPO breach: {}", breaches.join("; "))]
+    Breach { breaches: Vec<String> },
+
     /// A store or database that must be reached was not (before or outside a step).
     #[error("{what}: {problem}")]
     Unreachable { what: String, problem: String },
@@ -89,7 +93,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config { .. } | Error::Usage { .. } => exit::USAGE,
-            Error::Preflight { .. } | Error::Unreachable { .. } => exit::PREFLIGHT,
+            Error::Preflight { .. } | Error::Breach { .. } | Error::Unreachable { .. } => exit::PREFLIGHT,
             Error::Integrity { .. } => exit::INTEGRITY,
             Error::Locked { .. } | Error::LockLost { .. } => exit::LOCKED,
             Error::Step { .. } | Error::Store { .. } | Error::Db { .. } | Error::Io { .. } => exit::STEP_FAILED,
@@ -123,6 +127,9 @@ impl Error {
             Error::Config { hint, .. } | Error::Usage { hint, .. } => hint.clone(),
             Error::Preflight { .. } => Some(
                 "fix what the failed checks name and rerun; `--accept CHECK_ID` waives one check deliberately".into(),
+            ),
+            Error::Breach { .. } => Some(
+                "a stale env needs its sync or backup to run (see `drctl log` for why the last one did not); an unhealthy live env needs a look now".into(),
             ),
             Error::Unreachable { .. } => {
                 Some("check the address, credentials and network path, then run `drctl check`".into())

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use serde_json::{Map, Value, json};
@@ -36,6 +36,19 @@ pub struct Runbook {
     pub steps: Vec<Box<dyn Step>>,
     /// Runbook-specific report fields, filled by the steps as they run.
     pub result: Arc<std::sync::Mutex<Map<String, Value>>>,
+    /// Whether a rerun continues an unfinished run of this runbook and env (contract "Exit codes").
+    pub resumable: bool,
+    /// The run this one resumes, set by the engine before preflight; steps that can reuse what
+    /// that run left (sync: its stored dump) read it.
+    pub resumes: Arc<OnceLock<String>>,
+}
+
+/// The last run of a runbook and env that started and neither finished nor was abandoned.
+#[derive(Debug, Clone)]
+pub struct Unfinished {
+    pub run_id: String,
+    pub args: String,
+    pub time: String,
 }
 
 impl Runbook {
@@ -48,7 +61,15 @@ impl Runbook {
             confirm: None,
             steps: Vec::new(),
             result: Arc::default(),
+            resumable: false,
+            resumes: Arc::default(),
         }
+    }
+    /// A rerun with the same arguments journals `resumes: <old run_id>`; different arguments while
+    /// a run is unfinished fail the `unfinished-run` check (exit 3) unless it is accepted (abandoned).
+    pub fn resumable(mut self) -> Self {
+        self.resumable = true;
+        self
     }
     pub fn lock(mut self, target: String) -> Self {
         self.locks.push(target);
@@ -220,7 +241,44 @@ async fn run_locked(
     locks: &[HeldLock],
 ) -> Result<&'static str> {
     let dry = cx.global.dry_run;
-    // (2) Preflight, every step's checks, before the first change.
+    // (2) Preflight: first whether an earlier run of this runbook and env is unfinished (read with
+    // the locks held, so no run of it is live), then every step's checks, before the first change.
+    let mut abandon = None;
+    if rb.resumable {
+        let found = match until_interrupted(cx, unfinished_run(cx, rb.name, rb.env.as_deref())).await {
+            Ok(f) => f,
+            Err(e) => return interrupted_before_steps(cx, writer, locks, e).await,
+        };
+        match found {
+            Some(u) if u.args == rb.args => {
+                report.preflight.push(Check::pass(
+                    "unfinished-run",
+                    format!("resumes run {} (started {}, same arguments)", u.run_id, u.time),
+                ));
+                let _ = rb.resumes.set(u.run_id);
+            }
+            Some(u) => {
+                let mut c = Check::fail(
+                    "unfinished-run",
+                    format!(
+                        "run {} ({} {}, started {}) on {} is unfinished: rerun it with those arguments to \
+                         resume it, or pass --accept unfinished-run to abandon it",
+                        u.run_id,
+                        rb.name,
+                        u.args,
+                        u.time,
+                        rb.env.as_deref().unwrap_or("-")
+                    ),
+                );
+                if cx.global.accept.iter().any(|a| a == "unfinished-run") {
+                    c.accepted = true;
+                    abandon = Some(u);
+                }
+                report.preflight.push(c);
+            }
+            None => report.preflight.push(Check::pass("unfinished-run", "no unfinished run to resume")),
+        }
+    }
     for s in &rb.steps {
         let checks = match until_interrupted(cx, async { Ok(s.preflight(cx).await) }).await {
             Ok(c) => c,
@@ -273,7 +331,14 @@ async fn run_locked(
 
     let accepted: Vec<Value> =
         report.preflight.iter().filter(|c| c.accepted).map(|c| json!({"check": c.check, "found": c.detail})).collect();
-    writer.append("run-started", json!({ "args": rb.args, "accepted": accepted })).await?;
+    if let Some(u) = abandon {
+        writer.append("run-abandoned", json!({ "run_id": u.run_id, "args": u.args })).await?;
+    }
+    let mut started = json!({ "args": rb.args, "accepted": accepted });
+    if let Some(old) = rb.resumes.get() {
+        started["resumes"] = old.clone().into();
+    }
+    writer.append("run-started", started).await?;
 
     // (5) The steps.
     let mut all_done = true;
@@ -325,6 +390,33 @@ async fn run_locked(
     }
     writer.append("run-done", json!({ "args": rb.args })).await?;
     Ok(if all_done { "already_done" } else { "ok" })
+}
+
+/// The last `run-started` of `runbook` on `env` by another run, unless that run journaled
+/// `run-done` or a later run journaled `run-abandoned` for it. Only the last start counts: a run
+/// that resumed an older one speaks for both.
+pub async fn unfinished_run(cx: &Ctx, runbook: &str, env: Option<&str>) -> Result<Option<Unfinished>> {
+    let entries = journal::read_all(&*cx.store).await?;
+    let parsed: Vec<&journal::Entry> = entries.iter().filter_map(|s| s.entry.as_ref().ok()).collect();
+    let Some(last) = parsed
+        .iter()
+        .rev()
+        .find(|e| e.event == "run-started" && e.runbook == runbook && e.env.as_deref() == env && e.run_id != cx.run_id)
+    else {
+        return Ok(None);
+    };
+    let closed = parsed.iter().any(|e| {
+        (e.event == "run-done" && e.run_id == last.run_id)
+            || (e.event == "run-abandoned" && e.details.get("run_id").and_then(Value::as_str) == Some(&last.run_id))
+    });
+    if closed {
+        return Ok(None);
+    }
+    Ok(Some(Unfinished {
+        run_id: last.run_id.clone(),
+        args: last.details.get("args").and_then(Value::as_str).unwrap_or_default().to_string(),
+        time: last.time.clone(),
+    }))
 }
 
 async fn interrupted(writer: &JournalWriter, step: &str, sig: i32) -> Result<&'static str> {

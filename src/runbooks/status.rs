@@ -84,7 +84,7 @@ pub async fn status(cx: &Ctx) -> (Value, String, Option<Error>) {
             r.notes.join("; "),
         ]);
     }
-    let error = (!breaches.is_empty()).then_some(Error::Preflight { failed: breaches });
+    let error = (!breaches.is_empty()).then_some(Error::Breach { breaches });
     (doc, t.to_string(), error)
 }
 

@@ -211,6 +211,7 @@ fn sync_makes_the_target_equal_the_source_and_status_sees_it_fresh() {
     let staging = st["environments"].as_array().unwrap().iter().find(|e| e["name"] == "staging").unwrap().clone();
     assert_eq!(staging["rpo_ok"], false, "{staging}");
     assert!(r.stderr.contains("staging"), "{}", r.stderr);
+    assert!(r.stderr.contains("RPO breach") && !r.stderr.contains("preflight"), "{}", r.stderr);
     // The table form and the metrics file work for status too.
     let prom = p.dir.path().join("drctl.prom");
     let t = checked(drctl(&p.config).args(["status", "--metrics-file"]).arg(&prom).run().expect_code(0));
@@ -380,4 +381,199 @@ fn a_live_target_is_refused_and_left_unchanged() {
     assert_eq!(staging["live"], true, "{st}");
     let prod = st["environments"].as_array().unwrap().iter().find(|e| e["name"] == "prod").unwrap().clone();
     assert_eq!(prod["live"], false, "{st}");
+}
+
+/// Start a sync and kill -9 it once its dump is committed as a backup of prod and its swap is under
+/// way: a session holding an uncommitted update of the target's pg_database row makes the swap's
+/// ALTER DATABASE wait, so the kill lands at that exact point. Returns the killed run's id.
+fn kill_9_after_the_commit(p: &Pair) -> String {
+    let mut blocker = std::process::Command::new(pg().bin_dir().join("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+        .args(["-p", &pg().port.to_string()])
+        .env("PGPASSWORD", pg().password())
+        .env("PGSSLMODE", "disable")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut blocker_in = blocker.stdin.take().unwrap();
+    writeln!(blocker_in, "BEGIN; ALTER DATABASE \"{}\" CONNECTION LIMIT 1000;", p.to).unwrap();
+    blocker_in.flush().unwrap();
+    assert!(wait_until(Duration::from_secs(20), || {
+        pg().psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%CONNECTION LIMIT 1000%' AND state = 'idle in transaction'") == "1"
+    }));
+    let mut child = sync(p).spawn();
+    let waiting_swap = format!(
+        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%ALLOW_CONNECTIONS false%{}%'",
+        p.to
+    );
+    assert!(
+        wait_until(Duration::from_secs(120), || !pg().psql("postgres", &waiting_swap).is_empty()),
+        "the swap never started"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The server would finish the swap's statements once the blocker goes: end that session first.
+    pg().psql("postgres", &format!("SELECT pg_terminate_backend(pid) FROM ({waiting_swap}) w"));
+    assert!(wait_until(Duration::from_secs(20), || pg().psql("postgres", &waiting_swap).is_empty()));
+    writeln!(blocker_in, "ROLLBACK;").unwrap();
+    drop(blocker_in);
+    blocker.wait().unwrap();
+    let events = journal_events(&p.dir.path().join("store"));
+    let done =
+        events.iter().find(|e| e["event"] == "backup-done" && e["env"] == "prod").expect("the dump was committed");
+    assert!(!events.iter().any(|e| e["event"] == "run-done"), "the killed run did not finish");
+    done["run_id"].as_str().unwrap().to_string()
+}
+
+fn step_states(doc: &Value) -> Vec<(String, String)> {
+    doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["step"].as_str().unwrap().to_string(), s["state"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// The stored dump's data object(s) of backup `id` of prod.
+fn dump_objects(p: &Pair, id: &str) -> Vec<PathBuf> {
+    let dir = p.dir.path().join("store/backups/prod").join(id);
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|f| f.file_name().unwrap().to_string_lossy().contains(".dump.zst"))
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no dump objects in {}", dir.display());
+    v
+}
+
+#[test]
+fn kill_9_after_the_dump_is_committed_the_rerun_resumes_from_the_stored_dump() {
+    let p = pair("sync_resume", "sync_from = \"prod\"", "");
+    let before = fingerprint(&p.to);
+    let dumped = fingerprint(&p.from);
+    let old = kill_9_after_the_commit(&p);
+    assert_eq!(fingerprint(&p.to), before, "the killed swap changed nothing");
+    // prod changes after the dump: a rerun that restores the stored dump does not see this.
+    pg().psql(&p.from, "UPDATE marker SET v = 'after the dump'; INSERT INTO empty_one VALUES (7)");
+
+    let r = checked(sync(&p).run().expect_code(0));
+    let doc = r.json();
+    let want: Vec<(String, String)> = [
+        ("clean-partial", "applied"),
+        ("drop-scratch", "applied"),
+        ("restore", "applied"),
+        ("write-manifest", "done"),
+        ("commit", "done"),
+        ("swap", "applied"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(step_states(&doc), want, "{doc}");
+    assert_eq!(doc["source"], "stored");
+    assert_eq!(doc["backup_id"], old.as_str());
+    let unfinished = doc["preflight"].as_array().unwrap().iter().find(|c| c["check"] == "unfinished-run").unwrap();
+    assert!(unfinished["detail"].as_str().unwrap().contains(&old), "{unfinished}");
+    // The target holds the dump's data (prod as it was), not prod as it is now.
+    assert_eq!(fingerprint(&p.to), dumped);
+    assert_ne!(fingerprint(&p.to), fingerprint(&p.from));
+    assert_eq!(sequences(&p.to), sequences(&p.from));
+
+    let events = journal_events(&p.dir.path().join("store"));
+    let new_id = doc["run_id"].as_str().unwrap();
+    let started = events.iter().find(|e| e["event"] == "run-started" && e["run_id"] == new_id).unwrap();
+    assert_eq!(started["details"]["resumes"], old.as_str());
+    let restore = events
+        .iter()
+        .find(|e| e["event"] == "step-done" && e["run_id"] == new_id && e["details"]["step"] == "restore")
+        .unwrap();
+    assert_eq!(restore["details"]["source"], "stored", "pg_dump was not run again: {restore}");
+    let done = events.iter().find(|e| e["event"] == "sync-done").unwrap();
+    assert_eq!(
+        (done["details"]["source"].as_str(), done["details"]["backup_id"].as_str()),
+        (Some("stored"), Some(old.as_str()))
+    );
+    // Still exactly one backup of prod: the resumed run committed nothing new.
+    let list = checked(drctl(&p.config).args(["backup", "list", "-o", "json"]).run().expect_code(0)).json();
+    assert_eq!(list["backups"].as_array().unwrap().len(), 1);
+
+    // Finished now: the next sync resumes nothing and dumps prod afresh.
+    let doc = checked(sync(&p).run().expect_code(0)).json();
+    assert_eq!(doc["source"], "dump");
+    assert_eq!(fingerprint(&p.to), fingerprint(&p.from));
+}
+
+#[test]
+fn a_corrupted_or_truncated_stored_dump_fails_the_resume_with_exit_4_and_the_target_untouched() {
+    let other_db = unique_name("sync_corrupt_other");
+    pg().create_db(&other_db);
+    pg().psql(&other_db, SOURCE_SQL);
+    let url = format!("postgres://postgres:${{TEST_PG_PASSWORD}}@127.0.0.1:{}/{other_db}?sslmode=disable", pg().port);
+    // A third env, so that a sync with other arguments can be tried against the unfinished one.
+    let p =
+        pair("sync_corrupt", &format!("sync_from = \"prod\"\n\n[environments.other]\ndatabase_url = \"{url}\""), "");
+    let before = fingerprint(&p.to);
+    let old = kill_9_after_the_commit(&p);
+    let objects = dump_objects(&p, &old);
+    let original = std::fs::read(&objects[0]).unwrap();
+
+    // One flipped byte in the middle of the stored object.
+    let mut bad = original.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x55;
+    std::fs::write(&objects[0], &bad).unwrap();
+    let r = checked(sync(&p).run().expect_code(4));
+    assert_eq!(r.json()["status"], "integrity_failed");
+    let name = objects[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(r.stderr.contains(&name) && r.stderr.contains("sha256"), "{}", r.stderr);
+    assert_eq!(fingerprint(&p.to), before);
+    assert_eq!(databases_like(&p.to), p.to, "the scratch copy is dropped");
+
+    // Truncated: the next rerun resumes the failed resume, follows it back to the stored dump.
+    std::fs::write(&objects[0], &original[..original.len() * 2 / 3]).unwrap();
+    let r = checked(sync(&p).run().expect_code(4));
+    assert!(r.stderr.contains(&name) && r.stderr.contains("truncated"), "{}", r.stderr);
+    assert_eq!(fingerprint(&p.to), before);
+    assert_eq!(databases_like(&p.to), p.to);
+
+    // Other arguments while that run is unfinished: exit 3 naming it, until it is abandoned.
+    let other = || drctl(&p.config).args(["sync", "--from", "other", "--to", "staging", "-o", "json", "--yes"]);
+    let r = checked(other().run().expect_code(3));
+    let failed =
+        r.json()["preflight"].as_array().unwrap().iter().find(|c| c["check"] == "unfinished-run").unwrap().clone();
+    assert_eq!(failed["ok"], false);
+    assert!(failed["detail"].as_str().unwrap().contains("--from prod --to staging"), "{failed}");
+    assert_eq!(fingerprint(&p.to), before);
+    checked(other().args(["--accept", "unfinished-run"]).run().expect_code(0));
+    let events = journal_events(&p.dir.path().join("store"));
+    assert!(events.iter().any(|e| e["event"] == "run-abandoned"), "the abandonment is journaled");
+    // With the original dump back, prod's sync no longer resumes anything: it dumps afresh.
+    std::fs::write(&objects[0], &original).unwrap();
+    let doc = checked(sync(&p).run().expect_code(0)).json();
+    assert_eq!(doc["source"], "dump");
+    assert_eq!(fingerprint(&p.to), fingerprint(&p.from));
+}
+
+#[test]
+fn a_resumed_sync_whose_stored_dump_is_older_than_the_rpo_dumps_afresh() {
+    let p = pair("sync_stale", "sync_from = \"prod\"", "[policy]\nrpo = \"1s\"\n");
+    let old = kill_9_after_the_commit(&p);
+    pg().psql(&p.from, "UPDATE marker SET v = 'after the dump'");
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = checked(sync(&p).run().expect_code(0));
+    let doc = r.json();
+    assert_eq!(doc["source"], "dump", "{doc}");
+    assert_ne!(doc["backup_id"], old.as_str());
+    assert!(r.stderr.contains("beyond policy.rpo"), "{}", r.stderr);
+    let events = journal_events(&p.dir.path().join("store"));
+    let started = events.iter().find(|e| e["event"] == "run-started" && e["run_id"] == doc["run_id"]).unwrap();
+    assert_eq!(started["details"]["resumes"], old.as_str());
+    let restore = events
+        .iter()
+        .find(|e| e["event"] == "step-done" && e["run_id"] == doc["run_id"] && e["details"]["step"] == "restore")
+        .unwrap();
+    assert!(restore["details"]["fresh_dump_because"].as_str().unwrap().contains("beyond policy.rpo"), "{restore}");
+    assert_eq!(fingerprint(&p.to), fingerprint(&p.from));
 }

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use self::target::{MAX_DB_NAME, NEW_SUFFIX, PREV_SUFFIX, maintenance_url};
+use super::backup::catalog::{self, Manifest, manifest_key};
 use super::backup::{self, CleanPartial, Commit, Shared, WriteManifest, quote_ident};
 use crate::clients::{pg, pgtools::PgTools};
 use crate::config::EnvConfig;
@@ -24,6 +25,7 @@ use crate::ctx::Ctx;
 use crate::engine::run::{Confirm, Runbook};
 use crate::engine::step::{Check, Step, StepLog};
 use crate::error::{Error, Result};
+use crate::journal;
 
 pub fn sync(cx: &Ctx, from: &EnvConfig, to: &EnvConfig) -> Result<Runbook> {
     if from.name == to.name {
@@ -31,10 +33,17 @@ pub fn sync(cx: &Ctx, from: &EnvConfig, to: &EnvConfig) -> Result<Runbook> {
             .with_hint("name the standby to refresh with --to"));
     }
     let backup = Arc::new(Shared { env: from.clone(), id: cx.run_id.clone(), manifest: Mutex::new(None) });
-    let state = Arc::new(State { from: from.clone(), to: to.clone(), backup: backup.clone(), done: Mutex::new(None) });
     let mut rb = Runbook::new("sync", Some(&to.name), format!("--from {} --to {}", from.name, to.name))
         // Only TO changes; FROM is only read (contract: sync locks env:TO only).
-        .lock(format!("env:{}", to.name));
+        .lock(format!("env:{}", to.name))
+        .resumable();
+    let state = Arc::new(State {
+        from: from.clone(),
+        to: to.clone(),
+        backup: backup.clone(),
+        resumes: rb.resumes.clone(),
+        done: Mutex::new(None),
+    });
     if to.sync_from.as_deref() != Some(from.name.as_str()) {
         // TO does not declare itself FROM's standby: its data may matter to someone.
         rb.confirm = Some(Confirm {
@@ -55,8 +64,9 @@ pub fn sync(cx: &Ctx, from: &EnvConfig, to: &EnvConfig) -> Result<Runbook> {
         // then row counts, materialized views and sequences checked against the dump.
         .step(RestoreScratch { state: state.clone() })
         // The dump is a logical backup of FROM: manifest, then `backup-done` (listed by backup list).
-        .step(WriteManifest { state: backup.clone() })
-        .step(Commit { state: backup })
+        // A resumed run that restored from the stored dump has nothing new to commit.
+        .step(UnlessStored { inner: WriteManifest { state: backup.clone() }, state: state.clone() })
+        .step(UnlessStored { inner: Commit { state: backup }, state: state.clone() })
         // Guards re-checked, locks confirmed, then both renames in one transaction.
         .step(Swap { state, result }))
 }
@@ -65,6 +75,8 @@ struct State {
     from: EnvConfig,
     to: EnvConfig,
     backup: Arc<Shared>,
+    /// The unfinished sync this run resumes (set by the engine before preflight).
+    resumes: Arc<std::sync::OnceLock<String>>,
     /// What the restore produced, for the swap's journal entry.
     done: Mutex<Option<Restored>>,
 }
@@ -79,6 +91,10 @@ struct Restored {
     bytes: u64,
     dump_bytes: u64,
     duration_ms: u64,
+    /// The backup of FROM the copy came from: this run's dump, or the stored one it resumed.
+    backup_id: String,
+    /// `dump` (pg_dump of FROM now) or `stored` (the committed dump of the run this one resumes).
+    source: &'static str,
 }
 
 impl State {
@@ -293,7 +309,21 @@ impl Step for RestoreScratch {
         Ok(false)
     }
     async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
-        let r = pipeline::restore(cx, &self.state).await;
+        let stored = match self.state.resumes.get() {
+            Some(old) => match stored_dump(cx, &self.state, old).await? {
+                Ok(m) => Some(m),
+                Err(why) => {
+                    cx.out.warn(&format!("sync resumes run {old}, but {why}: dumping {} afresh", self.state.from.name));
+                    log.set("fresh_dump_because", why);
+                    None
+                }
+            },
+            None => None,
+        };
+        let r = match stored {
+            Some(m) => pipeline::restore_stored(cx, &self.state, &m).await.map(|r| (r, None)),
+            None => pipeline::restore(cx, &self.state).await.map(|(r, m)| (r, Some(m))),
+        };
         if r.is_err() {
             // A failure before the swap leaves TO as it was: only the scratch copy goes.
             if let Err(e) = self.state.drop_scratch().await {
@@ -301,20 +331,29 @@ impl Step for RestoreScratch {
             }
         }
         let (restored, manifest) = r?;
+        log.set("source", restored.source);
         log.set("rows", restored.rows);
         log.set("tables", restored.tables as u64);
         log.set("sequences", restored.sequences as u64);
         log.set("dump_bytes", restored.dump_bytes);
         log.set("bytes", restored.bytes);
-        log.set("backup_id", manifest.id.clone());
-        log.summary(format!(
-            "{} rows in {} tables, {} sequences checked; {} stored",
-            restored.rows,
-            restored.tables,
-            restored.sequences,
-            crate::output::table::bytes(restored.bytes)
-        ));
-        *self.state.backup.manifest.lock().expect("manifest") = Some(manifest);
+        log.set("backup_id", restored.backup_id.clone());
+        log.summary(match restored.source {
+            "stored" => format!(
+                "{} rows in {} tables, {} sequences checked; restored from stored backup {} (sha256 verified)",
+                restored.rows, restored.tables, restored.sequences, restored.backup_id
+            ),
+            _ => format!(
+                "{} rows in {} tables, {} sequences checked; {} stored",
+                restored.rows,
+                restored.tables,
+                restored.sequences,
+                crate::output::table::bytes(restored.bytes)
+            ),
+        });
+        if let Some(m) = manifest {
+            *self.state.backup.manifest.lock().expect("manifest") = Some(m);
+        }
         *self.state.done.lock().expect("done") = Some(restored);
         Ok(())
     }
@@ -325,6 +364,76 @@ impl Step for RestoreScratch {
         } else {
             Err(Error::step("restore", format!("{} is missing after the restore", self.state.scratch())))
         }
+    }
+}
+
+/// The committed dump of FROM that the resumed run `old` (or the run it resumed in turn) took,
+/// with its manifest checked against the sha256 the journal committed. `None` when that run died
+/// before committing one (its objects are then removed by clean-partial and FROM is dumped afresh).
+async fn stored_dump(cx: &Ctx, st: &State, old: &str) -> Result<std::result::Result<Manifest, String>> {
+    let entries = journal::read_all(&*cx.store).await?;
+    let committed = catalog::committed(&entries, Some(&st.from.name));
+    let mut id = old.to_string();
+    // A resumed run that was itself interrupted names the run it resumed: follow the chain back.
+    for _ in 0..entries.len() {
+        if let Some(c) = committed.iter().find(|c| c.id == id) {
+            let m = catalog::read_manifest(&*cx.store, c).await?.map_err(|why| {
+                Error::integrity(format!("backup {} of {}", c.id, c.env), manifest_key(&c.env, &c.id), why)
+            })?;
+            if m.database != st.from.database_url.dbname {
+                return Ok(Err(format!("the stored dump {} is of another database", m.id)));
+            }
+            // A dump already older than policy.rpo would leave the standby in breach the moment it
+            // is swapped in: a fresh dump serves better than saving one.
+            let taken = humantime::parse_rfc3339_weak(&m.started).unwrap_or(std::time::UNIX_EPOCH);
+            let age = cx.store.now().await?.duration_since(taken).unwrap_or_default();
+            if age > cx.config.policy.rpo {
+                return Ok(Err(format!(
+                    "the stored dump {} is {} old, beyond policy.rpo",
+                    m.id,
+                    humantime::format_duration(Duration::from_secs(age.as_secs()))
+                )));
+            }
+            return Ok(Ok(m));
+        }
+        let prev = entries.iter().filter_map(|s| s.entry.as_ref().ok()).find_map(|e| {
+            (e.event == "run-started" && e.run_id == id)
+                .then(|| e.details.get("resumes")?.as_str().map(str::to_string))?
+        });
+        match prev {
+            Some(p) => id = p,
+            None => break,
+        }
+    }
+    Ok(Err(format!("run {old} committed no dump of {}", st.from.name)))
+}
+
+/// A backup step that a resumed run skips when it restored from the stored dump: that dump is
+/// already committed as a backup of FROM.
+struct UnlessStored<S> {
+    inner: S,
+    state: Arc<State>,
+}
+
+#[async_trait]
+impl<S: Step> Step for UnlessStored<S> {
+    fn id(&self) -> &'static str {
+        self.inner.id()
+    }
+    async fn preflight(&self, cx: &Ctx) -> Vec<Check> {
+        self.inner.preflight(cx).await
+    }
+    async fn is_done(&self, cx: &Ctx) -> Result<bool> {
+        if self.state.done.lock().expect("done").as_ref().is_some_and(|r| r.source == "stored") {
+            return Ok(true);
+        }
+        self.inner.is_done(cx).await
+    }
+    async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
+        self.inner.apply(cx, log).await
+    }
+    async fn verify(&self, cx: &Ctx) -> Result<()> {
+        self.inner.verify(cx).await
     }
 }
 
@@ -411,7 +520,8 @@ impl Step for Swap {
                     "from": st.from.name, "to": st.to.name, "database": st.db(),
                     "snapshot_time": snapshot, "rows": restored.rows, "tables": restored.tables as u64,
                     "bytes": restored.bytes, "dump_bytes": restored.dump_bytes,
-                    "duration_ms": restored.duration_ms, "backup_id": st.backup.id, "swap_attempts": attempt,
+                    "duration_ms": restored.duration_ms, "backup_id": restored.backup_id,
+                    "source": restored.source, "swap_attempts": attempt,
                 }),
             )
             .await?;
@@ -429,7 +539,8 @@ impl Step for Swap {
         r.insert("rows".into(), restored.rows.into());
         r.insert("bytes".into(), restored.bytes.into());
         r.insert("dump_bytes".into(), restored.dump_bytes.into());
-        r.insert("backup_id".into(), st.backup.id.clone().into());
+        r.insert("backup_id".into(), restored.backup_id.clone().into());
+        r.insert("source".into(), restored.source.into());
         Ok(())
     }
     async fn verify(&self, _cx: &Ctx) -> Result<()> {

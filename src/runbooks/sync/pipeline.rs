@@ -11,6 +11,9 @@
 
 use std::time::{Instant, SystemTime};
 
+use std::io::Write;
+
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::toc::{self, Parsed, SeqValue};
@@ -30,17 +33,7 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
     let started = SystemTime::now();
     let t0 = Instant::now();
 
-    // The scratch database: TO's owner, encoding, locale, settings and grants.
-    let maint = st.maint().await?;
-    let props = super::target::db_props(&maint, st.db())
-        .await
-        .map_err(st.maint_err())?
-        .ok_or_else(|| Error::step("restore", format!("database {} is gone from {}", st.db(), to.name)))?;
-    maint.batch_execute(&super::target::create_sql(&st.scratch(), &props)).await.map_err(st.maint_err())?;
-    for sql in super::target::settings_and_grants_sql(&maint, &props, &st.scratch()).await.map_err(st.maint_err())? {
-        maint.batch_execute(&sql).await.map_err(st.maint_err())?;
-    }
-    drop(maint);
+    create_scratch(st).await?;
 
     // As in backup: a REPEATABLE READ transaction exports the snapshot pg_dump reads and counts
     // every leaf table in it while it stays open, so the counts describe exactly the dump.
@@ -65,16 +58,7 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
     let mut dumping =
         dump_tools.spawn("pg_dump", &["-Fc", "-Z0", "--no-password", "--snapshot", &snapshot], Some(src), false)?;
     let scratch_url = to.database_url.with_dbname(&st.scratch());
-    let conninfo = format!("dbname='{}'", st.scratch().replace('\\', "\\\\").replace('\'', "\\'"));
-    // Ownership and grants as the dump has them (the roles were checked in preflight), so the
-    // standby matches its source; tablespaces and subscriptions are the source server's own: a
-    // standby that subscribed to the source's publishers would compete with it for their changes.
-    let mut restoring = PgTools::new(to.pg_bin.as_deref()).spawn(
-        "pg_restore",
-        &["--exit-on-error", "--no-password", "--no-tablespaces", "--no-subscriptions", "-d", &conninfo],
-        Some(&scratch_url),
-        true,
-    )?;
+    let mut restoring = spawn_restore(st)?;
     let mut dump_out = dumping.stdout.take().ok_or_else(|| Error::step("restore", "pg_dump has no stdout"))?;
     let mut restore_in = restoring.stdin.take().ok_or_else(|| Error::step("restore", "pg_restore has no stdin"))?;
 
@@ -140,7 +124,7 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
         }
     };
 
-    validate(&scratch_url, &counts, &matviews, &sequences).await?;
+    validate(&scratch_url, &counts, Some(&matviews), &sequences).await?;
 
     let manifest = Manifest {
         id: st.backup.id.clone(),
@@ -170,8 +154,158 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
         bytes: stored.bytes,
         dump_bytes: stored.dump_bytes,
         duration_ms: t0.elapsed().as_millis() as u64,
+        backup_id: st.backup.id.clone(),
+        source: "dump",
     };
     Ok((restored, manifest))
+}
+
+/// The scratch database: TO's owner, encoding, locale, settings and grants.
+async fn create_scratch(st: &State) -> Result<()> {
+    let maint = st.maint().await?;
+    let props = super::target::db_props(&maint, st.db())
+        .await
+        .map_err(st.maint_err())?
+        .ok_or_else(|| Error::step("restore", format!("database {} is gone from {}", st.db(), st.to.name)))?;
+    maint.batch_execute(&super::target::create_sql(&st.scratch(), &props)).await.map_err(st.maint_err())?;
+    for sql in super::target::settings_and_grants_sql(&maint, &props, &st.scratch()).await.map_err(st.maint_err())? {
+        maint.batch_execute(&sql).await.map_err(st.maint_err())?;
+    }
+    Ok(())
+}
+
+/// pg_restore into the scratch database, reading the archive on stdin.
+fn spawn_restore(st: &State) -> Result<crate::clients::pgtools::Running> {
+    let scratch_url = st.to.database_url.with_dbname(&st.scratch());
+    let conninfo = format!("dbname='{}'", st.scratch().replace('\\', "\\\\").replace('\'', "\\'"));
+    // Ownership and grants as the dump has them (the roles were checked in preflight), so the
+    // standby matches its source; tablespaces and subscriptions are the source server's own: a
+    // standby that subscribed to the source's publishers would compete with it for their changes.
+    PgTools::new(st.to.pg_bin.as_deref()).spawn(
+        "pg_restore",
+        &["--exit-on-error", "--no-password", "--no-tablespaces", "--no-subscriptions", "-d", &conninfo],
+        Some(&scratch_url),
+        true,
+    )
+}
+
+/// A resumed run: restore the scratch database from the dump the interrupted run stored and
+/// committed, instead of dumping FROM again. The stored bytes are hashed as they stream (each
+/// object against its manifest entry, all of them against the manifest's sha256) and any mismatch,
+/// truncation or missing object is an integrity failure (exit 4) that wins over whatever the
+/// decoder or pg_restore made of the bad bytes; the copy is then validated against the row counts
+/// and sequence values the dump recorded.
+pub(super) async fn restore_stored(cx: &Ctx, st: &State, m: &Manifest) -> Result<Restored> {
+    let t0 = Instant::now();
+    let chain = format!("backup {} of {}", m.id, m.env);
+    create_scratch(st).await?;
+    let mut restoring = spawn_restore(st)?;
+    let mut restore_in = Some(restoring.stdin.take().ok_or_else(|| Error::step("restore", "pg_restore has no stdin"))?);
+    let mut decoder = Some(zstd::stream::write::Decoder::new(Vec::new()).map_err(|e| Error::step("restore", e))?);
+    // The first thing that went wrong feeding pg_restore; reported only if the bytes are intact.
+    let mut feed_err: Option<String> = None;
+    let mut all = Sha256::new();
+    let mut head: Vec<u8> = Vec::new();
+    let mut parsed = Parsed::Incomplete;
+    let mut dump_bytes = 0u64;
+    let progress = cx.out.progress("sync", Some(m.bytes), true);
+    for o in &m.objects {
+        let mut rx = cx
+            .store
+            .download(&o.key)
+            .await?
+            .ok_or_else(|| Error::integrity(&chain, &o.key, "the object is missing from the store"))?;
+        let (mut one, mut size) = (Sha256::new(), 0u64);
+        while let Some(chunk) = rx.recv().await {
+            let chunk = chunk.map_err(|e| Error::step("restore", format!("reading {}: {e}", o.key)))?;
+            one.update(&chunk);
+            all.update(&chunk);
+            size += chunk.len() as u64;
+            progress.inc(chunk.len() as u64);
+            if let (Some(dec), Some(sink), None) = (decoder.as_mut(), restore_in.as_mut(), &feed_err) {
+                let fed = async {
+                    dec.write_all(&chunk).map_err(|e| format!("decompressing {}: {e}", o.key))?;
+                    let out = std::mem::take(dec.get_mut());
+                    dump_bytes += out.len() as u64;
+                    if parsed == Parsed::Incomplete {
+                        head.extend_from_slice(&out);
+                        parsed = toc::parse(&head);
+                        if parsed != Parsed::Incomplete {
+                            head = Vec::new();
+                        } else if head.len() > MAX_TOC {
+                            parsed =
+                                Parsed::Unsupported(format!("the archive's TOC is larger than {} MiB", MAX_TOC >> 20));
+                        }
+                    }
+                    sink.write_all(&out).await.map_err(|e| format!("pg_restore stopped reading: {e}"))
+                };
+                if let Err(e) = fed.await {
+                    feed_err = Some(e);
+                    // pg_restore sees EOF; the rest of the bytes are still read, for their sha256.
+                    restore_in = None;
+                    decoder = None;
+                }
+            }
+        }
+        if size != o.size {
+            return Err(Error::integrity(
+                &chain,
+                &o.key,
+                format!("the store holds {size} bytes, the manifest {} (truncated or replaced)", o.size),
+            ));
+        }
+        let sha = hex::encode(one.finalize());
+        if sha != o.sha256 {
+            return Err(Error::integrity(&chain, &o.key, format!("sha256 {sha}, the manifest has {}", o.sha256)));
+        }
+    }
+    progress.finish();
+    let sha = hex::encode(all.finalize());
+    if sha != m.sha256 {
+        return Err(Error::integrity(&chain, "all objects", format!("sha256 {sha}, the manifest has {}", m.sha256)));
+    }
+    if let (Some(dec), Some(sink), None) = (decoder.as_mut(), restore_in.as_mut(), &feed_err) {
+        let flushed = async {
+            dec.flush().map_err(|e| format!("decompressing the end of the dump: {e}"))?;
+            let out = std::mem::take(dec.get_mut());
+            dump_bytes += out.len() as u64;
+            sink.write_all(&out).await.map_err(|e| format!("pg_restore stopped reading: {e}"))
+        };
+        if let Err(e) = flushed.await {
+            feed_err = Some(e);
+        }
+    }
+    drop(restore_in);
+    let restore_stderr = restoring.wait().await?;
+    if let Some(line) = restore_stderr.lines().find(|l| l.contains("error")) {
+        return Err(Error::step("restore", format!("pg_restore reported: {line}")));
+    }
+    if let Some(e) = feed_err {
+        return Err(Error::step("restore", e));
+    }
+    let sequences = match parsed {
+        Parsed::Done(s) => s,
+        Parsed::Incomplete => return Err(Error::step("restore", "the dump ended inside its table of contents")),
+        Parsed::Unsupported(why) => {
+            return Err(Error::step("restore", format!("cannot read the dump's sequence values: {why}")));
+        }
+    };
+    let scratch_url = st.to.database_url.with_dbname(&st.scratch());
+    // Materialized views are not in the manifest: their population is pg_restore's to report.
+    validate(&scratch_url, &m.tables, None, &sequences).await?;
+    let snapshot_time = humantime::parse_rfc3339_weak(&m.started)
+        .map_err(|e| Error::step("restore", format!("manifest {} has an unreadable start time: {e}", m.id)))?;
+    Ok(Restored {
+        snapshot_time,
+        rows: m.tables.iter().map(|c| c.rows).sum(),
+        tables: m.tables.len(),
+        sequences: sequences.len(),
+        bytes: m.bytes,
+        dump_bytes,
+        duration_ms: t0.elapsed().as_millis() as u64,
+        backup_id: m.id.clone(),
+        source: "stored",
+    })
 }
 
 /// (schema, name, populated) of every materialized view.
@@ -189,7 +323,7 @@ async fn matviews(c: &tokio_postgres::Transaction<'_>) -> Result<Vec<(String, St
 async fn validate(
     scratch: &crate::dburl::DbUrl,
     counts: &[TableCount],
-    matviews_src: &[(String, String, bool)],
+    matviews_src: Option<&[(String, String, bool)]>,
     sequences: &[SeqValue],
 ) -> Result<()> {
     let fail = |what: String| Err(Error::step("validate", what));
@@ -213,9 +347,11 @@ async fn validate(
     if let Some(extra) = got.iter().find(|g| !counts.iter().any(|w| w.schema == g.schema && w.table == g.table)) {
         return fail(format!("the restored copy has a table {}.{} the source did not", extra.schema, extra.table));
     }
-    let mv = matviews(&tx).await.map_err(err)?;
-    if mv != matviews_src {
-        return fail(format!("materialized views differ: source {matviews_src:?}, restored {mv:?}"));
+    if let Some(matviews_src) = matviews_src {
+        let mv = matviews(&tx).await.map_err(err)?;
+        if mv != matviews_src {
+            return fail(format!("materialized views differ: source {matviews_src:?}, restored {mv:?}"));
+        }
     }
     for s in sequences {
         let v: Option<i64> = tx
