@@ -54,6 +54,46 @@ pub struct Manifest {
     pub wal_end: Option<String>,
 }
 
+/// What a logical dump run knows when its objects are stored.
+pub struct LogicalDump<'a> {
+    pub id: &'a str,
+    pub env: &'a str,
+    pub database: &'a str,
+    pub server_version: String,
+    pub pg_dump_version: u32,
+    pub run_id: &'a str,
+    pub started: std::time::SystemTime,
+    pub elapsed: std::time::Duration,
+    pub stored: super::dump::Stored,
+    pub tables: Vec<TableCount>,
+}
+
+impl Manifest {
+    /// The manifest of a `pg_dump -Fc -Z0 | zstd` backup (backup, and the audit copy sync keeps).
+    pub fn logical(d: LogicalDump) -> Manifest {
+        Manifest {
+            id: d.id.to_string(),
+            env: d.env.to_string(),
+            kind: "logical".into(),
+            format: "pg_dump -Fc, zstd".into(),
+            database: d.database.to_string(),
+            server_version: d.server_version,
+            pg_dump_version: d.pg_dump_version.to_string(),
+            run_id: d.run_id.to_string(),
+            started: humantime::format_rfc3339_millis(d.started).to_string(),
+            finished: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            duration_ms: d.elapsed.as_millis() as u64,
+            bytes: d.stored.bytes,
+            sha256: d.stored.sha256,
+            dump_bytes: d.stored.dump_bytes,
+            objects: d.stored.objects,
+            tables: d.tables,
+            wal_start: None,
+            wal_end: None,
+        }
+    }
+}
+
 pub fn backup_prefix(env: &str, id: &str) -> String {
     format!("backups/{env}/{id}/")
 }

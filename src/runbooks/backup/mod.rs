@@ -262,26 +262,18 @@ impl Step for DumpToStore {
             cx.out.warn(&format!("pg_dump: {}", warnings.trim()));
         }
 
-        let manifest = Manifest {
-            id: self.state.id.clone(),
-            env: env.name.clone(),
-            kind: "logical".into(),
-            format: "pg_dump -Fc, zstd".into(),
-            database: url.dbname.clone(),
+        let manifest = Manifest::logical(catalog::LogicalDump {
+            id: &self.state.id,
+            env: &env.name,
+            database: &url.dbname,
             server_version,
-            pg_dump_version: dump_version.to_string(),
-            run_id: cx.run_id.clone(),
-            started: humantime::format_rfc3339_millis(started).to_string(),
-            finished: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            duration_ms: t0.elapsed().as_millis() as u64,
-            bytes: stored.bytes,
-            sha256: stored.sha256.clone(),
-            dump_bytes: stored.dump_bytes,
-            objects: stored.objects,
+            pg_dump_version: dump_version,
+            run_id: &cx.run_id,
+            started,
+            elapsed: t0.elapsed(),
+            stored,
             tables: counts,
-            wal_start: None,
-            wal_end: None,
-        };
+        });
         log.set("id", manifest.id.clone());
         log.set("bytes", manifest.bytes);
         log.set("dump_bytes", manifest.dump_bytes);

@@ -21,7 +21,7 @@ use super::{Restored, State};
 use crate::clients::{pg, pgtools::PgTools};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::runbooks::backup::catalog::{Manifest, TableCount, backup_prefix};
+use crate::runbooks::backup::catalog::{LogicalDump, Manifest, TableCount, backup_prefix};
 use crate::runbooks::backup::{count_rows, dump, leaf_tables};
 
 const CHUNK: usize = 1 << 20;
@@ -126,33 +126,25 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
 
     validate(&scratch_url, &counts, Some(&matviews), &sequences).await?;
 
-    let manifest = Manifest {
-        id: st.backup.id.clone(),
-        env: from.name.clone(),
-        kind: "logical".into(),
-        format: "pg_dump -Fc, zstd".into(),
-        database: src.dbname.clone(),
+    let manifest = Manifest::logical(LogicalDump {
+        id: &st.backup.id,
+        env: &from.name,
+        database: &src.dbname,
         server_version,
-        pg_dump_version: dump_version.to_string(),
-        run_id: cx.run_id.clone(),
-        started: humantime::format_rfc3339_millis(started).to_string(),
-        finished: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        duration_ms: t0.elapsed().as_millis() as u64,
-        bytes: stored.bytes,
-        sha256: stored.sha256.clone(),
-        dump_bytes: stored.dump_bytes,
-        objects: stored.objects,
+        pg_dump_version: dump_version,
+        run_id: &cx.run_id,
+        started,
+        elapsed: t0.elapsed(),
+        stored,
         tables: counts.clone(),
-        wal_start: None,
-        wal_end: None,
-    };
+    });
     let restored = Restored {
         snapshot_time,
         rows: counts.iter().map(|c| c.rows).sum(),
         tables: counts.len(),
         sequences: sequences.len(),
-        bytes: stored.bytes,
-        dump_bytes: stored.dump_bytes,
+        bytes: manifest.bytes,
+        dump_bytes: manifest.dump_bytes,
         duration_ms: t0.elapsed().as_millis() as u64,
         backup_id: st.backup.id.clone(),
         source: "dump",
