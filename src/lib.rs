@@ -80,7 +80,7 @@ async fn run_async(cli: Cli, out: Output) -> u8 {
     let (code, metrics) = render(&cx, done);
     // A dry run changed nothing: it must not look like a successful run to the alerting.
     let metrics_file = cx.global.metrics_file.as_ref().filter(|_| !cx.global.dry_run);
-    if let (Some(path), Some((runbook, env, bytes))) = (metrics_file, metrics) {
+    if let (Some(path), Some((runbook, env, bytes, extra))) = (metrics_file, metrics) {
         let m = output::metrics::RunMetrics {
             runbook: &runbook,
             env: &env,
@@ -88,6 +88,7 @@ async fn run_async(cli: Cli, out: Output) -> u8 {
             finished_unix_s: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
             duration_s: started.elapsed().as_secs_f64(),
             bytes,
+            extra,
         };
         if let Err(e) = output::metrics::update(path, &m) {
             cx.out.warn(&format!("could not update the metrics file: {e}"));
@@ -97,7 +98,7 @@ async fn run_async(cli: Cli, out: Output) -> u8 {
 }
 
 /// Print the report (table or JSON) and the error; the exit code, and what metrics need.
-fn render(cx: &ctx::Ctx, done: Done) -> (u8, Option<(String, String, Option<u64>)>) {
+fn render(cx: &ctx::Ctx, done: Done) -> (u8, Option<runbooks::MetricsOf>) {
     match done {
         Done::Run(o) => {
             if cx.out.json_mode() {
@@ -106,7 +107,7 @@ fn render(cx: &ctx::Ctx, done: Done) -> (u8, Option<(String, String, Option<u64>
                 cx.out.text(&output::table::run_report(&o.report));
             }
             let bytes = o.report.extra.get("bytes").and_then(|v| v.as_u64());
-            let m = (o.report.runbook.clone(), o.report.env.clone().unwrap_or_default(), bytes);
+            let m = (o.report.runbook.clone(), o.report.env.clone().unwrap_or_default(), bytes, Vec::new());
             match o.error {
                 Some(e) => {
                     cx.out.error(&e);

@@ -14,12 +14,15 @@ use crate::ctx::Ctx;
 use crate::engine::run::{Outcome, execute};
 use crate::error::Error;
 
+/// What `--metrics-file` records of a run: runbook, env, bytes moved, runbook-specific series.
+pub type MetricsOf = (String, String, Option<u64>, Vec<crate::output::metrics::Series>);
+
 /// What a command leaves for `output` to render.
 pub enum Done {
     /// A state-changing runbook's report.
     Run(Outcome),
     /// A read-only command's document (JSON) and table (text).
-    Doc { json: Value, text: String, error: Option<Error>, metrics: Option<(String, String, Option<u64>)> },
+    Doc { json: Value, text: String, error: Option<Error>, metrics: Option<MetricsOf> },
 }
 
 impl Done {
@@ -46,7 +49,7 @@ pub async fn dispatch(cx: &Ctx, command: &Command) -> Done {
         },
         Command::VerifyChain(a) => {
             let v = verify_chain::verify_chain(cx, a).await;
-            let metrics = Some(("verify-chain".to_string(), v.env, v.bytes));
+            let metrics = Some(("verify-chain".to_string(), v.env, v.bytes, v.extra));
             Done::Doc { json: v.json, text: v.text, error: v.error, metrics }
         }
         Command::Check(a) => match check::check(cx, a.env.as_deref()).await {
@@ -62,7 +65,7 @@ pub async fn dispatch(cx: &Ctx, command: &Command) -> Done {
         }
         Command::Status => {
             let (json, text, error) = status::status(cx).await;
-            Done::Doc { json, text, error, metrics: Some(("status".to_string(), String::new(), None)) }
+            Done::Doc { json, text, error, metrics: Some(("status".to_string(), String::new(), None, Vec::new())) }
         }
         Command::Log(a) => Done::doc(log::log(cx, a).await),
         Command::Completions { .. } | Command::Man => unreachable!("handled before the config loads"),

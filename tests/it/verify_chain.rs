@@ -120,8 +120,15 @@ fn a_million_row_chain_verifies_and_is_anchored() {
     let (db, t) = events_copy();
     let dir = TestDir::new();
     let cfg = config(&dir, &db, "");
-    let doc = verify(&cfg, &t, &["--dense"], 0);
+    let prom = dir.path().join("drctl.prom");
+    let doc = verify(&cfg, &t, &["--dense", "--metrics-file", prom.to_str().unwrap()], 0);
     let c = chain(&doc, &t);
+    let text = std::fs::read_to_string(&prom).unwrap();
+    for (name, value) in [("drctl_chain_entries", ROWS.to_string()), ("drctl_chain_head", ROWS.to_string())] {
+        assert!(text.contains(&format!("{name}{{env=\"prod\",chain=\"{t}\"}} {value}\n")), "{name}: {text}");
+    }
+    assert!(text.contains(&format!("drctl_chain_verified_timestamp_seconds{{env=\"prod\",chain=\"{t}\"}} ")), "{text}");
+    assert!(text.contains("drctl_last_run_success{runbook=\"verify-chain\",env=\"prod\"} 1"), "{text}");
     assert_eq!((c["ok"].clone(), c["entries"].clone()), (Value::Bool(true), Value::from(ROWS)), "{c}");
     assert_eq!(c["first_bad_index"], Value::Null);
     assert!(c["entries_per_second"].as_u64().unwrap() > 0);

@@ -22,6 +22,7 @@ use crate::cli::VerifyChainArgs;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::journal;
+use crate::output::metrics::Series;
 use crate::output::table::new_table;
 
 /// One chain's verdict (contract "JSON output", verify-chain).
@@ -57,11 +58,20 @@ pub struct Verdict {
     pub error: Option<Error>,
     pub env: String,
     pub bytes: Option<u64>,
+    /// Per-table gauges (`drctl_chain_*{env,chain}`).
+    pub extra: Vec<Series>,
 }
 
 impl Verdict {
     fn refused(e: Error) -> Verdict {
-        Verdict { json: Value::Null, text: String::new(), error: Some(e), env: String::new(), bytes: None }
+        Verdict {
+            json: Value::Null,
+            text: String::new(),
+            error: Some(e),
+            env: String::new(),
+            bytes: None,
+            extra: vec![],
+        }
     }
 }
 
@@ -175,7 +185,29 @@ pub async fn verify_chain(cx: &Ctx, a: &VerifyChainArgs) -> Verdict {
                 })
             })
     });
-    Verdict { json: doc, text, error, env: env_name, bytes: arts.as_ref().map(|r| r.bytes) }
+    let extra = chain_series(&env_name, &tables);
+    Verdict { json: doc, text, error, env: env_name, bytes: arts.as_ref().map(|r| r.bytes), extra }
+}
+
+/// `--metrics-file` gauges per table: rows verified by this run; and, only when the table
+/// verified, its head's order value (when an integer) and the time — so an alert on the age of
+/// `drctl_chain_verified_timestamp_seconds` fires when verification stops succeeding.
+fn chain_series(env: &str, tables: &[table::TableResult]) -> Vec<Series> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let mut out = Vec::new();
+    for t in tables {
+        let labels = vec![("env", env.to_string()), ("chain", t.chain.clone())];
+        let series = |name, help, value| Series { name, help, labels: labels.clone(), value };
+        out.push(series("drctl_chain_entries", "Rows the last verify-chain run of this table read.", t.entries as f64));
+        if !t.errors.is_empty() {
+            continue;
+        }
+        if let Some((scan::Key::Int(k), _, _)) = &t.head {
+            out.push(series("drctl_chain_head", "Order value of the last verified head of this table.", *k as f64));
+        }
+        out.push(series("drctl_chain_verified_timestamp_seconds", "Unix time this table last verified.", now));
+    }
+    out
 }
 
 /// The env and the tables to verify: --table, or every configured chain of the env.
