@@ -21,6 +21,7 @@ use self::catalog::{Manifest, TableCount, backup_prefix, manifest_key, sha256_he
 use crate::clients::{pg, pgtools::PgTools};
 use crate::config::EnvConfig;
 use crate::ctx::Ctx;
+use crate::dburl::DbUrl;
 use crate::engine::lock;
 use crate::engine::run::Runbook;
 use crate::engine::step::{Check, Step, StepLog};
@@ -229,20 +230,8 @@ impl Step for DumpToStore {
         // One REPEATABLE READ transaction exports the snapshot pg_dump reads, and counts every leaf
         // table in that same snapshot while it stays open: the counts describe exactly the dump.
         let mut client = pg::connect(url).await?;
-        let db_err = |e: tokio_postgres::Error| Error::Db {
-            target: format!("{}/{}", url.addr(), url.dbname),
-            problem: e.to_string(),
-        };
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(db_err)?;
-        let snapshot: String = tx.query_one("SELECT pg_export_snapshot()", &[]).await.map_err(db_err)?.get(0);
-        let server_version: String = tx.query_one("SHOW server_version", &[]).await.map_err(db_err)?.get(0);
-        let tables = leaf_tables(&tx).await.map_err(db_err)?;
+        let db_err = |e: tokio_postgres::Error| pg::db_error(url, &e);
+        let DumpSnapshot { tx, id: snapshot, server_version, tables } = export_snapshot(&mut client, url).await?;
 
         let base = format!("{}{}.dump.zst", backup_prefix(&env.name, &self.state.id), env.database_url.dbname);
         let mut child =
@@ -339,6 +328,31 @@ pub async fn store_writable(cx: &Ctx) -> Check {
 
 /// Every leaf table (relkind `r`: plain tables and partitions, not partitioned parents) outside
 /// the system schemas, except extension members, whose data pg_dump leaves to the extension.
+/// The transaction a dump reads in: REPEATABLE READ, its snapshot exported for `pg_dump --snapshot`,
+/// kept open (by the caller) until pg_dump has finished, so that row counts taken in it describe
+/// exactly what the dump holds.
+pub struct DumpSnapshot<'a> {
+    pub tx: tokio_postgres::Transaction<'a>,
+    pub id: String,
+    pub server_version: String,
+    pub tables: Vec<(String, String)>,
+}
+
+pub async fn export_snapshot<'a>(client: &'a mut tokio_postgres::Client, url: &DbUrl) -> Result<DumpSnapshot<'a>> {
+    let db_err = |e: tokio_postgres::Error| pg::db_error(url, &e);
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(db_err)?;
+    let id: String = tx.query_one("SELECT pg_export_snapshot()", &[]).await.map_err(db_err)?.get(0);
+    let server_version: String = tx.query_one("SHOW server_version", &[]).await.map_err(db_err)?.get(0);
+    let tables = leaf_tables(&tx).await.map_err(db_err)?;
+    Ok(DumpSnapshot { tx, id, server_version, tables })
+}
+
 pub async fn leaf_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
     Ok(tx
         .query(

@@ -22,7 +22,7 @@ use crate::clients::{pg, pgtools::PgTools};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::runbooks::backup::catalog::{LogicalDump, Manifest, TableCount, backup_prefix};
-use crate::runbooks::backup::{count_rows, dump, leaf_tables};
+use crate::runbooks::backup::{DumpSnapshot, count_rows, dump, export_snapshot, leaf_tables};
 
 const CHUNK: usize = 1 << 20;
 /// A TOC larger than this is not read for sequence values (the run fails rather than guess).
@@ -40,17 +40,8 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
     let src = &from.database_url;
     let src_err = |e: tokio_postgres::Error| pg::db_error(src, &e);
     let mut client = pg::connect(src).await?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(src_err)?;
-    let snapshot: String = tx.query_one("SELECT pg_export_snapshot()", &[]).await.map_err(src_err)?.get(0);
+    let DumpSnapshot { tx, id: snapshot, server_version, tables } = export_snapshot(&mut client, src).await?;
     let snapshot_time = SystemTime::now();
-    let server_version: String = tx.query_one("SHOW server_version", &[]).await.map_err(src_err)?.get(0);
-    let tables = leaf_tables(&tx).await.map_err(src_err)?;
     let matviews = matviews(&tx).await.map_err(src_err)?;
 
     let dump_tools = PgTools::new(from.pg_bin.as_deref());
