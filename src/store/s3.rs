@@ -59,6 +59,20 @@ impl S3Store {
         }
     }
 
+    /// GetObject; `Ok(None)` only for NoSuchKey (a definite "not there"), every other failure an error.
+    async fn get_object(
+        &self,
+        op: &str,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>> {
+        let ok = self.object_key(key);
+        match self.client.get_object().bucket(&self.bucket).key(&ok).send().await {
+            Ok(out) => Ok(Some(out)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(self.sdk_err(op, &ok, &e)),
+        }
+    }
+
     fn sdk_err<E>(&self, op: &str, object_key: &str, e: &SdkError<E>) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -409,10 +423,8 @@ impl Store for S3Store {
 
     async fn get(&self, key: &str) -> Result<Option<Versioned>> {
         let ok = self.object_key(key);
-        let out = match self.client.get_object().bucket(&self.bucket).key(&ok).send().await {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(self.sdk_err("get", &ok, &e)),
+        let Some(out) = self.get_object("get", key).await? else {
+            return Ok(None);
         };
         let etag = out
             .e_tag()
@@ -531,10 +543,8 @@ impl Store for S3Store {
 
     async fn download(&self, key: &str) -> Result<Option<ByteRx>> {
         let ok = self.object_key(key);
-        let out = match self.client.get_object().bucket(&self.bucket).key(&ok).send().await {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(self.sdk_err("download", &ok, &e)),
+        let Some(out) = self.get_object("download", key).await? else {
+            return Ok(None);
         };
         let mut body = out.body;
         let (tx, rx) = mpsc::channel(DOWNLOAD_QUEUE);
@@ -757,24 +767,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_put_if_absent_has_exactly_one_winner() {
         let (_moto, s) = setup().await;
-        let s = Arc::new(s);
-        let mut tasks = Vec::new();
-        for i in 0..16 {
-            let s = Arc::clone(&s);
-            tasks.push(tokio::spawn(async move {
-                (i, s.put_if_absent("journal/7", Bytes::from(format!("writer {i}"))).await.unwrap())
-            }));
-        }
-        let mut winners = Vec::new();
-        for t in tasks {
-            let (i, won) = t.await.unwrap();
-            if won {
-                winners.push(i);
-            }
-        }
-        assert_eq!(winners.len(), 1, "winners: {winners:?}");
-        let stored = s.get("journal/7").await.unwrap().unwrap();
-        assert_eq!(stored.data, Bytes::from(format!("writer {}", winners[0])));
+        crate::store::conformance::put_if_absent_has_one_winner(Arc::new(s), 16).await;
     }
 
     #[tokio::test]
