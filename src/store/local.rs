@@ -706,24 +706,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_put_if_absent_has_exactly_one_winner() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Arc::new(store(&dir));
-        let mut tasks = Vec::new();
-        for i in 0..32 {
-            let s = Arc::clone(&s);
-            tasks.push(tokio::spawn(async move {
-                (i, s.put_if_absent("journal/7", Bytes::from(format!("writer {i}"))).await.unwrap())
-            }));
-        }
-        let mut winners = Vec::new();
-        for t in tasks {
-            let (i, won) = t.await.unwrap();
-            if won {
-                winners.push(i);
-            }
-        }
-        assert_eq!(winners.len(), 1, "winners: {winners:?}");
-        let stored = s.get("journal/7").await.unwrap().unwrap();
-        assert_eq!(stored.data, Bytes::from(format!("writer {}", winners[0])));
+        crate::store::conformance::put_if_absent_has_one_winner(Arc::new(store(&dir)), 32).await;
         assert!(tmp_entries(&dir).is_empty());
     }
 

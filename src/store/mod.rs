@@ -88,3 +88,34 @@ pub async fn open(url: &str, aws: &crate::clients::aws::Aws) -> Result<Box<dyn S
         Err(Error::config("[store] url", format!("`{url}` is neither s3://BUCKET/PREFIX nor file://PATH")))
     }
 }
+
+/// Behaviour both backends must show, run by each backend's own tests.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::Store;
+
+    /// `writers` tasks race `put_if_absent` on one key: exactly one wins, and its bytes are stored.
+    pub async fn put_if_absent_has_one_winner(s: Arc<dyn Store>, writers: usize) {
+        let mut tasks = Vec::new();
+        for i in 0..writers {
+            let s = Arc::clone(&s);
+            tasks.push(tokio::spawn(async move {
+                (i, s.put_if_absent("journal/7", Bytes::from(format!("writer {i}"))).await.unwrap())
+            }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            let (i, won) = t.await.unwrap();
+            if won {
+                winners.push(i);
+            }
+        }
+        assert_eq!(winners.len(), 1, "winners: {winners:?}");
+        let stored = s.get("journal/7").await.unwrap().unwrap();
+        assert_eq!(stored.data, Bytes::from(format!("writer {}", winners[0])));
+    }
+}
