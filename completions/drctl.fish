@@ -140,7 +140,8 @@ complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l lock-wait -
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
 json\t''"
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
-complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l journal -d 'Verify the journal\'s hash chain'
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l journal -d 'Verify the journal\'s hash chain, every entry from the first (and every index checkpoint against the state refolded from the chain)'
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l since-checkpoint -d 'With --journal: verify only the entries after the newest checkpoint that a full verification wrote (for an hourly cron; keep a daily full walk)'
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l backups -d 'Verify every listed backup\'s manifest and objects'
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l deep -d 'Re-read every stored object of every listed backup and check its sha256 (implies --backups)'
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l dense -d 'Also report a gap in the order column (ids expected to be consecutive integers)'

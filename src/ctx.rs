@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::Global;
 use crate::clients::aws::Aws;
 use crate::config::Config;
+use crate::journal::Journal;
 use crate::output::Output;
 use crate::store::Store;
 
@@ -16,6 +17,8 @@ pub struct Ctx {
     pub global: Global,
     pub aws: Aws,
     pub store: Arc<dyn Store>,
+    /// The journal, read once per run (newest checkpoint + the entries after it) and shared.
+    pub journal: Arc<Journal>,
     pub run_id: String,
     pub out: Output,
     /// Cancelled on SIGINT / SIGTERM; `signal` says which.

@@ -40,7 +40,11 @@ pub enum Error {
 
     /// One or more preflight checks failed; nothing was changed.
     #[error("preflight failed: {}", failed.join("; "))]
-    Preflight { failed: Vec<String> },
+    Preflight {
+        failed: Vec<String>,
+        /// Whether any failed check could be waived with `--accept` (the hint says so only then).
+        waivable: bool,
+    },
 
     /// `status`: an env's data is older than policy.rpo, or a live env is unhealthy (exit 3).
     #[error("health/RPO breach: {}", breaches.join("; "))]
@@ -125,9 +129,10 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Config { hint, .. } | Error::Usage { hint, .. } => hint.clone(),
-            Error::Preflight { .. } => Some(
+            Error::Preflight { waivable: true, .. } => Some(
                 "fix what the failed checks name and rerun; `--accept CHECK_ID` waives one check deliberately".into(),
             ),
+            Error::Preflight { waivable: false, .. } => Some("fix what the failed checks name and rerun".into()),
             Error::Breach { .. } => Some(
                 "a stale env needs its sync or backup to run (see `drctl log` for why the last one did not); an unhealthy live env needs a look now".into(),
             ),
@@ -165,6 +170,15 @@ impl Error {
         Error::Step { step: step.into(), problem: problem.to_string() }
     }
 
+    /// Preflight failed on `checks` (those not ok and not accepted).
+    pub fn preflight<'a>(checks: impl IntoIterator<Item = &'a crate::engine::step::Check>) -> Self {
+        let failed: Vec<&crate::engine::step::Check> = checks.into_iter().filter(|c| !c.ok && !c.accepted).collect();
+        Error::Preflight {
+            waivable: failed.iter().any(|c| crate::engine::step::waivable(&c.check)),
+            failed: failed.iter().map(|c| format!("{}: {}", c.check, c.detail)).collect(),
+        }
+    }
+
     pub fn integrity(chain: impl Into<String>, at: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Integrity { chain: chain.into(), at: at.into(), reason: reason.into() }
     }
@@ -189,7 +203,7 @@ mod tests {
     #[test]
     fn every_kind_maps_to_its_contract_code() {
         assert_eq!(Error::usage("x").exit_code(), 2);
-        assert_eq!(Error::Preflight { failed: vec![] }.exit_code(), 3);
+        assert_eq!(Error::Preflight { failed: vec![], waivable: false }.exit_code(), 3);
         assert_eq!(Error::integrity("journal", "seq 3", "hash").exit_code(), 4);
         assert_eq!(Error::Interrupted { signal: libc::SIGINT }.exit_code(), 130);
         assert_eq!(Error::Interrupted { signal: libc::SIGTERM }.exit_code(), 143);

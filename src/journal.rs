@@ -9,21 +9,21 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result, Transience};
+use crate::error::{Error, Result};
 use crate::store::Store;
+
+pub mod fold;
+pub mod index;
+
+pub use index::Journal;
 
 pub const GENESIS_PREV_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-const PREFIX: &str = "journal/";
-
-/// A writer that loses the race for a seq this many times in a row gives up. Runs are serialised
-/// per target by locks, so real contention is a handful of writers; the bound only stops a livelock.
-const APPEND_TRIES: u32 = 100;
+pub(crate) const PREFIX: &str = "journal/";
 
 /// Integers beyond ±(2^53 − 1) are not exact in an IEEE double, which is what RFC 8785 serialises,
 /// so another implementation would hash them differently.
@@ -79,7 +79,7 @@ pub fn entry_key(seq: u64) -> String {
 }
 
 /// The seq a well-formed entry key names, or None for anything else under `journal/`.
-fn key_seq(key: &str) -> Option<u64> {
+pub(crate) fn key_seq(key: &str) -> Option<u64> {
     let digits = key.strip_prefix(PREFIX)?.strip_suffix(".json")?;
     if digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()) { digits.parse().ok() } else { None }
 }
@@ -109,7 +109,7 @@ pub fn compute_hash(entry: &Entry) -> String {
     hex::encode(Sha256::digest(canonical_bytes(entry)))
 }
 
-fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+pub(crate) fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
@@ -171,7 +171,7 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
 
 /// Refuse what the contract keeps out of details: non-integer numbers, and integers an IEEE double
 /// cannot hold exactly. `path` names the offending key for the error.
-fn check_details(value: &Value, path: &str) -> std::result::Result<(), String> {
+pub(crate) fn check_details(value: &Value, path: &str) -> std::result::Result<(), String> {
     match value {
         Value::Number(n) => {
             let safe = match (n.as_u64(), n.as_i64()) {
@@ -198,51 +198,15 @@ fn check_details(value: &Value, path: &str) -> std::result::Result<(), String> {
     }
 }
 
-fn parse_entry(data: &[u8]) -> std::result::Result<Entry, String> {
+pub(crate) fn parse_entry(data: &[u8]) -> std::result::Result<Entry, String> {
     serde_json::from_slice(data).map_err(|e| format!("not a journal entry: {e}"))
-}
-
-fn store_error(store: &dyn Store, problem: impl Into<String>) -> Error {
-    Error::Store { url: store.url().to_owned(), problem: problem.into(), transience: Transience::Temporary }
-}
-
-/// Read and check the entry at `key`, which must be the head we chain onto: a head that does not
-/// parse, sits under the wrong key or fails its own hash is refused, never chained onto.
-async fn read_head_at(store: &dyn Store, key: &str) -> Result<Option<Entry>> {
-    let Some(obj) = store.get(key).await? else {
-        return Ok(None);
-    };
-    let entry = parse_entry(&obj.data).map_err(|why| Error::integrity("journal", key, why))?;
-    if entry_key(entry.seq) != key {
-        return Err(Error::integrity("journal", key, format!("holds seq {}", entry.seq)));
-    }
-    if compute_hash(&entry) != entry.hash {
-        return Err(Error::integrity(
-            "journal",
-            key,
-            "hash does not match the entry's content: it was edited after it was written",
-        ));
-    }
-    Ok(Some(entry))
-}
-
-/// The last entry, or None for an empty journal. Fails (exit 4) if that entry is damaged.
-pub async fn head(store: &dyn Store) -> Result<Option<Entry>> {
-    let listed = store.list(PREFIX).await?;
-    let Some(last) = listed.iter().rev().find(|o| key_seq(&o.key).is_some()) else {
-        return Ok(None);
-    };
-    match read_head_at(store, &last.key).await? {
-        Some(entry) => Ok(Some(entry)),
-        None => Err(store_error(store, format!("{} was listed but could not be read", last.key))),
-    }
 }
 
 /// Fencing, where it can be enforced: a run whose lock was taken over carries a fence lower than the
 /// lock object's (fences only grow, the object is never deleted) or than one already journaled.
-async fn check_fences(store: &dyn Store, head: Option<&Entry>, new: &NewEntry) -> Result<()> {
+async fn check_fences(store: &dyn Store, seen: &BTreeMap<String, u64>, new: &NewEntry) -> Result<()> {
     for (target, &fence) in &new.fences {
-        if let Some(seen) = head.and_then(|h| h.fences.get(target)).filter(|&&seen| seen > fence) {
+        if let Some(seen) = seen.get(target).filter(|&&seen| seen > fence) {
             return Err(Error::LockLost {
                 target: target.clone(),
                 why: format!("the journal already holds fence {seen}; this run's fence {fence} is stale"),
@@ -263,49 +227,8 @@ async fn check_fences(store: &dyn Store, head: Option<&Entry>, new: &NewEntry) -
     Ok(())
 }
 
-/// Append one entry after the current head; retries on a lost race for the seq.
-pub async fn append(store: &dyn Store, new: NewEntry) -> Result<Entry> {
-    check_details(&new.details, "details").map_err(|why| Error::step("journal append", why))?;
-    let mut head = head(store).await?;
-    for attempt in 0..APPEND_TRIES {
-        check_fences(store, head.as_ref(), &new).await?;
-        let (seq, prev_hash) = match &head {
-            Some(h) => (h.seq + 1, h.hash.clone()),
-            None => (0, GENESIS_PREV_HASH.to_owned()),
-        };
-        // The store's clock, as for lock expiry, so entries from different hosts read in seq order.
-        let time = humantime::format_rfc3339_millis(store.now().await?).to_string();
-        let mut entry = Entry {
-            seq,
-            time,
-            run_id: new.run_id.clone(),
-            runbook: new.runbook.clone(),
-            env: new.env.clone(),
-            event: new.event.clone(),
-            fences: new.fences.clone(),
-            details: new.details.clone(),
-            prev_hash,
-            hash: String::new(),
-        };
-        entry.hash = compute_hash(&entry);
-        let bytes = serde_json::to_vec_pretty(&entry).expect("an Entry always serialises");
-        let key = entry_key(seq);
-        if store.put_if_absent(&key, Bytes::from(bytes)).await? {
-            return Ok(entry);
-        }
-        // Another writer took this seq: its entry is the new head (or one before it). Reading it
-        // directly saves a list; chaining onto it is checked like any head.
-        head = match read_head_at(store, &key).await? {
-            Some(taken) => Some(taken),
-            None => self::head(store).await?,
-        };
-        tokio::time::sleep(backoff(attempt)).await;
-    }
-    Err(store_error(store, format!("gave up appending to the journal after losing the race {APPEND_TRIES} times")))
-}
-
 /// A short random pause so that writers which collided do not collide again in lockstep.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let ceiling_ms = 2 * u64::from(attempt.min(10) + 1);
     let jitter = getrandom::u64().unwrap_or(u64::from(attempt));
     Duration::from_millis(jitter % ceiling_ms)
@@ -332,8 +255,28 @@ pub fn entries(stored: &[Stored]) -> impl Iterator<Item = &Entry> {
 
 /// Check seq continuity, prev_hash links and every hash; the first break, if any.
 pub fn verify(entries: &[Stored]) -> std::result::Result<usize, Break> {
-    let mut prev: Option<&Entry> = None;
-    for (index, stored) in entries.iter().enumerate() {
+    let mut v = Verifier::default();
+    entries.iter().try_for_each(|s| v.push(s))?;
+    Ok(entries.len())
+}
+
+/// The chain checks of `verify`, one entry at a time, so a walk over the store needs no more
+/// memory than the previous entry.
+#[derive(Default)]
+pub struct Verifier {
+    prev: Option<Entry>,
+    index: usize,
+}
+
+impl Verifier {
+    /// Continue after `prev`, an entry already verified (a verified checkpoint's).
+    pub fn after(prev: Entry) -> Verifier {
+        Verifier { index: prev.seq as usize + 1, prev: Some(prev) }
+    }
+
+    pub fn push(&mut self, stored: &Stored) -> std::result::Result<(), Break> {
+        let index = self.index;
+        let prev = self.prev.as_ref();
         let broken = |reason: String| Break { index, key: stored.key.clone(), reason };
         let entry = match &stored.entry {
             Ok(e) => e,
@@ -377,9 +320,10 @@ pub fn verify(entries: &[Stored]) -> std::result::Result<usize, Break> {
                 "hash does not match the entry's content: it was edited after it was written".to_owned(),
             ));
         }
-        prev = Some(entry);
+        self.prev = Some(entry.clone());
+        self.index += 1;
+        Ok(())
     }
-    Ok(entries.len())
 }
 
 /// An in-memory `Store` for unit tests of the journal and the lock.
@@ -403,6 +347,7 @@ pub(crate) mod test_store {
         objects: Mutex<BTreeMap<String, (Bytes, String)>>,
         clock_offset: Mutex<Duration>,
         refused_creates: AtomicUsize,
+        requests: AtomicUsize,
     }
 
     impl MemStore {
@@ -418,6 +363,15 @@ pub(crate) mod test_store {
         /// How many `put_if_absent` calls found the key taken: proof a race test raced.
         pub(crate) fn refused_creates(&self) -> usize {
             self.refused_creates.load(Ordering::Relaxed)
+        }
+
+        /// Every call so far but `now`: what a run's reads of the journal cost.
+        pub(crate) fn requests(&self) -> usize {
+            self.requests.load(Ordering::Relaxed)
+        }
+
+        fn count(&self) {
+            self.requests.fetch_add(1, Ordering::Relaxed);
         }
 
         fn etag(data: &[u8]) -> String {
@@ -439,18 +393,21 @@ pub(crate) mod test_store {
         }
 
         async fn get(&self, key: &str) -> Result<Option<Versioned>> {
+            self.count();
             tokio::task::yield_now().await;
             let objects = self.objects.lock().unwrap();
             Ok(objects.get(key).map(|(data, etag)| Versioned { data: data.clone(), etag: etag.clone() }))
         }
 
         async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+            self.count();
             tokio::task::yield_now().await;
             self.insert(key, data);
             Ok(())
         }
 
         async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool> {
+            self.count();
             tokio::task::yield_now().await;
             let mut objects = self.objects.lock().unwrap();
             if objects.contains_key(key) {
@@ -463,6 +420,7 @@ pub(crate) mod test_store {
         }
 
         async fn put_if_match(&self, key: &str, data: Bytes, etag: &str) -> Result<bool> {
+            self.count();
             tokio::task::yield_now().await;
             let mut objects = self.objects.lock().unwrap();
             match objects.get(key) {
@@ -476,6 +434,7 @@ pub(crate) mod test_store {
         }
 
         async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+            self.count();
             tokio::task::yield_now().await;
             let objects = self.objects.lock().unwrap();
             Ok(objects
@@ -486,12 +445,14 @@ pub(crate) mod test_store {
         }
 
         async fn delete(&self, key: &str) -> Result<()> {
+            self.count();
             tokio::task::yield_now().await;
             self.objects.lock().unwrap().remove(key);
             Ok(())
         }
 
         async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
+            self.count();
             tokio::task::yield_now().await;
             let objects = self.objects.lock().unwrap();
             Ok(objects.get(key).map(|(data, _)| ObjectInfo { key: key.to_owned(), size: data.len() as u64 }))
@@ -543,10 +504,15 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::test_store::MemStore;
-    use super::{Entry, GENESIS_PREV_HASH, NewEntry, append, canonical_bytes, compute_hash, entry_key};
+    use super::{Entry, GENESIS_PREV_HASH, Journal, NewEntry, canonical_bytes, compute_hash, entry_key};
     use super::{read_all, verify};
-    use crate::error::Error;
+    use crate::error::{Error, Result};
     use crate::store::Store;
+
+    /// An append as a separate process makes it: a fresh `Journal` that loads the store first.
+    async fn append(store: &Arc<MemStore>, new: NewEntry) -> Result<Entry> {
+        Journal::new(store.clone(), "test").append(new).await
+    }
 
     fn new_entry(run_id: &str, event: &str, details: Value) -> NewEntry {
         NewEntry {
@@ -654,7 +620,7 @@ mod tests {
 
     #[tokio::test]
     async fn three_appends_chain_and_verify() {
-        let store = MemStore::new();
+        let store = Arc::new(MemStore::new());
         let mut written = Vec::new();
         for (i, event) in ["run-started", "step-done", "run-finished"].into_iter().enumerate() {
             let e = append(&store, new_entry("r1", event, json!({"i": i}))).await.unwrap();
@@ -666,23 +632,24 @@ mod tests {
         assert_eq!(written[0].prev_hash, GENESIS_PREV_HASH);
         assert_eq!(written[1].prev_hash, written[0].hash);
         assert_eq!(written[2].prev_hash, written[1].hash);
-        let stored = read_all(&store).await.unwrap();
+        let stored = read_all(&*store).await.unwrap();
         assert_eq!(stored.iter().map(|s| s.key.clone()).collect::<Vec<_>>(), [0, 1, 2].map(entry_key));
         assert_eq!(super::entries(&stored).cloned().collect::<Vec<_>>(), written);
         assert_eq!(verify(&stored), Ok(3));
-        assert_eq!(super::head(&store).await.unwrap(), Some(written[2].clone()));
+        let head = Journal::new(store.clone(), "t").state().await.unwrap().head.clone().unwrap();
+        assert_eq!((head.seq, head.hash), (2, written[2].hash.clone()));
     }
 
     #[tokio::test]
     async fn empty_journal_verifies_and_has_no_head() {
-        let store = MemStore::new();
-        assert_eq!(verify(&read_all(&store).await.unwrap()), Ok(0));
-        assert_eq!(super::head(&store).await.unwrap(), None);
+        let store = Arc::new(MemStore::new());
+        assert_eq!(verify(&read_all(&*store).await.unwrap()), Ok(0));
+        assert_eq!(Journal::new(store.clone(), "t").state().await.unwrap().head, None);
     }
 
     #[tokio::test]
     async fn a_float_in_details_is_refused_naming_the_key() {
-        let store = MemStore::new();
+        let store = Arc::new(MemStore::new());
         let err = append(&store, new_entry("r1", "x", json!({"upload": {"rate": 1.5}}))).await.unwrap_err();
         assert!(matches!(&err, Error::Step { .. }), "{err:?}");
         assert!(err.to_string().contains("details.upload.rate is 1.5"), "{err}");
@@ -695,12 +662,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_edited_entry_breaks_at_its_index_with_the_hash_reason() {
-        let store = MemStore::new();
+        let store = Arc::new(MemStore::new());
         for i in 0..4 {
             append(&store, new_entry("r1", "step-done", json!({"i": i}))).await.unwrap();
         }
         tamper(&store, 2, |v| v["details"]["i"] = json!(99)).await;
-        let b = verify(&read_all(&store).await.unwrap()).unwrap_err();
+        let b = verify(&read_all(&*store).await.unwrap()).unwrap_err();
         assert_eq!((b.index, b.key.as_str()), (2, entry_key(2).as_str()));
         assert_eq!(b.reason, "hash does not match the entry's content: it was edited after it was written");
         // Appending onto a damaged head is refused too (exit 4), never chained onto.
@@ -711,7 +678,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_rehashed_edit_breaks_the_next_link() {
-        let store = MemStore::new();
+        let store = Arc::new(MemStore::new());
         for i in 0..3 {
             append(&store, new_entry("r1", "step-done", json!({"i": i}))).await.unwrap();
         }
@@ -722,7 +689,7 @@ mod tests {
             *v = serde_json::to_value(e).unwrap();
         })
         .await;
-        let b = verify(&read_all(&store).await.unwrap()).unwrap_err();
+        let b = verify(&read_all(&*store).await.unwrap()).unwrap_err();
         assert_eq!(b.index, 2);
         assert!(b.reason.starts_with("prev_hash "), "{}", b.reason);
         assert!(b.reason.contains("does not equal the previous entry's hash"), "{}", b.reason);
@@ -730,33 +697,33 @@ mod tests {
 
     #[tokio::test]
     async fn a_deleted_middle_entry_is_a_gap() {
-        let store = MemStore::new();
+        let store = Arc::new(MemStore::new());
         for i in 0..6 {
             append(&store, new_entry("r1", "step-done", json!({"i": i}))).await.unwrap();
         }
         store.delete(&entry_key(4)).await.unwrap();
-        let b = verify(&read_all(&store).await.unwrap()).unwrap_err();
+        let b = verify(&read_all(&*store).await.unwrap()).unwrap_err();
         assert_eq!(
             b,
             super::Break { index: 4, key: entry_key(5), reason: "seq 5 follows seq 3: entry 4 is missing".into() }
         );
         store.delete(&entry_key(3)).await.unwrap();
         store.delete(&entry_key(2)).await.unwrap();
-        let b = verify(&read_all(&store).await.unwrap()).unwrap_err();
+        let b = verify(&read_all(&*store).await.unwrap()).unwrap_err();
         assert_eq!(b.reason, "seq 5 follows seq 1: entries 2 to 4 are missing");
         store.delete(&entry_key(0)).await.unwrap();
-        let b = verify(&read_all(&store).await.unwrap()).unwrap_err();
+        let b = verify(&read_all(&*store).await.unwrap()).unwrap_err();
         assert_eq!((b.index, b.reason.as_str()), (0, "the journal starts at seq 1: entry 0 is missing"));
     }
 
     #[tokio::test]
     async fn garbage_misplaced_and_rebased_entries_are_named() {
-        let store = MemStore::new();
+        let store = Arc::new(MemStore::new());
         for i in 0..3 {
             append(&store, new_entry("r1", "step-done", json!({"i": i}))).await.unwrap();
         }
         store.put(&entry_key(1), Bytes::from_static(b"{\"seq\": 1, trunc")).await.unwrap();
-        let stored = read_all(&store).await.unwrap();
+        let stored = read_all(&*store).await.unwrap();
         assert!(stored[1].entry.is_err(), "a parse error is kept, not fatal");
         let b = verify(&stored).unwrap_err();
         assert_eq!(b.index, 1);
@@ -764,14 +731,14 @@ mod tests {
         let err = append(&store, new_entry("r1", "x", json!({}))).await;
         assert!(err.is_ok(), "the head (seq 2) is intact, so appending is allowed: {err:?}");
 
-        let store = MemStore::new();
+        let store = Arc::new(MemStore::new());
         append(&store, new_entry("r1", "a", json!({}))).await.unwrap();
         let data = store.get(&entry_key(0)).await.unwrap().unwrap().data;
         store.put(&entry_key(1), data).await.unwrap();
-        let b = verify(&read_all(&store).await.unwrap()).unwrap_err();
+        let b = verify(&read_all(&*store).await.unwrap()).unwrap_err();
         assert_eq!((b.index, b.reason.as_str()), (1, "key does not match seq: the entry holds seq 0"));
 
-        let store = MemStore::new();
+        let store = Arc::new(MemStore::new());
         append(&store, new_entry("r1", "a", json!({}))).await.unwrap();
         tamper(&store, 0, |v| {
             v["prev_hash"] = json!("ab".repeat(32));
@@ -780,14 +747,14 @@ mod tests {
             *v = serde_json::to_value(e).unwrap();
         })
         .await;
-        let b = verify(&read_all(&store).await.unwrap()).unwrap_err();
+        let b = verify(&read_all(&*store).await.unwrap()).unwrap_err();
         assert_eq!(b.index, 0);
         assert!(b.reason.contains("not 64 zeros"), "{}", b.reason);
     }
 
     #[tokio::test]
     async fn a_stale_fence_is_refused() {
-        let store = MemStore::new();
+        let store = Arc::new(MemStore::new());
         let mut fenced = new_entry("r2", "step-done", json!({}));
         fenced.fences.insert("env:prod".to_owned(), 3);
         append(&store, fenced.clone()).await.unwrap();
@@ -798,7 +765,7 @@ mod tests {
         assert_eq!(err.exit_code(), 5);
 
         // The lock object is the authority even when the journal has not seen the new fence yet.
-        let store = MemStore::new();
+        let store = Arc::new(MemStore::new());
         let lock = json!({"holder": "sync", "host": "h", "boot_id": "b", "pid": 1, "pid_start": 1,
             "run_id": "r9", "since": "s", "expires": "e", "fence": 5, "released": false});
         store.put("locks/env:prod.json", Bytes::from(lock.to_string())).await.unwrap();
@@ -816,7 +783,7 @@ mod tests {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..10 {
-                    append(store.as_ref(), new_entry(&format!("w{w}"), "step-done", json!({"i": i}))).await.unwrap();
+                    append(&store, new_entry(&format!("w{w}"), "step-done", json!({"i": i}))).await.unwrap();
                 }
             }));
         }
@@ -824,7 +791,7 @@ mod tests {
             t.await.unwrap();
         }
         assert!(store.refused_creates() > 0, "the writers never collided: the test proves nothing");
-        let stored = read_all(store.as_ref()).await.unwrap();
+        let stored = read_all(&*store).await.unwrap();
         assert_eq!(verify(&stored), Ok(80));
         let seqs: Vec<u64> = super::entries(&stored).map(|e| e.seq).collect();
         assert_eq!(seqs, (0..80).collect::<Vec<_>>());

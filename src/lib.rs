@@ -74,10 +74,15 @@ async fn run_async(cli: Cli, out: Output) -> u8 {
     let cancel = CancellationToken::new();
     let signal = Arc::new(AtomicI32::new(0));
     watch_signals(cancel.clone(), signal.clone());
-    let cx = ctx::Ctx { config, global: cli.global.clone(), aws, store, run_id, out, cancel, signal };
+    let journal = Arc::new(journal::Journal::new(store.clone(), &run_id));
+    let cx = ctx::Ctx { config, global: cli.global.clone(), aws, store, journal, run_id, out, cancel, signal };
 
     let done = runbooks::dispatch(&cx, &cli.command).await;
     let (code, metrics) = render(&cx, done);
+    for note in cx.journal.notes().await {
+        cx.out.info(&note);
+    }
+    cx.out.info(&format!("store requests: {}", store::requests::summary()));
     // A dry run changed nothing: it must not look like a successful run to the alerting.
     let metrics_file = cx.global.metrics_file.as_ref().filter(|_| !cx.global.dry_run);
     if let (Some(path), Some((runbook, env, bytes, extra))) = (metrics_file, metrics) {

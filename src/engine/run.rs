@@ -14,11 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::lock::{self, HeldLock, Requester};
 use super::report::{RunReport, StepReport, StepState};
-use super::step::{Check, Step, StepLog};
+use super::step::{self, Check, Step, StepLog};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::journal::{self, NewEntry};
-use crate::store::Store;
+use crate::journal::{self, Journal, NewEntry};
 
 /// Ask the operator to type the target env's name (contract "Confirmation").
 pub struct Confirm {
@@ -79,13 +78,51 @@ impl Runbook {
         self.steps.push(Box::new(s));
         self
     }
+
+    /// Every check id this runbook can report: the engine's own and each step's.
+    pub fn check_ids(&self) -> Vec<&'static str> {
+        let mut ids = vec!["store-writable"];
+        if self.resumable {
+            ids.push("unfinished-run");
+        }
+        for s in &self.steps {
+            ids.extend(s.check_ids().iter().copied().filter(|id| !ids.contains(id)).collect::<Vec<_>>());
+        }
+        ids
+    }
+
+    /// `--accept ID` names a check of this runbook that can be waived, or it is a usage error
+    /// (exit 2) listing the ids: a typo must not pass silently as a waiver of nothing.
+    fn check_accepts(&self, accept: &[String]) -> Result<()> {
+        let ids = self.check_ids();
+        for a in accept {
+            if !ids.contains(&a.as_str()) {
+                let waivable: Vec<&str> = ids.iter().copied().filter(|id| step::waivable(id)).collect();
+                return Err(Error::usage(format!("--accept {a}: {} has no check `{a}`", self.name)).with_hint(
+                    if waivable.is_empty() {
+                        format!("{} has no check that can be waived", self.name)
+                    } else {
+                        format!("checks of {} that --accept can waive: {}", self.name, waivable.join(", "))
+                    },
+                ));
+            }
+            if !step::waivable(a) {
+                return Err(Error::usage(format!(
+                    "--accept {a}: `{a}` cannot be waived: {} cannot run without what it checks",
+                    self.name
+                ))
+                .with_hint(format!("fix what `{a}` reports and rerun")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Writes this run's journal entries, each carrying the run's fences, after confirming every lock is
 /// still this run's: an append that finds a higher fence fails with exit 5.
 #[derive(Clone)]
 pub struct JournalWriter {
-    store: Arc<dyn Store>,
+    journal: Arc<Journal>,
     run_id: String,
     runbook: String,
     env: Option<String>,
@@ -113,18 +150,16 @@ impl JournalWriter {
             l.confirm().await?;
             fences.insert(l.target.clone(), l.fence);
         }
-        journal::append(
-            &*self.store,
-            NewEntry {
+        self.journal
+            .append(NewEntry {
                 run_id: self.run_id.clone(),
                 runbook: self.runbook.clone(),
                 env: self.env.clone(),
                 event: event.to_string(),
                 fences,
                 details,
-            },
-        )
-        .await
+            })
+            .await
     }
 }
 
@@ -157,7 +192,10 @@ pub async fn execute(cx: &Ctx, rb: Runbook) -> Outcome {
         error: None,
     };
     let mut held: Arc<Vec<HeldLock>> = Arc::default();
-    let result = run_inner(cx, &rb, &mut report, &mut held).await;
+    let result = match rb.check_accepts(&cx.global.accept) {
+        Ok(()) => run_inner(cx, &rb, &mut report, &mut held).await,
+        Err(e) => Err(e),
+    };
     for l in held.iter() {
         if let Err(e) = l.release().await {
             cx.out.warn(&format!("could not release lock {}: {e}", l.target));
@@ -206,7 +244,7 @@ async fn run_inner(
                 Err(e) => {
                     let c = Check::fail("store-writable", format!("cannot write lock {target}: {e}"));
                     report.preflight.push(c);
-                    return Err(Error::Preflight { failed: vec![format!("store-writable: {e}")] });
+                    return Err(Error::preflight(&report.preflight));
                 }
             }
         }
@@ -215,7 +253,7 @@ async fn run_inner(
     *held = Arc::new(acquired);
     let locks = held.clone();
     let writer = JournalWriter {
-        store: cx.store.clone(),
+        journal: cx.journal.clone(),
         run_id: cx.run_id.clone(),
         runbook: rb.name.to_string(),
         env: rb.env.clone(),
@@ -291,32 +329,31 @@ async fn run_locked(
             report.preflight.push(c);
         }
     }
-    let failed: Vec<String> = report
-        .preflight
-        .iter()
-        .filter(|c| !c.ok && !c.accepted)
-        .map(|c| format!("{}: {}", c.check, c.detail))
-        .collect();
-    if !failed.is_empty() {
+    if report.preflight.iter().any(|c| !c.ok && !c.accepted) {
         if !dry {
             writer
                 .append("preflight-failed", json!({ "args": rb.args, "checks": checks_json(&report.preflight) }))
                 .await?;
         }
-        return Err(Error::Preflight { failed });
+        return Err(Error::preflight(&report.preflight));
     }
 
     // (3) Dry run: the plan, and nothing written.
     if dry {
-        for (i, s) in rb.steps.iter().enumerate() {
-            let done = until_interrupted(cx, s.is_done(cx)).await?;
-            report.steps[i].state = if done { StepState::Done } else { StepState::Pending };
-        }
+        plan(cx, rb, report).await?;
         return Ok("planned");
     }
 
-    // (4) Confirmation where the runbook moves live traffic or data.
+    // (4) Confirmation where the runbook moves live traffic or data. The operator at the prompt
+    // sees every check and the plan first: what they are agreeing to.
     if let Some(c) = &rb.confirm {
+        if !cx.global.yes && std::io::stdin().is_terminal() {
+            plan(cx, rb, report).await?;
+            report.status = "awaiting confirmation".into();
+            cx.out.plan(&crate::output::table::run_report(report));
+            report.status.clear();
+            report.steps.iter_mut().for_each(|s| s.state = StepState::Pending);
+        }
         let (question, env, yes) = (c.question.clone(), c.env.clone(), cx.global.yes);
         // The prompt blocks on stdin: read it off the runtime so Ctrl-C still stops the run.
         let answer = tokio::task::spawn_blocking(move || confirm(yes, &question, &env));
@@ -396,27 +433,21 @@ async fn run_locked(
 /// `run-done` or a later run journaled `run-abandoned` for it. Only the last start counts: a run
 /// that resumed an older one speaks for both.
 pub async fn unfinished_run(cx: &Ctx, runbook: &str, env: Option<&str>) -> Result<Option<Unfinished>> {
-    let entries = journal::read_all(&*cx.store).await?;
-    let parsed: Vec<&journal::Entry> = entries.iter().filter_map(|s| s.entry.as_ref().ok()).collect();
-    let Some(last) = parsed
-        .iter()
-        .rev()
-        .find(|e| e.event == "run-started" && e.runbook == runbook && e.env.as_deref() == env && e.run_id != cx.run_id)
-    else {
-        return Ok(None);
-    };
-    let closed = parsed.iter().any(|e| {
-        (e.event == "run-done" && e.run_id == last.run_id)
-            || (e.event == "run-abandoned" && e.details.get("run_id").and_then(Value::as_str) == Some(&last.run_id))
-    });
-    if closed {
-        return Ok(None);
-    }
-    Ok(Some(Unfinished {
-        run_id: last.run_id.clone(),
-        args: last.details.get("args").and_then(Value::as_str).unwrap_or_default().to_string(),
-        time: last.time.clone(),
+    let state = cx.journal.state().await?;
+    Ok(state.last_start(runbook, env).filter(|s| !s.closed && s.run_id != cx.run_id).map(|s| Unfinished {
+        run_id: s.run_id.clone(),
+        args: s.args.clone(),
+        time: s.time.clone(),
     }))
+}
+
+/// Each step `done` (already true) or `pending` (would run), as a dry run reports them.
+async fn plan(cx: &Ctx, rb: &Runbook, report: &mut RunReport) -> Result<()> {
+    for (i, s) in rb.steps.iter().enumerate() {
+        let done = until_interrupted(cx, s.is_done(cx)).await?;
+        report.steps[i].state = if done { StepState::Done } else { StepState::Pending };
+    }
+    Ok(())
 }
 
 async fn interrupted(writer: &JournalWriter, step: &str, sig: i32) -> Result<&'static str> {

@@ -53,10 +53,33 @@ impl StepLog {
     }
 }
 
+/// Checks that `--accept` cannot waive: without what they check the run cannot work at all (an
+/// unwritable store, an unreachable database, a name PostgreSQL cannot hold, tools too old to
+/// read the server), so waiving them would only move the failure into a step.
+pub const NOT_WAIVABLE: &[&str] = &[
+    "store-writable",
+    "db-reachable",
+    "source-reachable",
+    "target-reachable",
+    "target-not-replica",
+    "name-length",
+    "pg-dump-version",
+    "pg-restore-version",
+];
+
+pub fn waivable(id: &str) -> bool {
+    !NOT_WAIVABLE.contains(&id)
+}
+
 #[async_trait]
 pub trait Step: Send + Sync {
     /// Stable id in the journal; renaming it breaks resume of old runs.
     fn id(&self) -> &'static str;
+    /// The ids of every check `preflight` can report, so `--accept` can be validated before the
+    /// run takes its locks.
+    fn check_ids(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Read-only. Every step's checks run before the first change (exit 3 = nothing touched).
     async fn preflight(&self, _cx: &Ctx) -> Vec<Check> {
         Vec::new()

@@ -120,6 +120,13 @@ impl Output {
         let _ = std::io::stdout().lock().write_all(b);
     }
 
+    /// The checks and the plan, on stderr before a confirmation prompt (stdout keeps the one
+    /// report printed at the end).
+    pub fn plan(&self, report_text: &str) {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{report_text}");
+    }
+
     /// `error: …` and `hint: …` on stderr, once, whatever the output format.
     pub fn error(&self, e: &Error) {
         let mut err = std::io::stderr().lock();

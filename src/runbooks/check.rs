@@ -65,8 +65,10 @@ pub async fn check(cx: &Ctx, env: Option<&str>) -> Result<(Value, String, Option
         "ok": ok,
         "checks": rows.iter().map(|(target, c)| json!({"target": target, "check": c.check, "ok": c.ok, "detail": c.detail, "accepted": false})).collect::<Vec<_>>(),
     });
+    // `check` runs no steps, so nothing here is waived: the hint names no --accept.
     let err = (!ok).then(|| Error::Preflight {
         failed: rows.iter().filter(|(_, c)| !c.ok).map(|(t, c)| format!("{t} {}: {}", c.check, c.detail)).collect(),
+        waivable: false,
     });
     Ok((doc, format!("{t}\n"), err))
 }

@@ -21,25 +21,38 @@ pub async fn log(cx: &Ctx, a: &LogArgs) -> Result<(Value, String)> {
             }
         }),
     };
-    let entries = journal::read_all(&*cx.store).await?;
+    // Newest first, a batch at a time from the head: `--limit 20` reads about 20 entries however
+    // long the journal is (a filter that matches rarely reads further back).
+    let state = cx.journal.state().await?;
     let mut shown = Vec::new();
-    for s in entries.iter().rev() {
-        let Ok(e) = &s.entry else {
-            cx.out.warn(&format!("{} cannot be read; run `drctl verify-chain --journal`", s.key));
-            continue;
-        };
-        if a.runbook.as_deref().is_some_and(|r| r != e.runbook) {
-            continue;
+    let mut next = state.head.as_ref().map(|h| h.seq);
+    'read: while let Some(from) = next {
+        let batch = (a.limit as u64).clamp(1, 256);
+        for s in journal::index::read_back(&*cx.store, from, batch).await? {
+            let Ok(e) = &s.entry else {
+                cx.out.warn(&format!("{} cannot be read; run `drctl verify-chain --journal`", s.key));
+                continue;
+            };
+            if let Some(since) = since
+                && let Ok(t) = humantime::parse_rfc3339(&e.time)
+                && t < since
+            {
+                // Entries carry the store's clock, so they are in time order but for a writer on
+                // another host whose reading of that clock lagged; an hour past `since` nothing can.
+                if t + Duration::from_secs(3600) < since {
+                    break 'read;
+                }
+                continue;
+            }
+            if a.runbook.as_deref().is_some_and(|r| r != e.runbook) {
+                continue;
+            }
+            shown.push(e.clone());
+            if shown.len() >= a.limit {
+                break 'read;
+            }
         }
-        if let Some(since) = since
-            && humantime::parse_rfc3339(&e.time).map(|t| t < since).unwrap_or(false)
-        {
-            continue;
-        }
-        shown.push(e.clone());
-        if shown.len() >= a.limit {
-            break;
-        }
+        next = from.checked_sub(batch);
     }
     let mut t = new_table(&["seq", "time", "runbook", "env", "event", "run_id", "details"]);
     for e in &shown {

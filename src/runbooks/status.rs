@@ -10,7 +10,7 @@ use crate::clients::pg;
 use crate::config::EnvConfig;
 use crate::ctx::Ctx;
 use crate::error::Error;
-use crate::journal;
+use crate::journal::fold::State;
 use crate::runbooks::backup::catalog;
 use crate::runbooks::check::health;
 use crate::runbooks::sync::target;
@@ -24,20 +24,22 @@ struct Row {
     healthy: Option<bool>,
     last_sync_age_s: Option<u64>,
     last_backup_age_s: Option<u64>,
+    /// Whether the newest backup's objects were re-hashed by `verify-chain --deep` and matched.
+    last_backup_verified: Option<bool>,
     rpo_ok: Option<bool>,
     notes: Vec<String>,
 }
 
 pub async fn status(cx: &Ctx) -> (Value, String, Option<Error>) {
-    let entries = match journal::read_all(&*cx.store).await {
-        Ok(e) => e,
+    let state = match cx.journal.state().await {
+        Ok(s) => s,
         Err(e) => return (Value::Null, String::new(), Some(e)),
     };
     let now = SystemTime::now();
     let rpo = cx.config.policy.rpo;
     let mut rows = Vec::new();
     for env in cx.config.environments.values() {
-        rows.push(row(cx, env, &entries, now, rpo).await);
+        rows.push(row(cx, env, &state, now, rpo).await);
     }
     let mut breaches = Vec::new();
     for r in &rows {
@@ -53,7 +55,8 @@ pub async fn status(cx: &Ctx) -> (Value, String, Option<Error>) {
         "environments": rows.iter().map(|r| json!({
             "name": r.name, "reachable": r.reachable, "role": r.role, "lag_bytes": r.lag_bytes,
             "live": r.live, "healthy": r.healthy, "last_sync_age_s": r.last_sync_age_s,
-            "last_backup_age_s": r.last_backup_age_s, "rpo_ok": r.rpo_ok, "notes": r.notes,
+            "last_backup_age_s": r.last_backup_age_s, "last_backup_verified": r.last_backup_verified,
+            "rpo_ok": r.rpo_ok, "notes": r.notes,
         })).collect::<Vec<_>>(),
     });
     let mut t = crate::output::table::new_table(&[
@@ -88,7 +91,7 @@ pub async fn status(cx: &Ctx) -> (Value, String, Option<Error>) {
     (doc, t.to_string(), error)
 }
 
-async fn row(cx: &Ctx, env: &EnvConfig, entries: &[journal::Stored], now: SystemTime, rpo: Duration) -> Row {
+async fn row(cx: &Ctx, env: &EnvConfig, state: &State, now: SystemTime, rpo: Duration) -> Row {
     let mut r = Row {
         name: env.name.clone(),
         reachable: false,
@@ -98,6 +101,7 @@ async fn row(cx: &Ctx, env: &EnvConfig, entries: &[journal::Stored], now: System
         healthy: None,
         last_sync_age_s: None,
         last_backup_age_s: None,
+        last_backup_verified: None,
         rpo_ok: None,
         notes: Vec::new(),
     };
@@ -129,16 +133,24 @@ async fn row(cx: &Ctx, env: &EnvConfig, entries: &[journal::Stored], now: System
         |t: &str| humantime::parse_rfc3339(t).ok().map(|t| now.duration_since(t).unwrap_or_default().as_secs());
     if env.sync_from.is_some() {
         // The data's age is the source snapshot's, not the time the swap finished.
-        let newest = journal::entries(entries)
-            .filter(|e| e.event == "sync-done" && e.env.as_deref() == Some(env.name.as_str()))
-            .filter_map(|e| e.details.get("snapshot_time")?.as_str().map(str::to_string))
-            .last();
+        let newest = state.syncs.get(&env.name).map(|s| s.snapshot_time.clone());
         r.last_sync_age_s = newest.as_deref().and_then(age_of);
         if newest.is_none() {
             r.notes.push("never synced".into());
         }
     }
-    if let Some(newest) = catalog::committed(entries, Some(&env.name)).last() {
+    if let Some(newest) = state.committed(Some(&env.name)).last() {
+        r.last_backup_verified = Some(newest.deep.as_ref().is_some_and(|d| d.ok));
+        match &newest.deep {
+            None => r.notes.push(format!(
+                "newest backup {} never deep-verified: run `drctl verify-chain --backups --deep`",
+                newest.id
+            )),
+            Some(d) if !d.ok => {
+                r.notes.push(format!("newest backup {} FAILED deep verification at {}", newest.id, d.time))
+            }
+            Some(_) => {}
+        }
         // The manifest's start is when the dump's snapshot was taken; the commit time is later.
         r.last_backup_age_s = match catalog::read_manifest(&*cx.store, newest).await {
             Ok(Ok(m)) => age_of(&m.started),

@@ -230,7 +230,7 @@ impl Fs {
         }
     }
 
-    fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
+    fn list(&self, prefix: &str, after: Option<&str>) -> io::Result<Vec<ObjectInfo>> {
         // Start at the deepest directory the prefix names instead of walking the whole store.
         let base = match prefix.rfind('/') {
             Some(i) => &prefix[..=i],
@@ -238,8 +238,8 @@ impl Fs {
         };
         let mut out = Vec::new();
         let start = if base.is_empty() { self.root.clone() } else { self.root.join(base) };
-        walk(&start, base, &mut out)?;
-        out.retain(|o| o.key.starts_with(prefix));
+        walk(&start, base, after, &mut out)?;
+        out.retain(|o| o.key.starts_with(prefix) && after.is_none_or(|a| o.key.as_str() > a));
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
@@ -321,7 +321,9 @@ fn cas_lock_name(key: &str) -> String {
     if escaped.len() <= 200 { format!("{escaped}.cas") } else { format!("{}.cas", sha256_hex(key.as_bytes())) }
 }
 
-fn walk(dir: &Path, rel: &str, out: &mut Vec<ObjectInfo>) -> io::Result<()> {
+/// Every file under `dir` as keys `rel…`; with `after`, names that cannot sort after it are skipped
+/// before they are stat'ed, so the journal's tail costs a directory read, not a stat per entry.
+fn walk(dir: &Path, rel: &str, after: Option<&str>, out: &mut Vec<ObjectInfo>) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
@@ -339,6 +341,17 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<ObjectInfo>) -> io::Result<()> {
             continue;
         }
         let key = format!("{rel}{name}");
+        if let Some(a) = after {
+            let ft = entry.file_type()?;
+            let dir_wanted = (ft.is_dir() || ft.is_symlink()) && {
+                let d = format!("{key}/");
+                d.as_str() > a || a.starts_with(&d)
+            };
+            let file_wanted = (ft.is_file() || ft.is_symlink()) && key.as_str() > a;
+            if !dir_wanted && !file_wanted {
+                continue;
+            }
+        }
         // Follows symlinks, so an operator may link a directory into the store.
         let meta = match fs::metadata(entry.path()) {
             Ok(m) => m,
@@ -347,7 +360,7 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<ObjectInfo>) -> io::Result<()> {
             Err(e) => return Err(e),
         };
         if meta.is_dir() {
-            walk(&entry.path(), &format!("{key}/"), out)?;
+            walk(&entry.path(), &format!("{key}/"), after, out)?;
         } else if meta.is_file() {
             out.push(ObjectInfo { key, size: meta.len() });
         }
@@ -439,7 +452,15 @@ impl Store for LocalStore {
             self.check_key("list", &prefix[..i])?;
         }
         let p = prefix.to_string();
-        self.blocking("list", prefix, move |fs| fs.list(&p)).await
+        self.blocking("list", prefix, move |fs| fs.list(&p, None)).await
+    }
+
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>> {
+        if let Some(i) = prefix.rfind('/') {
+            self.check_key("list", &prefix[..i])?;
+        }
+        let (p, a) = (prefix.to_string(), after.to_string());
+        self.blocking("list", prefix, move |fs| fs.list(&p, Some(&a))).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
@@ -633,6 +654,10 @@ mod tests {
         assert_eq!(keys(s.list("b/1").await.unwrap()), ["b/1/x", "b/10"]);
         assert_eq!(keys(s.list("nope/").await.unwrap()), Vec::<String>::new());
         assert_eq!(s.list("c/").await.unwrap(), [ObjectInfo { key: "c/d/e".into(), size: 5 }]);
+        assert_eq!(keys(s.list_after("b", "b/10").await.unwrap()), ["b/2", "bz"]);
+        assert_eq!(keys(s.list_after("b/", "b/1").await.unwrap()), ["b/1/x", "b/10", "b/2"]);
+        assert_eq!(keys(s.list_after("", "b/2").await.unwrap()), ["bz", "c/d/e"]);
+        assert_eq!(keys(s.list_after("b/", "b/2").await.unwrap()), Vec::<String>::new());
     }
 
     #[tokio::test]

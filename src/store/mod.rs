@@ -54,6 +54,14 @@ pub trait Store: Send + Sync {
     /// Every object whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
 
+    /// The objects under `prefix` whose keys sort after `after`, in key order: how the journal
+    /// finds the entries after a checkpoint without listing the whole prefix.
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>> {
+        let mut all = self.list(prefix).await?;
+        all.retain(|o| o.key.as_str() > after);
+        Ok(all)
+    }
+
     /// Remove `key`; removing a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
 
@@ -76,14 +84,101 @@ pub trait Store: Send + Sync {
     async fn now(&self) -> Result<SystemTime>;
 }
 
+/// Store requests this process made, by kind, for `-v` and `drctl_store_requests` (a run's cost in
+/// requests is what the journal's index keeps flat; tests compare it at two journal lengths).
+/// Process-wide because one process is one run.
+pub mod requests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    pub const KINDS: [&str; 8] = ["get", "put", "list", "delete", "head", "upload", "download", "other"];
+    static COUNTS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+
+    pub(super) fn count(kind: usize) {
+        COUNTS[kind].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (kind, count) for every kind with at least one request.
+    pub fn snapshot() -> Vec<(&'static str, u64)> {
+        KINDS.iter().zip(&COUNTS).map(|(k, c)| (*k, c.load(Ordering::Relaxed))).filter(|(_, n)| *n > 0).collect()
+    }
+
+    pub fn total() -> u64 {
+        COUNTS.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// `12 (get 7, put 3, list 2)`.
+    pub fn summary() -> String {
+        let parts: Vec<String> = snapshot().iter().map(|(k, n)| format!("{k} {n}")).collect();
+        format!("{} ({})", total(), parts.join(", "))
+    }
+}
+
+/// Every call into a backend, counted (`requests`).
+struct Counted(Box<dyn Store>);
+
+#[async_trait]
+impl Store for Counted {
+    fn url(&self) -> &str {
+        self.0.url()
+    }
+    async fn get(&self, key: &str) -> Result<Option<Versioned>> {
+        requests::count(0);
+        self.0.get(key).await
+    }
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        requests::count(1);
+        self.0.put(key, data).await
+    }
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool> {
+        requests::count(1);
+        self.0.put_if_absent(key, data).await
+    }
+    async fn put_if_match(&self, key: &str, data: Bytes, etag: &str) -> Result<bool> {
+        requests::count(1);
+        self.0.put_if_match(key, data, etag).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        requests::count(2);
+        self.0.list(prefix).await
+    }
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>> {
+        requests::count(2);
+        self.0.list_after(prefix, after).await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        requests::count(3);
+        self.0.delete(key).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
+        requests::count(4);
+        self.0.head(key).await
+    }
+    async fn upload(&self, key: &str, rx: ByteRx) -> Result<u64> {
+        requests::count(5);
+        self.0.upload(key, rx).await
+    }
+    async fn download(&self, key: &str) -> Result<Option<ByteRx>> {
+        requests::count(6);
+        self.0.download(key).await
+    }
+    async fn remove_unfinished(&self, prefix: &str) -> Result<usize> {
+        requests::count(7);
+        self.0.remove_unfinished(prefix).await
+    }
+    async fn now(&self) -> Result<SystemTime> {
+        requests::count(7);
+        self.0.now().await
+    }
+}
+
 /// Open the store a `[store] url` names: `s3://bucket/prefix` or `file:///path` (`file://./rel` is
 /// relative to the working directory).
 pub async fn open(url: &str, aws: &crate::clients::aws::Aws) -> Result<Box<dyn Store>> {
     if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        Ok(Box::new(s3::S3Store::new(url, aws.s3().await, bucket, prefix)))
+        Ok(Box::new(Counted(Box::new(s3::S3Store::new(url, aws.s3().await, bucket, prefix)))))
     } else if let Some(path) = url.strip_prefix("file://") {
-        Ok(Box::new(local::LocalStore::new(url, path)))
+        Ok(Box::new(Counted(Box::new(local::LocalStore::new(url, path)))))
     } else {
         Err(Error::config("[store] url", format!("`{url}` is neither s3://BUCKET/PREFIX nor file://PATH")))
     }

@@ -227,6 +227,28 @@ impl S3Store {
         Ok((total, buf))
     }
 
+    /// ListObjectsV2 under `prefix`, starting after `after` (S3's own `StartAfter`, so a listing
+    /// of the journal's tail costs one request however long the journal is).
+    async fn list_from(&self, prefix: &str, after: Option<&str>) -> Result<Vec<ObjectInfo>> {
+        let full = self.object_key(prefix);
+        let mut req = self.client.list_objects_v2().bucket(&self.bucket).prefix(&full);
+        if let Some(after) = after {
+            req = req.start_after(self.object_key(after));
+        }
+        let mut pages = req.into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.sdk_err("list", &full, &e))?;
+            for obj in page.contents() {
+                let Some(k) = obj.key() else { continue };
+                let size = obj.size().unwrap_or(0).max(0) as u64;
+                out.push(ObjectInfo { key: self.store_key(k).to_string(), size });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
     /// The `Date` header of a HeadBucket response: S3's clock, the one every host agrees on.
     async fn server_date(&self) -> Result<SystemTime> {
         let seen = DateHeader::default();
@@ -477,19 +499,11 @@ impl Store for S3Store {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        let full = self.object_key(prefix);
-        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&full).into_paginator().send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.sdk_err("list", &full, &e))?;
-            for obj in page.contents() {
-                let Some(k) = obj.key() else { continue };
-                let size = obj.size().unwrap_or(0).max(0) as u64;
-                out.push(ObjectInfo { key: self.store_key(k).to_string(), size });
-            }
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        self.list_from(prefix, None).await
+    }
+
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>> {
+        self.list_from(prefix, Some(after)).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

@@ -100,7 +100,10 @@ fn backup_to_file_store_lists_verifies_and_restores_by_hand() {
     assert_eq!(b["id"], id.as_str());
     assert_eq!(b["env"], "prod");
     assert_eq!(b["type"], "logical");
-    assert_eq!(b["verified"], true);
+    // Only what is known: the manifest is the committed one; the objects were never re-hashed.
+    assert_eq!(b["manifest_ok"], true);
+    assert_eq!(b["verified"], false, "never re-read is not verified");
+    assert!(b["deep_verified_at"].is_null());
     assert!(b["bytes"].as_u64().unwrap() > 1000);
     let sha = b["sha256"].as_str().unwrap();
     assert_eq!(sha.len(), 64);
@@ -151,6 +154,11 @@ fn backup_to_file_store_lists_verifies_and_restores_by_hand() {
     let chains = doc["chains"].as_array().unwrap();
     assert_eq!(chains.iter().find(|c| c["chain"] == "backups").unwrap()["entries"], 2);
     assert!(chains.iter().find(|c| c["chain"] == "journal").unwrap()["entries"].as_u64().unwrap() >= 10);
+    // The deep run is journaled per backup: the list now says when each was re-hashed.
+    let backups = list(&config);
+    assert!(backups.iter().all(|b| b["verified"] == true && b["deep_verified_at"].is_string()), "{backups:?}");
+    let t = checked(drctl(&config).args(["backup", "list"]).run().expect_code(0));
+    assert!(t.stdout.contains("manifest ok, re-hashed 20"), "{}", t.stdout);
 
     // Overwrite one stored object with other bytes of the same size: only --deep can see it.
     let victim = &object_files(&store, &id)[0];
@@ -167,6 +175,12 @@ fn backup_to_file_store_lists_verifies_and_restores_by_hand() {
     assert_eq!(bad["first_bad_key"], format!("prod/{id}"));
     assert!(bad["reason"].as_str().unwrap().contains("sha256"), "{bad}");
     assert!(v.stderr.contains(&id), "{}", v.stderr);
+    // The failed re-hash is what `backup list` now says of that backup, not a stale "verified".
+    let after = list(&config);
+    let row = after.iter().find(|b| b["id"] == id.as_str()).unwrap();
+    assert_eq!(row["verified"], false, "{row}");
+    let t = checked(drctl(&config).args(["backup", "list"]).run().expect_code(0));
+    assert!(t.stdout.contains("FAILED re-hash"), "{}", t.stdout);
     assert_store_has_no_secret(&store, Cluster::shared().password());
 }
 
@@ -212,7 +226,7 @@ fn backup_to_s3_on_moto() {
     let backups = list(&config);
     assert_eq!(backups.len(), 2);
     assert_eq!(backups[1]["id"], id.as_str());
-    assert!(backups.iter().all(|b| b["verified"] == true && b["sha256"].as_str().unwrap().len() == 64));
+    assert!(backups.iter().all(|b| b["manifest_ok"] == true && b["sha256"].as_str().unwrap().len() == 64));
     checked(drctl(&config).args(["verify-chain", "--journal", "--backups", "--deep"]).run().expect_code(0));
 
     // Missing bucket: a preflight failure (exit 3), not a lock failure.
@@ -578,4 +592,25 @@ fn sigint_while_waiting_for_a_lock_exits_130_at_once() {
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["status"], "interrupted");
     assert!(first.wait().unwrap().success());
+}
+
+/// `--accept` names a check the runbook has and that can be waived; anything else is exit 2
+/// before anything is locked or written, and the hint names --accept only when it would help.
+#[test]
+fn accept_is_checked_against_the_runbooks_own_check_ids() {
+    let dir = TestDir::new();
+    let db = seeded_db("accept");
+    let config = file_config(&dir, &db);
+    let r = checked(drctl(&config).args(["backup", "--accept", "standby-fresh"]).run().expect_code(2));
+    assert!(r.stderr.contains("backup has no check `standby-fresh`"), "{}", r.stderr);
+    assert!(r.stderr.contains("--accept can waive: "), "the hint lists the ids: {}", r.stderr);
+    let r = checked(drctl(&config).args(["backup", "--accept", "store-writable"]).run().expect_code(2));
+    assert!(r.stderr.contains("`store-writable` cannot be waived"), "{}", r.stderr);
+    assert!(!dir.path().join("store/journal").exists(), "nothing was written");
+    // A preflight failure of a check that cannot be waived: the hint does not offer --accept.
+    let bad = std::fs::read_to_string(&config).unwrap().replace(&format!(":{}/", Cluster::shared().port), ":1/");
+    let bad = dir.write("bad.toml", &bad);
+    let r = checked(drctl(&bad).args(["backup"]).run().expect_code(3));
+    assert!(r.stderr.contains("db-reachable"), "{}", r.stderr);
+    assert!(!r.stderr.contains("--accept"), "no check here can be waived: {}", r.stderr);
 }

@@ -4,6 +4,7 @@
 mod backup;
 mod cli;
 mod harness;
+mod journal;
 mod smoke;
 mod sync;
 mod verify_chain;

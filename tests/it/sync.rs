@@ -577,3 +577,46 @@ fn a_resumed_sync_whose_stored_dump_is_older_than_the_rpo_dumps_afresh() {
     assert!(restore["details"]["fresh_dump_because"].as_str().unwrap().contains("beyond policy.rpo"), "{restore}");
     assert_eq!(fingerprint(&p.to), fingerprint(&p.from));
 }
+
+/// On a TTY the operator sees every check and the plan before being asked to type the env name.
+#[test]
+fn on_a_tty_the_checks_and_the_plan_come_before_the_prompt() {
+    let p = pair("sync_tty", "", "");
+    let before = fingerprint(&p.to);
+    let cmd = format!(
+        "{} -c {} sync --from prod --to staging --no-progress",
+        env!("CARGO_BIN_EXE_drctl"),
+        p.config.display()
+    );
+    // `script` gives drctl a pseudo-terminal for stdin and stderr, as an operator's shell would.
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("TEST_PG_PASSWORD", pg().password())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn script");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    // Answer only once the prompt is there; a wrong name refuses (exit 2) and changes nothing.
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    let _ = stdin.write_all(b"not-staging\n");
+    let _ = stdin.flush();
+    let status = child.wait().unwrap();
+    drop(stdin);
+    let screen = reader.join().unwrap();
+    assert_eq!(status.code(), Some(2), "{screen}");
+    let prompt = screen.find("Type the env name").unwrap_or_else(|| panic!("no prompt:\n{screen}"));
+    let checks = screen.find("target-reachable").unwrap_or_else(|| panic!("no checks:\n{screen}"));
+    let plan = screen.find("pending").unwrap_or_else(|| panic!("no plan:\n{screen}"));
+    assert!(checks < prompt && plan < prompt, "the checks and the plan must come first:\n{screen}");
+    assert!(screen.contains("did not match"), "{screen}");
+    assert!(!screen.contains(pg().password()), "the password appears on the terminal");
+    assert_eq!(fingerprint(&p.to), before);
+}

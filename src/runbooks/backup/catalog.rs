@@ -1,13 +1,11 @@
 //! Which backups exist: the journal's `backup-done` entries (the commit) without a later
-//! `backup-pruned`, and their manifests. Read by backup list, prune, verify-chain and status.
-
-use std::collections::BTreeSet;
+//! `backup-pruned` (folded into `journal::fold::State`), and their manifests. Read by backup
+//! list, prune, verify-chain, status and sync.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::Result;
-use crate::journal::{self, Entry};
 use crate::store::Store;
 
 /// One stored object of a backup.
@@ -106,49 +104,8 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-/// A committed backup as the journal records it.
-#[derive(Debug, Clone)]
-pub struct Committed {
-    pub id: String,
-    pub env: String,
-    pub manifest_sha256: String,
-    /// The `backup-done` entry's seq and time.
-    pub seq: u64,
-    pub time: String,
-}
-
-/// Committed, unpruned backups, oldest first. Unparseable journal entries are skipped here;
-/// `verify-chain --journal` is where they are reported.
-pub fn committed(entries: &[journal::Stored], env: Option<&str>) -> Vec<Committed> {
-    let parsed: Vec<&Entry> = entries.iter().filter_map(|s| s.entry.as_ref().ok()).collect();
-    let pruned: BTreeSet<(String, String)> = parsed
-        .iter()
-        .filter(|e| e.event == "backup-pruned")
-        .filter_map(|e| Some((e.env.clone()?, e.details.get("id")?.as_str()?.to_string())))
-        .collect();
-    parsed
-        .iter()
-        .filter(|e| e.event == "backup-done")
-        .filter_map(|e| {
-            let env_name = e.env.clone()?;
-            let id = e.details.get("id")?.as_str()?.to_string();
-            let manifest_sha256 = e.details.get("manifest_sha256")?.as_str()?.to_string();
-            Some(Committed { id, env: env_name, manifest_sha256, seq: e.seq, time: e.time.clone() })
-        })
-        .filter(|c| env.is_none_or(|want| c.env == want))
-        .filter(|c| !pruned.contains(&(c.env.clone(), c.id.clone())))
-        .collect()
-}
-
-/// Ids of backups that were pruned (their objects may still be waiting for deletion).
-pub fn pruned_ids(entries: &[journal::Stored], env: &str) -> BTreeSet<String> {
-    entries
-        .iter()
-        .filter_map(|s| s.entry.as_ref().ok())
-        .filter(|e| e.event == "backup-pruned" && e.env.as_deref() == Some(env))
-        .filter_map(|e| Some(e.details.get("id")?.as_str()?.to_string()))
-        .collect()
-}
+/// A committed backup as the journal records it (folded by `journal::fold`).
+pub use crate::journal::fold::Committed;
 
 /// Read a committed backup's manifest: `Ok(Err(reason))` when it is missing, unparseable, or its
 /// sha256 differs from the one the journal committed.

@@ -1,11 +1,11 @@
 //! backup list: the committed backups, newest first.
 
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::catalog;
 use crate::ctx::Ctx;
 use crate::error::Result;
-use crate::journal;
 use crate::output::table::{bytes, ms, new_table};
 
 /// One row of `backup list` (contract "JSON output").
@@ -18,11 +18,15 @@ pub async fn list(cx: &Ctx, env: Option<&str>) -> Result<(Value, String)> {
     if let Some(e) = env {
         cx.config.env(e)?;
     }
-    let entries = journal::read_all(&*cx.store).await?;
-    let mut rows = Vec::new();
-    for c in catalog::committed(&entries, env).iter().rev() {
-        rows.push(describe(cx, c).await?);
-    }
+    let state = cx.journal.state().await?;
+    let newest_first: Vec<_> = state.committed(env).into_iter().rev().collect();
+    // Manifests are read a few at a time: the list costs round trips per backup kept, not per entry.
+    let rows: Vec<Listed> = futures_util::stream::iter(newest_first.iter().map(|c| describe(cx, c)))
+        .buffered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
     let mut t = new_table(&["id", "env", "type", "started", "duration", "size", "sha256", "verified"]);
     for r in &rows {
         t.add_row(r.row.clone());
@@ -31,10 +35,16 @@ pub async fn list(cx: &Ctx, env: Option<&str>) -> Result<(Value, String)> {
     Ok((json!({ "backups": rows.into_iter().map(|r| r.json).collect::<Vec<_>>() }), text))
 }
 
-/// `verified`: the manifest is present and is exactly the one the journal committed (its sha256).
-/// Object contents are re-hashed by `verify-chain --backups --deep`.
+/// What is known, and no more: the manifest is present and is exactly the one the journal
+/// committed (its sha256), and when `verify-chain --backups --deep` last re-hashed the objects.
+/// JSON `verified` is true only when that last re-hash matched; never re-read is not verified.
 async fn describe(cx: &Ctx, c: &catalog::Committed) -> Result<Listed> {
     let m = catalog::read_manifest(&*cx.store, c).await?;
+    let (deep_text, verified, deep_at) = match &c.deep {
+        None => ("never re-hashed".to_string(), false, None),
+        Some(d) if d.ok => (format!("re-hashed {}", d.time), true, Some(d.time.clone())),
+        Some(d) => (format!("FAILED re-hash {}", d.time), false, Some(d.time.clone())),
+    };
     Ok(match m {
         Ok(m) => Listed {
             row: vec![
@@ -45,11 +55,12 @@ async fn describe(cx: &Ctx, c: &catalog::Committed) -> Result<Listed> {
                 ms(m.duration_ms),
                 bytes(m.bytes),
                 m.sha256.clone(),
-                "yes".into(),
+                format!("manifest ok, {deep_text}"),
             ],
             json: json!({
                 "id": m.id, "env": m.env, "type": m.kind, "started": m.started, "duration_ms": m.duration_ms,
-                "bytes": m.bytes, "sha256": m.sha256, "verified": true, "wal_start": m.wal_start, "wal_end": m.wal_end,
+                "bytes": m.bytes, "sha256": m.sha256, "verified": verified, "manifest_ok": true,
+                "deep_verified_at": deep_at, "wal_start": m.wal_start, "wal_end": m.wal_end,
             }),
         },
         Err(problem) => {
@@ -67,7 +78,8 @@ async fn describe(cx: &Ctx, c: &catalog::Committed) -> Result<Listed> {
                 ],
                 json: json!({
                     "id": c.id, "env": c.env, "type": null, "started": null, "duration_ms": null, "bytes": null,
-                    "sha256": null, "verified": false, "wal_start": null, "wal_end": null, "problem": problem,
+                    "sha256": null, "verified": false, "manifest_ok": false, "deep_verified_at": deep_at,
+                    "wal_start": null, "wal_end": null, "problem": problem,
                 }),
             }
         }

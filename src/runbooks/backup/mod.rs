@@ -26,7 +26,6 @@ use crate::engine::lock;
 use crate::engine::run::Runbook;
 use crate::engine::step::{Check, Step, StepLog};
 use crate::error::{Error, Result};
-use crate::journal;
 
 pub fn backup(cx: &Ctx, env: &EnvConfig) -> Runbook {
     let state = Arc::new(Shared { env: env.clone(), id: cx.run_id.clone(), manifest: Mutex::new(None) });
@@ -73,12 +72,14 @@ pub struct CleanPartial {
 impl CleanPartial {
     /// Backup ids under `backups/<env>/` with no commit, no prune, not ours and not a live run's.
     async fn leftovers(&self, cx: &Ctx) -> Result<Vec<String>> {
-        let entries = journal::read_all(&*cx.store).await?;
-        let mut known: BTreeSet<String> =
-            catalog::committed(&entries, Some(&self.env)).into_iter().map(|c| c.id).collect();
-        known.extend(catalog::pruned_ids(&entries, &self.env));
+        let live = live_run_ids(cx).await?;
+        // Read the journal after the locks: a run that committed and released its lock in between
+        // is in the journal by now, so its objects are never taken for a dead run's.
+        let state = cx.journal.refresh().await?;
+        let mut known: BTreeSet<String> = state.committed(Some(&self.env)).into_iter().map(|c| c.id).collect();
+        known.extend(state.pruned_ids(&self.env));
         known.insert(self.own_id.clone());
-        known.extend(live_run_ids(cx).await?);
+        known.extend(live);
         let prefix = format!("backups/{}/", self.env);
         let mut ids = BTreeSet::new();
         for o in cx.store.list(&prefix).await? {
@@ -173,6 +174,9 @@ impl DumpToStore {
 impl Step for DumpToStore {
     fn id(&self) -> &'static str {
         "dump"
+    }
+    fn check_ids(&self) -> &'static [&'static str] {
+        &["db-reachable", "pg-dump-version", "store-writable"]
     }
 
     async fn preflight(&self, cx: &Ctx) -> Vec<Check> {
@@ -435,8 +439,8 @@ impl Step for Commit {
         "commit"
     }
     async fn is_done(&self, cx: &Ctx) -> Result<bool> {
-        let entries = journal::read_all(&*cx.store).await?;
-        Ok(catalog::committed(&entries, Some(&self.state.env.name)).iter().any(|c| c.id == self.state.id))
+        let state = cx.journal.state().await?;
+        Ok(state.committed(Some(&self.state.env.name)).iter().any(|c| c.id == self.state.id))
     }
     async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
         let m = self.state.manifest()?;
@@ -458,7 +462,9 @@ impl Step for Commit {
         Ok(())
     }
     async fn verify(&self, cx: &Ctx) -> Result<()> {
-        if self.is_done(cx).await? {
+        // Read the journal again rather than trust the append.
+        let state = cx.journal.refresh().await?;
+        if state.committed(Some(&self.state.env.name)).iter().any(|c| c.id == self.state.id) {
             Ok(())
         } else {
             Err(Error::step("commit", "the backup-done entry is not in the journal"))

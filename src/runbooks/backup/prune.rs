@@ -7,21 +7,21 @@
 //! are deleted, so a crash in between leaves objects that the next prune deletes, never a listed
 //! backup without objects.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::catalog::{self, Committed, backup_prefix};
+use super::catalog::Committed;
 use super::{CleanPartial, live_run_ids};
 use crate::config::{EnvConfig, Retention};
 use crate::ctx::Ctx;
 use crate::engine::run::Runbook;
 use crate::engine::step::{Step, StepLog};
 use crate::error::{Error, Result};
-use crate::journal;
+use crate::journal::fold::BACKUPS_REMOVED;
 
 pub fn prune(cx: &Ctx, env: &EnvConfig) -> Runbook {
     let rb =
@@ -74,23 +74,47 @@ struct Expire {
     result: Arc<std::sync::Mutex<serde_json::Map<String, Value>>>,
 }
 
+/// What one expire pass finds.
+struct Plan {
+    /// Committed backups that retention expires now.
+    expire: Vec<Committed>,
+    /// Objects of backups pruned earlier that are still in the store (a crash between the
+    /// `backup-pruned` entry and the deletes), by id.
+    leftover: BTreeMap<String, Vec<String>>,
+    /// Pruned ids with no objects left: journaled as removed so the journal's state forgets them.
+    gone: Vec<String>,
+}
+
 impl Expire {
-    /// (backups to prune now, pruned backups whose objects are still there)
-    async fn plan(&self, cx: &Ctx) -> Result<(Vec<Committed>, Vec<String>)> {
-        let entries = journal::read_all(&*cx.store).await?;
-        let committed = catalog::committed(&entries, Some(&self.env));
+    async fn plan(&self, cx: &Ctx) -> Result<Plan> {
+        let state = cx.journal.refresh().await?;
+        let committed = state.committed(Some(&self.env));
         let expire = expired(&committed, &self.retention);
         let live = live_run_ids(cx).await?;
-        let mut leftover = Vec::new();
-        for id in catalog::pruned_ids(&entries, &self.env) {
-            if !live.contains(&id) && !cx.store.list(&backup_prefix(&self.env, &id)).await?.is_empty() {
-                leftover.push(id);
+        // One listing of the env's backups, whatever the number of backups ever pruned.
+        let prefix = format!("backups/{}/", self.env);
+        let mut objects: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for o in cx.store.list(&prefix).await? {
+            if let Some(id) = o.key[prefix.len()..].split('/').next() {
+                objects.entry(id.to_string()).or_default().push(o.key.clone());
             }
+        }
+        let (mut leftover, mut gone) = (BTreeMap::new(), Vec::new());
+        for id in state.pruned_ids(&self.env).into_iter().filter(|id| !live.contains(id)) {
+            match objects.remove(&id) {
+                Some(keys) => {
+                    leftover.insert(id, keys);
+                }
+                None => gone.push(id),
+            }
+        }
+        for b in &expire {
+            leftover.insert(b.id.clone(), objects.remove(&b.id).unwrap_or_default());
         }
         let mut r = self.result.lock().expect("result");
         r.insert("would_prune".into(), json!(expire.iter().map(|b| b.id.clone()).collect::<Vec<_>>()));
         r.insert("kept".into(), json!(committed.len() - expire.len()));
-        Ok((expire, leftover))
+        Ok(Plan { expire, leftover, gone })
     }
 }
 
@@ -100,22 +124,27 @@ impl Step for Expire {
         "expire"
     }
     async fn is_done(&self, cx: &Ctx) -> Result<bool> {
-        let (expire, leftover) = self.plan(cx).await?;
-        Ok(expire.is_empty() && leftover.is_empty())
+        let p = self.plan(cx).await?;
+        Ok(p.expire.is_empty() && p.leftover.is_empty() && p.gone.is_empty())
     }
     async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
-        let (expire, mut leftover) = self.plan(cx).await?;
+        let Plan { expire, leftover, mut gone } = self.plan(cx).await?;
         let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        // The commit of the prune comes first: a crash after it leaves objects the next prune
+        // deletes, never a listed backup with objects missing.
         for b in &expire {
             log.journal.append("backup-pruned", json!({ "id": b.id, "committed_seq": b.seq, "at": now })).await?;
-            leftover.push(b.id.clone());
         }
         let mut deleted = 0u64;
-        for id in &leftover {
-            for o in cx.store.list(&backup_prefix(&self.env, id)).await? {
-                cx.store.delete(&o.key).await?;
+        for (id, keys) in &leftover {
+            for k in keys {
+                cx.store.delete(k).await?;
                 deleted += 1;
             }
+            gone.push(id.clone());
+        }
+        if !gone.is_empty() {
+            log.journal.append(BACKUPS_REMOVED, json!({ "ids": gone })).await?;
         }
         let ids: Vec<String> = expire.iter().map(|b| b.id.clone()).collect();
         log.set("pruned", json!(ids));
@@ -125,8 +154,8 @@ impl Step for Expire {
         Ok(())
     }
     async fn verify(&self, cx: &Ctx) -> Result<()> {
-        let (expire, leftover) = self.plan(cx).await?;
-        if expire.is_empty() && leftover.is_empty() {
+        let p = self.plan(cx).await?;
+        if p.expire.is_empty() && p.leftover.is_empty() && p.gone.is_empty() {
             Ok(())
         } else {
             Err(Error::step("expire", "expired backups remain after pruning"))
@@ -139,7 +168,14 @@ mod tests {
     use super::*;
 
     fn b(id: &str, time: &str) -> Committed {
-        Committed { id: id.into(), env: "p".into(), manifest_sha256: String::new(), seq: 0, time: time.into() }
+        Committed {
+            id: id.into(),
+            env: "p".into(),
+            manifest_sha256: String::new(),
+            seq: 0,
+            time: time.into(),
+            deep: None,
+        }
     }
 
     #[test]

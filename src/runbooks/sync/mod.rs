@@ -25,7 +25,6 @@ use crate::ctx::Ctx;
 use crate::engine::run::{Confirm, Runbook};
 use crate::engine::step::{Check, Step, StepLog};
 use crate::error::{Error, Result};
-use crate::journal;
 
 pub fn sync(cx: &Ctx, from: &EnvConfig, to: &EnvConfig) -> Result<Runbook> {
     if from.name == to.name {
@@ -272,6 +271,18 @@ impl Step for DropScratch {
     fn id(&self) -> &'static str {
         "drop-scratch"
     }
+    fn check_ids(&self) -> &'static [&'static str] {
+        &[
+            "name-length",
+            "source-reachable",
+            "target-reachable",
+            "pg-dump-version",
+            "pg-restore-version",
+            "target-not-replica",
+            "target-not-live",
+            "dump-roles",
+        ]
+    }
     async fn preflight(&self, cx: &Ctx) -> Vec<Check> {
         self.checks(cx).await
     }
@@ -371,11 +382,14 @@ impl Step for RestoreScratch {
 /// with its manifest checked against the sha256 the journal committed. `None` when that run died
 /// before committing one (its objects are then removed by clean-partial and FROM is dumped afresh).
 async fn stored_dump(cx: &Ctx, st: &State, old: &str) -> Result<std::result::Result<Manifest, String>> {
-    let entries = journal::read_all(&*cx.store).await?;
-    let committed = catalog::committed(&entries, Some(&st.from.name));
-    let mut id = old.to_string();
-    // A resumed run that was itself interrupted names the run it resumed: follow the chain back.
-    for _ in 0..entries.len() {
+    let journal = cx.journal.state().await?;
+    let committed = journal.committed(Some(&st.from.name));
+    // A resumed run that was itself interrupted speaks for the runs it resumed: the dump may be
+    // any of theirs, newest first.
+    // This run's `run-started` names `old` first, then the runs `old` resumed.
+    let mine = journal.runs.values().find(|r| r.run_id == cx.run_id).map(|r| r.resumed.clone());
+    let ids = mine.filter(|r| r.first().is_some_and(|f| f == old)).unwrap_or_else(|| vec![old.to_string()]);
+    for id in ids {
         if let Some(c) = committed.iter().find(|c| c.id == id) {
             let m = catalog::read_manifest(&*cx.store, c).await?.map_err(|why| {
                 Error::integrity(format!("backup {} of {}", c.id, c.env), manifest_key(&c.env, &c.id), why)
@@ -396,14 +410,6 @@ async fn stored_dump(cx: &Ctx, st: &State, old: &str) -> Result<std::result::Res
             }
             return Ok(Ok(m));
         }
-        let prev = entries.iter().filter_map(|s| s.entry.as_ref().ok()).find_map(|e| {
-            (e.event == "run-started" && e.run_id == id)
-                .then(|| e.details.get("resumes")?.as_str().map(str::to_string))?
-        });
-        match prev {
-            Some(p) => id = p,
-            None => break,
-        }
     }
     Ok(Err(format!("run {old} committed no dump of {}", st.from.name)))
 }
@@ -419,6 +425,9 @@ struct UnlessStored<S> {
 impl<S: Step> Step for UnlessStored<S> {
     fn id(&self) -> &'static str {
         self.inner.id()
+    }
+    fn check_ids(&self) -> &'static [&'static str] {
+        self.inner.check_ids()
     }
     async fn preflight(&self, cx: &Ctx) -> Vec<Check> {
         self.inner.preflight(cx).await
@@ -464,11 +473,9 @@ impl Step for Swap {
         let to_client = pg::connect(&st.to.database_url).await?;
         let guards = [target::check_not_live(cx, &st.to).await, target::check_not_replica(&st.to, &to_client).await];
         drop(to_client);
-        let failed: Vec<String> =
-            guards.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.check, c.detail)).collect();
-        if !failed.is_empty() {
+        if guards.iter().any(|c| !c.ok) {
             st.drop_scratch().await?;
-            return Err(Error::Preflight { failed });
+            return Err(Error::preflight(&guards));
         }
         // A run whose lock was taken over must not swap (exit 5).
         log.journal.confirm_locks().await?;

@@ -6,7 +6,9 @@
 //! manifest must be the one its `backup-done` entry committed (by sha256), and each object must be
 //! there at its size — with `--deep`, re-read and re-hashed. Tables (`table.rs`) and artifacts
 //! (`artifacts.rs`) have their own files. Takes no lock; writes nothing but the `chain-anchor`
-//! journal entries of tables that verified (none under `--dry-run`).
+//! journal entries of tables that verified, one `backups-verified` entry per `--deep` run, and a
+//! `journal-index/verified-<seq>.json` checkpoint after a clean journal walk (none under
+//! `--dry-run`).
 
 pub mod artifacts;
 pub mod scan;
@@ -90,25 +92,18 @@ pub async fn verify_chain(cx: &Ctx, a: &VerifyChainArgs) -> Verdict {
     let env_name = env.map(|e| e.name.clone()).unwrap_or_default();
     let mut chains = Vec::new();
     let mut fatal = None;
-    let entries = match journal::read_all(&*cx.store).await {
-        Ok(e) => e,
+    if do_journal {
+        match verify_journal(cx, a.since_checkpoint).await {
+            Ok(rs) => chains.extend(rs),
+            Err(e) => return Verdict { env: env_name, ..Verdict::refused(e) },
+        }
+    }
+    let state = match cx.journal.state().await {
+        Ok(s) => s,
         Err(e) => return Verdict { env: env_name, ..Verdict::refused(e) },
     };
-    if do_journal {
-        let t0 = Instant::now();
-        let r = journal::verify(&entries);
-        chains.push(ChainResult {
-            chain: "journal".into(),
-            entries: match &r {
-                Ok(n) => *n as u64,
-                Err(b) => b.index as u64,
-            },
-            first_bad: r.err().map(|b| (b.index, b.key, b.reason)),
-            elapsed_s: t0.elapsed().as_secs_f64(),
-        });
-    }
     if do_backups {
-        match verify_backups(cx, &entries, a.deep).await {
+        match verify_backups(cx, &state, a.deep).await {
             Ok(r) => chains.push(r),
             Err(e) => fatal = Some(e),
         }
@@ -116,11 +111,11 @@ pub async fn verify_chain(cx: &Ctx, a: &VerifyChainArgs) -> Verdict {
     let mut tables = Vec::new();
     for spec in &specs {
         let env = env.expect("specs come with their env");
-        match table::verify(cx, env, spec, &entries).await {
+        match table::verify(cx, env, spec, &state).await {
             Ok(r) => {
                 if r.errors.is_empty()
                     && !cx.global.dry_run
-                    && let Err(e) = table::record_anchor(cx, &env.name, &r, &entries).await
+                    && let Err(e) = table::record_anchor(cx, &env.name, &r, &state).await
                 {
                     fatal.get_or_insert(e);
                 }
@@ -282,19 +277,69 @@ fn render(
     text
 }
 
-async fn verify_backups(cx: &Ctx, entries: &[journal::Stored], deep: bool) -> Result<ChainResult> {
+/// The journal walked entry by entry (many reads in flight, bounded memory), every checkpoint on
+/// the way compared with the state refolded from the chain; then, when all of it holds and this is
+/// not a dry run, a `verified-` checkpoint at the head for `--since-checkpoint` to start from.
+async fn verify_journal(cx: &Ctx, since_checkpoint: bool) -> Result<Vec<ChainResult>> {
     let t0 = Instant::now();
-    let committed = catalog::committed(entries, None);
+    let progress = cx.out.progress("verifying the journal", None, false);
+    let w = journal::index::walk(&*cx.store, since_checkpoint, |_| progress.inc(1)).await?;
+    progress.finish();
+    let elapsed_s = t0.elapsed().as_secs_f64();
+    if since_checkpoint {
+        cx.out.info(&format!("journal verified from seq {} (the newest verified checkpoint)", w.from_seq));
+    }
+    let journal = ChainResult {
+        chain: "journal".into(),
+        entries: w.entries,
+        first_bad: w.first_bad.as_ref().map(|b| (b.index, b.key.clone(), b.reason.clone())),
+        elapsed_s,
+    };
+    let checkpoints = ChainResult {
+        chain: "journal-checkpoints".into(),
+        entries: w.checkpoints_checked,
+        first_bad: w.bad_checkpoint.as_ref().map(|(k, r)| (0, k.clone(), r.clone())),
+        elapsed_s,
+    };
+    if w.first_bad.is_none() && w.bad_checkpoint.is_none() && !cx.global.dry_run {
+        // A cache: failing to write it only makes the next --since-checkpoint walk longer.
+        if let Err(e) = journal::index::write_checkpoint(&*cx.store, &w.state, &cx.run_id, true).await {
+            cx.out.warn(&format!("could not write the verified journal checkpoint: {e}"));
+        }
+    }
+    Ok(vec![journal, checkpoints])
+}
+
+async fn verify_backups(cx: &Ctx, state: &journal::fold::State, deep: bool) -> Result<ChainResult> {
+    let t0 = Instant::now();
+    let committed = state.committed(None);
     let mut first_bad = None;
     let progress_total: Option<u64> = None;
     let progress = cx.out.progress(if deep { "re-reading backups" } else { "checking backups" }, progress_total, deep);
+    let mut results = Vec::new();
     for (i, c) in committed.iter().enumerate() {
-        if let Some(reason) = check_backup(cx, c, deep, &progress).await? {
+        let bad = check_backup(cx, c, deep, &progress).await?;
+        results.push(json!({"env": c.env, "id": c.id, "ok": bad.is_none()}));
+        if let Some(reason) = bad {
             first_bad = Some((i, format!("{}/{}", c.env, c.id), reason));
             break;
         }
     }
     progress.finish();
+    // What a deep run re-hashed is journaled, so `backup list` and `status` can say when each
+    // backup's objects were last proven intact (and when that failed) instead of assuming it.
+    if deep && !results.is_empty() && !cx.global.dry_run {
+        cx.journal
+            .append(journal::NewEntry {
+                run_id: cx.run_id.clone(),
+                runbook: "verify-chain".into(),
+                env: None,
+                event: journal::fold::BACKUPS_VERIFIED.into(),
+                fences: Default::default(),
+                details: json!({ "deep": true, "results": results }),
+            })
+            .await?;
+    }
     let checked = first_bad.as_ref().map(|(i, _, _)| *i as u64).unwrap_or(committed.len() as u64);
     Ok(ChainResult { chain: "backups".into(), entries: checked, first_bad, elapsed_s: t0.elapsed().as_secs_f64() })
 }

@@ -24,7 +24,7 @@ use crate::clients::pg;
 use crate::config::{ChainConfig, EnvConfig};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::journal;
+use crate::journal::{self, fold::State};
 
 /// The journal event of an anchor.
 pub const ANCHOR_EVENT: &str = "chain-anchor";
@@ -85,14 +85,8 @@ impl Spec {
     }
 }
 
-/// One anchor as journaled.
-#[derive(Debug, Clone)]
-pub struct Anchor {
-    pub seq: u64,
-    pub key: String,
-    pub hash: String,
-    pub count: u64,
-}
+/// One anchor as journaled (folded into the journal's state).
+pub use crate::journal::fold::Anchor;
 
 /// A table's verdict.
 #[derive(Debug)]
@@ -210,22 +204,6 @@ async fn resolve(client: &Client, env: &EnvConfig, s: &Spec) -> Result<Resolved>
     })
 }
 
-/// The anchors of (env, table), oldest first.
-pub fn anchors(entries: &[journal::Stored], env: &str, table: &str) -> Vec<Anchor> {
-    journal::entries(entries)
-        .filter(|e| e.event == ANCHOR_EVENT && e.env.as_deref() == Some(env))
-        .filter(|e| e.details.get("chain").and_then(Value::as_str) == Some(table))
-        .filter_map(|e| {
-            Some(Anchor {
-                seq: e.seq,
-                key: e.details.get("key")?.as_str()?.to_string(),
-                hash: e.details.get("hash")?.as_str()?.to_string(),
-                count: e.details.get("count")?.as_u64()?,
-            })
-        })
-        .collect()
-}
-
 /// Every anchor's row must still exist with its hash. One query, by the order column's index.
 async fn check_anchors(client: &Client, env: &EnvConfig, r: &Resolved, anchors: &[Anchor]) -> Result<Vec<Bad>> {
     if anchors.is_empty() {
@@ -284,8 +262,8 @@ struct Range {
     upto: Option<i64>,
 }
 
-/// Verify one table; `entries` is the journal (for its anchors).
-pub async fn verify(cx: &Ctx, env: &EnvConfig, s: &Spec, entries: &[journal::Stored]) -> Result<TableResult> {
+/// Verify one table; `state` is the journal's (for its anchors).
+pub async fn verify(cx: &Ctx, env: &EnvConfig, s: &Spec, state: &State) -> Result<TableResult> {
     let t0 = Instant::now();
     let client = pg::connect(&env.database_url).await?;
     let r = resolve(&client, env, s).await?;
@@ -294,7 +272,7 @@ pub async fn verify(cx: &Ctx, env: &EnvConfig, s: &Spec, entries: &[journal::Sto
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(|e| db_err(env, "begin", &e))?;
-    let all_anchors = anchors(entries, &env.name, &s.table);
+    let all_anchors = state.anchors(&env.name, &s.table).to_vec();
     let mut errors = check_anchors(&client, env, &r, &all_anchors).await?;
     let anchors_checked = all_anchors.len();
 
@@ -565,25 +543,23 @@ impl TableResult {
 }
 
 /// Journal the verified head, unless the newest anchor already says the same.
-pub async fn record_anchor(cx: &Ctx, env: &str, res: &TableResult, entries: &[journal::Stored]) -> Result<bool> {
+pub async fn record_anchor(cx: &Ctx, env: &str, res: &TableResult, state: &State) -> Result<bool> {
     let Some((key, hash, count)) = &res.head else { return Ok(false) };
     let key = key.to_string();
     // An unchanged head needs no new anchor: hourly cron on a quiet table would otherwise grow the
     // journal (and every later anchor check) for nothing.
-    if anchors(entries, env, &res.chain).last().is_some_and(|a| a.key == key && a.hash == *hash && a.count == *count) {
+    if state.anchors(env, &res.chain).last().is_some_and(|a| a.key == key && a.hash == *hash && a.count == *count) {
         return Ok(false);
     }
-    journal::append(
-        &*cx.store,
-        journal::NewEntry {
+    cx.journal
+        .append(journal::NewEntry {
             run_id: cx.run_id.clone(),
             runbook: "verify-chain".into(),
             env: Some(env.to_string()),
             event: ANCHOR_EVENT.into(),
             fences: Default::default(),
             details: json!({"chain": res.chain, "key": key, "hash": hash, "count": count}),
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(true)
 }

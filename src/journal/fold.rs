@@ -1,0 +1,311 @@
+//! The state runs ask of history, folded from the journal's entries in seq order: committed and
+//! pruned backups, the last `sync-done` per env, chain anchors, the last start of each
+//! (runbook, env) and whether it finished, and the highest fence seen per lock target.
+//!
+//! `State::fold` is a pure function of the entries, so a checkpoint (the state folded up to some
+//! seq, see `index.rs`) can be recomputed from the chain and compared by `verify-chain --journal`.
+//! Anything a new drctl folds that an older one did not must bump `FOLD_VERSION`: a checkpoint of
+//! another version is ignored (refolded), never half-trusted.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Entry;
+
+/// The version of what `fold` computes; part of every checkpoint.
+pub const FOLD_VERSION: u32 = 1;
+
+/// A run's resumes chain is cut here: a run resumed a hundred times is not a real history.
+const MAX_RESUME_CHAIN: usize = 100;
+
+/// The event prune journals once the objects of pruned backups are gone, so the fold can forget
+/// them (otherwise the set of pruned ids would grow with history).
+pub const BACKUPS_REMOVED: &str = "backup-removed";
+
+/// The last entry folded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pos {
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// A committed backup as the journal records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Committed {
+    pub id: String,
+    pub env: String,
+    pub manifest_sha256: String,
+    /// The `backup-done` entry's seq and time.
+    pub seq: u64,
+    pub time: String,
+    /// The last `verify-chain --backups --deep` that re-hashed its objects: when, and whether
+    /// they matched. None: never re-read since it was written.
+    pub deep: Option<DeepCheck>,
+}
+
+/// One backup's result in a `backups-verified` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeepCheck {
+    pub time: String,
+    pub ok: bool,
+}
+
+/// The event `verify-chain --backups --deep` journals: every backup it re-read, ok or not.
+pub const BACKUPS_VERIFIED: &str = "backups-verified";
+
+/// The newest `sync-done` of an env.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncDone {
+    pub run_id: String,
+    /// When FROM's snapshot was taken: the standby's data age starts here.
+    pub snapshot_time: String,
+    pub seq: u64,
+}
+
+/// A `chain-anchor`: the head of an application table's chain as verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Anchor {
+    pub seq: u64,
+    pub key: String,
+    pub hash: String,
+    pub count: u64,
+}
+
+/// The newest `run-started` of one (runbook, env).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LastStart {
+    pub run_id: String,
+    pub args: String,
+    pub time: String,
+    /// `run-done` of this run, or `run-abandoned` naming it, was journaled.
+    pub closed: bool,
+    /// The runs this one resumed, newest first (a resumed run speaks for the runs it continues).
+    pub resumed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// The last entry folded; None for an empty journal.
+    pub head: Option<Pos>,
+    /// env → id → committed, unpruned backup.
+    pub backups: BTreeMap<String, BTreeMap<String, Committed>>,
+    /// env → ids pruned whose objects may still be in the store.
+    pub pruned: BTreeMap<String, BTreeSet<String>>,
+    /// env → newest sync-done.
+    pub syncs: BTreeMap<String, SyncDone>,
+    /// env → chain → anchors, oldest first.
+    pub anchors: BTreeMap<String, BTreeMap<String, Vec<Anchor>>>,
+    /// `runbook` + ' ' + env (or `-`) → the newest start.
+    pub runs: BTreeMap<String, LastStart>,
+    /// Lock target → the highest fence any entry carried.
+    pub fences: BTreeMap<String, u64>,
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+pub fn run_key(runbook: &str, env: Option<&str>) -> String {
+    format!("{runbook} {}", env.unwrap_or("-"))
+}
+
+impl State {
+    /// Fold one entry in. Entries must come in seq order; what an entry lacks is skipped, as
+    /// `verify-chain --journal` is where damaged entries are reported.
+    pub fn fold(&mut self, e: &Entry) {
+        self.head = Some(Pos { seq: e.seq, hash: e.hash.clone() });
+        for (target, &fence) in &e.fences {
+            let seen = self.fences.entry(target.clone()).or_insert(0);
+            *seen = (*seen).max(fence);
+        }
+        let env = e.env.as_deref();
+        let d = &e.details;
+        match (e.event.as_str(), env) {
+            ("backup-done", Some(env)) => {
+                let (Some(id), Some(sha)) = (str_of(d, "id"), str_of(d, "manifest_sha256")) else { return };
+                if self.pruned.get(env).is_some_and(|p| p.contains(id)) {
+                    return;
+                }
+                let c = Committed {
+                    id: id.to_string(),
+                    env: env.to_string(),
+                    manifest_sha256: sha.to_string(),
+                    seq: e.seq,
+                    time: e.time.clone(),
+                    deep: None,
+                };
+                self.backups.entry(env.to_string()).or_default().insert(id.to_string(), c);
+            }
+            ("backup-pruned", Some(env)) => {
+                let Some(id) = str_of(d, "id") else { return };
+                if let Some(b) = self.backups.get_mut(env) {
+                    b.remove(id);
+                }
+                self.pruned.entry(env.to_string()).or_default().insert(id.to_string());
+            }
+            (BACKUPS_REMOVED, Some(env)) => {
+                let Some(ids) = d.get("ids").and_then(Value::as_array) else { return };
+                if let Some(p) = self.pruned.get_mut(env) {
+                    for id in ids.iter().filter_map(Value::as_str) {
+                        p.remove(id);
+                    }
+                    if p.is_empty() {
+                        self.pruned.remove(env);
+                    }
+                }
+            }
+            (BACKUPS_VERIFIED, _) => {
+                for r in d.get("results").and_then(Value::as_array).into_iter().flatten() {
+                    let (Some(env), Some(id), Some(ok)) =
+                        (str_of(r, "env"), str_of(r, "id"), r.get("ok").and_then(Value::as_bool))
+                    else {
+                        continue;
+                    };
+                    if let Some(c) = self.backups.get_mut(env).and_then(|b| b.get_mut(id)) {
+                        c.deep = Some(DeepCheck { time: e.time.clone(), ok });
+                    }
+                }
+            }
+            ("sync-done", Some(env)) => {
+                let Some(snapshot_time) = str_of(d, "snapshot_time") else { return };
+                let s = SyncDone { run_id: e.run_id.clone(), snapshot_time: snapshot_time.to_string(), seq: e.seq };
+                self.syncs.insert(env.to_string(), s);
+            }
+            ("chain-anchor", Some(env)) => {
+                let (Some(chain), Some(key), Some(hash), Some(count)) =
+                    (str_of(d, "chain"), str_of(d, "key"), str_of(d, "hash"), d.get("count").and_then(Value::as_u64))
+                else {
+                    return;
+                };
+                let a = Anchor { seq: e.seq, key: key.to_string(), hash: hash.to_string(), count };
+                self.anchors.entry(env.to_string()).or_default().entry(chain.to_string()).or_default().push(a);
+            }
+            ("run-started", _) => {
+                let key = run_key(&e.runbook, env);
+                let mut resumed = Vec::new();
+                if let Some(old) = str_of(d, "resumes") {
+                    resumed.push(old.to_string());
+                    if let Some(prev) = self.runs.get(&key).filter(|p| p.run_id == old) {
+                        resumed.extend(prev.resumed.iter().take(MAX_RESUME_CHAIN - 1).cloned());
+                    }
+                }
+                let start = LastStart {
+                    run_id: e.run_id.clone(),
+                    args: str_of(d, "args").unwrap_or_default().to_string(),
+                    time: e.time.clone(),
+                    closed: false,
+                    resumed,
+                };
+                self.runs.insert(key, start);
+            }
+            ("run-done", _) => {
+                if let Some(s) = self.runs.get_mut(&run_key(&e.runbook, env)).filter(|s| s.run_id == e.run_id) {
+                    s.closed = true;
+                }
+            }
+            ("run-abandoned", _) => {
+                let Some(id) = str_of(d, "run_id") else { return };
+                for s in self.runs.values_mut().filter(|s| s.run_id == id) {
+                    s.closed = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Committed, unpruned backups (of `env`, or all), oldest first.
+    pub fn committed(&self, env: Option<&str>) -> Vec<Committed> {
+        let mut out: Vec<Committed> = self
+            .backups
+            .iter()
+            .filter(|(e, _)| env.is_none_or(|want| want == e.as_str()))
+            .flat_map(|(_, b)| b.values().cloned())
+            .collect();
+        out.sort_by_key(|c| c.seq);
+        out
+    }
+
+    /// Ids of backups of `env` that were pruned and whose objects may still be there.
+    pub fn pruned_ids(&self, env: &str) -> BTreeSet<String> {
+        self.pruned.get(env).cloned().unwrap_or_default()
+    }
+
+    pub fn anchors(&self, env: &str, chain: &str) -> &[Anchor] {
+        self.anchors.get(env).and_then(|c| c.get(chain)).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn last_start(&self, runbook: &str, env: Option<&str>) -> Option<&LastStart> {
+        self.runs.get(&run_key(runbook, env))
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.head.as_ref().map_or(0, |h| h.seq + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::{Value, json};
+
+    use super::State;
+    use crate::journal::Entry;
+
+    fn entry(seq: u64, run: &str, runbook: &str, env: &str, event: &str, details: Value) -> Entry {
+        Entry {
+            seq,
+            time: format!("2026-01-01T00:00:{seq:02}.000Z"),
+            run_id: run.into(),
+            runbook: runbook.into(),
+            env: Some(env.into()),
+            event: event.into(),
+            fences: BTreeMap::from([("env:prod".to_string(), seq)]),
+            details,
+            prev_hash: String::new(),
+            hash: format!("h{seq}"),
+        }
+    }
+
+    #[test]
+    fn backups_prunes_removals_syncs_runs_and_fences_fold() {
+        let es = [
+            entry(0, "r1", "backup", "prod", "run-started", json!({"args": "--env prod"})),
+            entry(1, "r1", "backup", "prod", "backup-done", json!({"id": "r1", "manifest_sha256": "m1"})),
+            entry(2, "r1", "backup", "prod", "run-done", json!({})),
+            entry(3, "r2", "backup", "prod", "run-started", json!({"args": "--env prod"})),
+            entry(4, "r2", "backup", "prod", "backup-done", json!({"id": "r2", "manifest_sha256": "m2"})),
+            entry(5, "r3", "backup prune", "prod", "backup-pruned", json!({"id": "r1"})),
+            entry(6, "r4", "sync", "stg", "sync-done", json!({"snapshot_time": "t4"})),
+            entry(7, "r5", "sync", "stg", "run-started", json!({"args": "--from prod --to stg"})),
+            entry(8, "r6", "sync", "stg", "run-started", json!({"args": "--from prod --to stg", "resumes": "r5"})),
+        ];
+        let mut s = State::default();
+        es.iter().for_each(|e| s.fold(e));
+        assert_eq!(s.committed(Some("prod")).iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["r2"]);
+        assert_eq!(s.pruned_ids("prod").into_iter().collect::<Vec<_>>(), ["r1"]);
+        assert_eq!(s.syncs["stg"].snapshot_time, "t4");
+        assert!(!s.last_start("backup", Some("prod")).unwrap().closed, "r2 never finished");
+        let sync = s.last_start("sync", Some("stg")).unwrap();
+        assert_eq!((sync.run_id.as_str(), sync.resumed.clone()), ("r6", vec!["r5".to_string()]));
+        assert_eq!(s.fences["env:prod"], 8);
+        assert_eq!(s.head.as_ref().unwrap().seq, 8);
+
+        s.fold(&entry(9, "r3", "backup prune", "prod", super::BACKUPS_REMOVED, json!({"ids": ["r1"]})));
+        assert!(s.pruned.is_empty(), "removed objects are forgotten");
+        s.fold(&entry(10, "r7", "sync", "stg", "run-abandoned", json!({"run_id": "r6"})));
+        assert!(s.last_start("sync", Some("stg")).unwrap().closed);
+        // A state survives its own serialisation unchanged (it is what a checkpoint stores).
+        let back: State = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+}
