@@ -616,6 +616,8 @@ mod tests {
 
     use super::*;
 
+    include!("../../tests/it/harness/moto_version.rs");
+
     /// A moto_server of this test's own, on a free loopback port, killed when the test ends.
     struct Moto {
         child: Child,
@@ -630,6 +632,11 @@ mod tests {
     }
 
     fn start_moto() -> Moto {
+        // Checked once per process: an old moto fails these tests with one line naming the fix.
+        static VERSION_OK: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+        if let Err(line) = VERSION_OK.get_or_init(moto_version_check) {
+            panic!("{line}");
+        }
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -893,6 +900,19 @@ mod tests {
         let local = SystemTime::now();
         let skew = local.duration_since(server).or_else(|e| Ok::<_, ()>(e.duration())).unwrap();
         assert!(skew < Duration::from_secs(60), "skew {skew:?}");
+    }
+
+    #[test]
+    fn an_old_or_missing_moto_is_refused_in_one_line_naming_the_fix() {
+        for old in ["5.2.1", "5.1.22", "4.2.14"] {
+            let line = moto_version_problem(Some(old)).unwrap();
+            assert!(line.contains(old) && line.contains("pip install 'moto[server]==5.2.5'"), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+        assert!(moto_version_problem(None).unwrap().contains("not installed"));
+        for ok in ["5.2.5", "5.2.6.dev0", "5.3.0rc1", "6.0.0"] {
+            assert_eq!(moto_version_problem(Some(ok)), None, "{ok}");
+        }
     }
 
     #[test]
