@@ -142,6 +142,8 @@ pub struct Config {
     pub retention: Retention,
     /// Never printed: it may carry a token.
     pub notify_webhook: Option<String>,
+    /// What loading noticed but tolerated (an ignored ~/.pgpass); printed once as warnings.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -278,6 +280,7 @@ impl Config {
         }
 
         let mut environments = BTreeMap::new();
+        let mut warnings = Vec::new();
         for (name, e) in raw.environments.iter() {
             let key = |k: &str| format!("[environments.{name}] {k}");
             if !valid_env_name(name) {
@@ -286,7 +289,12 @@ impl Config {
                     "env names are letters, digits, `-` and `_`".into(),
                 ));
             }
-            let database_url = DbUrl::parse(&e.database_url).map_err(|p| bad(&key("database_url"), p))?;
+            let (database_url, warning) = DbUrl::parse(&e.database_url)
+                .map_err(|p| bad(&key("database_url"), p))?
+                .with_libpq_password_sources(&|name| std::env::var(name).ok());
+            if let Some(w) = warning.filter(|w| !warnings.contains(w)) {
+                warnings.push(w);
+            }
             let health_url = match &e.health_url {
                 None => None,
                 Some(s) => {
@@ -359,6 +367,7 @@ impl Config {
             dns,
             retention: raw.retention.unwrap_or(Retention { keep_last: None, keep_daily: None, keep_weekly: None }),
             notify_webhook,
+            warnings,
         })
     }
 

@@ -61,6 +61,9 @@ async fn run_async(cli: Cli, out: Output) -> u8 {
                 return e.exit_code();
             }
         };
+    for w in &config.warnings {
+        out.warn(w);
+    }
     let aws = clients::aws::Aws::new(config.aws.clone());
     let store: Arc<dyn store::Store> = match store::open(&config.store_url, &aws).await {
         Ok(s) => Arc::from(s),
