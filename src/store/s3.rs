@@ -77,7 +77,11 @@ impl S3Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let (detail, transience) = describe(e);
+        let (detail, transience, whole_bucket) = describe(e, &self.bucket, op);
+        if whole_bucket {
+            // Not about this key or operation: say what is wrong with the bucket or the credentials.
+            return Error::Store { url: self.url.clone(), problem: detail, transience };
+        }
         self.fail(op, object_key, detail, transience)
     }
 
@@ -249,9 +253,11 @@ impl S3Store {
     }
 }
 
-/// The service's code and message (never request headers, so never credentials) and whether a
-/// later retry could succeed.
-fn describe<E>(e: &SdkError<E>) -> (String, Transience)
+/// What happened, in words an operator acts on, with the service's code in parentheses (never
+/// request headers, so never credentials); whether a later retry could succeed; and whether it
+/// concerns the whole bucket (missing, credentials refused) rather than the key at hand.
+/// `crate::error` reads the `(S3 CODE)` at the end to choose the hint.
+fn describe<E>(e: &SdkError<E>, bucket: &str, op: &str) -> (String, Transience, bool)
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -272,6 +278,31 @@ where
                             | "ServiceUnavailable"
                     )
                 );
+            let t = if temporary { Transience::Temporary } else { Transience::Permanent };
+            // HeadBucket has no body, so its 404 carries no code (or the SDK's `NotFound`).
+            let head_bucket_404 = op.contains("HeadBucket") && status == Some(404);
+            match code {
+                Some("NoSuchBucket") => {
+                    return (format!("the bucket `{bucket}` does not exist (S3 NoSuchBucket)"), t, true);
+                }
+                _ if head_bucket_404 => {
+                    return (format!("the bucket `{bucket}` does not exist (S3 NoSuchBucket)"), t, true);
+                }
+                Some(
+                    c @ ("InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "ExpiredToken"
+                    | "InvalidToken"
+                    | "TokenRefreshRequired"),
+                ) => {
+                    return (format!("S3 refused this host's AWS credentials (S3 {c})"), t, true);
+                }
+                _ => {}
+            }
+            if status == Some(403) && matches!(code, None | Some("AccessDenied" | "Forbidden")) {
+                // About this key and operation (a bucket policy may allow some and not others).
+                return ("access denied (S3 AccessDenied)".to_string(), t, false);
+            }
             let mut detail = match (code, e.message()) {
                 (Some(c), Some(m)) => format!("{c}: {m}"),
                 (Some(c), None) => c.to_string(),
@@ -279,19 +310,36 @@ where
                 // HEAD responses have no body, so no code: say what the status means.
                 (None, None) => match status {
                     Some(404) => "not found (no such bucket or key)".to_string(),
-                    Some(403) => "access denied".to_string(),
                     _ => DisplayErrorContext(e).to_string(),
                 },
             };
             if let Some(s) = status {
                 detail.push_str(&format!(" (HTTP {s})"));
             }
-            (detail, if temporary { Transience::Temporary } else { Transience::Permanent })
+            (detail, t, false)
         }
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-            (DisplayErrorContext(e).to_string(), Transience::Temporary)
+            let context = DisplayErrorContext(e).to_string();
+            if context.contains("credential") {
+                return (
+                    format!("no usable AWS credentials: {context} (S3 NoCredentials)"),
+                    Transience::Permanent,
+                    true,
+                );
+            }
+            (format!("S3 could not be reached: {context} (S3 Unreachable)"), Transience::Temporary, false)
         }
-        _ => (DisplayErrorContext(e).to_string(), Transience::Permanent),
+        _ => {
+            let context = DisplayErrorContext(e).to_string();
+            if context.contains("credential") {
+                return (
+                    format!("no usable AWS credentials: {context} (S3 NoCredentials)"),
+                    Transience::Permanent,
+                    true,
+                );
+            }
+            (context, Transience::Permanent, false)
+        }
     }
 }
 
@@ -867,11 +915,18 @@ mod tests {
             let Error::Store { url, problem, transience } = &err else { panic!("{err:?}") };
             assert_eq!(url, "s3://no-such-bucket/p");
             assert_eq!(*transience, Transience::Permanent, "{err}");
-            assert!(problem.contains("s3://no-such-bucket/"), "{problem}");
+            assert!(problem.contains("`no-such-bucket` does not exist"), "{problem}");
             assert!(!problem.contains("test"), "credentials leaked? {problem}");
         }
-        let err = s.put("k", Bytes::from_static(b"x")).await.unwrap_err();
-        assert!(err.to_string().contains("NoSuchBucket"), "{err}");
+        // Every operation, HeadBucket's bodiless 404 included, says what is wrong and what to do.
+        for err in [s.put("k", Bytes::from_static(b"x")).await.unwrap_err(), s.now().await.unwrap_err()] {
+            assert_eq!(
+                err.to_string(),
+                "store s3://no-such-bucket/p: the bucket `no-such-bucket` does not exist (S3 NoSuchBucket)"
+            );
+            let hint = err.hint().unwrap();
+            assert!(hint.contains("aws s3 mb s3://no-such-bucket") && hint.contains("[store] url"), "{hint}");
+        }
     }
 
     #[tokio::test]
