@@ -24,7 +24,7 @@ function __fish_drctl_using_subcommand
     contains -- $cmd[1] $argv
 end
 
-complete -c drctl -n "__fish_drctl_needs_command" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_needs_command" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
 complete -c drctl -n "__fish_drctl_needs_command" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
 json\t''"
 complete -c drctl -n "__fish_drctl_needs_command" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
@@ -49,7 +49,7 @@ complete -c drctl -n "__fish_drctl_needs_command" -f -a "completions" -d 'Print 
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "man" -d 'Print the man page (roff)'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c drctl -n "__fish_drctl_using_subcommand check" -s e -l env -d 'Check only this env (and the store); default: every env' -r
-complete -c drctl -n "__fish_drctl_using_subcommand check" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand check" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand check" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
 json\t''"
 complete -c drctl -n "__fish_drctl_using_subcommand check" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
@@ -66,7 +66,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand check" -s h -l help -d 'Prin
 complete -c drctl -n "__fish_drctl_using_subcommand check" -s V -l version -d 'Print version'
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -s e -l env -d 'The environment (a table under [environments] in drctl.toml); defaults to $DRCTL_ENV, or the only env when there is one' -r
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -l type -d 'logical: pg_dump custom format compressed with zstd' -r -f -a "logical\t''"
-complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
 json\t''"
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
@@ -85,7 +85,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -f -a "prune" -d 'Apply [retention] (keep_last, keep_daily, keep_weekly); never deletes the newest good backup'
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -s e -l env -d 'Only this env\'s backups' -r
-complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
 json\t''"
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
@@ -101,7 +101,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subc
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -s e -l env -d 'The environment (a table under [environments] in drctl.toml); defaults to $DRCTL_ENV, or the only env when there is one' -r
-complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
 json\t''"
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and __fish_seen_subcommand_from prune" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
@@ -132,7 +132,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l bytea-hash 
 raw\t''"
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l jobs -d 'Parallel connections per table, each verifying one range of an integer order column [default: 4]' -r
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l artifacts -d 'Re-read every object under URL (s3://BUCKET/PREFIX or file:///PATH) and check that its key is PREFIX/ab/<sha256 of its content>, sharded by the hash\'s first two hex digits' -r
-complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
 json\t''"
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
@@ -156,7 +156,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s h -l help -
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s V -l version -d 'Print version'
 complete -c drctl -n "__fish_drctl_using_subcommand sync" -l from -d 'The env whose database is copied (only read)' -r
 complete -c drctl -n "__fish_drctl_using_subcommand sync" -l to -d 'The standby env whose database is replaced' -r
-complete -c drctl -n "__fish_drctl_using_subcommand sync" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand sync" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand sync" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
 json\t''"
 complete -c drctl -n "__fish_drctl_using_subcommand sync" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
@@ -171,7 +171,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand sync" -s q -l quiet -d 'Only
 complete -c drctl -n "__fish_drctl_using_subcommand sync" -l no-progress -d 'No progress bars, even on a TTY'
 complete -c drctl -n "__fish_drctl_using_subcommand sync" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c drctl -n "__fish_drctl_using_subcommand sync" -s V -l version -d 'Print version'
-complete -c drctl -n "__fish_drctl_using_subcommand status" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand status" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand status" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
 json\t''"
 complete -c drctl -n "__fish_drctl_using_subcommand status" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
@@ -189,7 +189,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand status" -s V -l version -d '
 complete -c drctl -n "__fish_drctl_using_subcommand log" -l runbook -d 'Only entries of this runbook (e.g. backup)' -r
 complete -c drctl -n "__fish_drctl_using_subcommand log" -l since -d 'Only entries at or after T (RFC 3339, or a duration back from now such as 24h)' -r
 complete -c drctl -n "__fish_drctl_using_subcommand log" -l limit -d 'At most N entries' -r
-complete -c drctl -n "__fish_drctl_using_subcommand log" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand log" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand log" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
 json\t''"
 complete -c drctl -n "__fish_drctl_using_subcommand log" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
@@ -204,7 +204,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand log" -s q -l quiet -d 'Only 
 complete -c drctl -n "__fish_drctl_using_subcommand log" -l no-progress -d 'No progress bars, even on a TTY'
 complete -c drctl -n "__fish_drctl_using_subcommand log" -s h -l help -d 'Print help'
 complete -c drctl -n "__fish_drctl_using_subcommand log" -s V -l version -d 'Print version'
-complete -c drctl -n "__fish_drctl_using_subcommand completions" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand completions" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand completions" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
 json\t''"
 complete -c drctl -n "__fish_drctl_using_subcommand completions" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
@@ -219,7 +219,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand completions" -s q -l quiet -
 complete -c drctl -n "__fish_drctl_using_subcommand completions" -l no-progress -d 'No progress bars, even on a TTY'
 complete -c drctl -n "__fish_drctl_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c drctl -n "__fish_drctl_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c drctl -n "__fish_drctl_using_subcommand man" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand man" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand man" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
 json\t''"
 complete -c drctl -n "__fish_drctl_using_subcommand man" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r

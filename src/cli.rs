@@ -25,7 +25,8 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Global {
     /// Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml,
-    /// /etc/drctl/drctl.toml, the first that exists]
+    /// /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the
+    /// default file://./.drctl too) is relative to this file's directory, not the working directory
     #[arg(short = 'c', long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
@@ -89,6 +90,10 @@ pub enum Command {
     ///
     /// The first command to run after writing drctl.toml. Takes no lock and writes nothing but a
     /// probe object in the store, deleted again. Exit 0 (all ok), 2 (config) or 3 (a check failed).
+    /// Shows the store as resolved (a relative file:// path made absolute against drctl.toml's
+    /// directory). Every unknown key of the file is reported at once with its line. A database_url
+    /// without a password uses $PGPASSWORD, else the matching line of $PGPASSFILE or ~/.pgpass
+    /// (ignored, with a warning, when group or others may read it), as libpq does.
     Check(CheckArgs),
 
     /// Take a backup of an env into the store, or list / prune the stored backups

@@ -134,6 +134,8 @@ struct RawNotify {
 pub struct Config {
     /// The file this was read from, as the operator named it.
     pub file: PathBuf,
+    /// `[store] url` with a relative `file://` path made absolute against the config file's
+    /// directory, so cron and a shell in another directory open the same store.
     pub store_url: String,
     pub aws: AwsSettings,
     pub policy: Policy,
@@ -142,6 +144,8 @@ pub struct Config {
     pub retention: Retention,
     /// Never printed: it may carry a token.
     pub notify_webhook: Option<String>,
+    /// What loading noticed but tolerated (an ignored ~/.pgpass); printed once as warnings.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +229,18 @@ impl Config {
 
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
         let file = path.display().to_string();
+        // Every unknown key at once, in file order: one run per typo is one cron mail per typo.
+        let unknown = unknown_keys(text);
+        if !unknown.is_empty() {
+            let lines: Vec<String> = unknown.iter().map(UnknownKey::describe).collect();
+            let problem = match lines.as_slice() {
+                [one] => one.clone(),
+                many => format!("{} unknown keys:\n  {}", many.len(), many.join("\n  ")),
+            };
+            return Err(Error::config(&file, problem).with_hint(
+                "fix the spelling or remove the keys; every key is listed in README, \"Config reference\"",
+            ));
+        }
         // Pass 1: structure, as written, so errors carry a line number.
         toml::from_str::<RawConfig>(text).map_err(|e| Error::config(&file, toml_problem(text, &e)))?;
         // Pass 2: the same tree with ${NAME} replaced.
@@ -244,8 +260,14 @@ impl Config {
 
         let store_url = raw.store.and_then(|s| s.url).unwrap_or_else(|| DEFAULT_STORE_URL.to_string());
         validate_store_url(&store_url).map_err(|p| bad("[store] url", p))?;
+        let store_url = resolve_store_url(&store_url, path);
 
         let aws = raw.aws.map(|a| AwsSettings { region: a.region, endpoint_url: a.endpoint_url }).unwrap_or_default();
+        if let Some(r) = &aws.region
+            && (r.is_empty() || !r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+        {
+            return Err(bad("[aws] region", format!("`{r}` is not an AWS region name like us-west-1")));
+        }
         if let Some(ep) = &aws.endpoint_url {
             let u = url::Url::parse(ep).map_err(|e| bad("[aws] endpoint_url", format!("`{ep}` is not a URL ({e})")))?;
             if u.scheme() != "http" && u.scheme() != "https" {
@@ -278,6 +300,7 @@ impl Config {
         }
 
         let mut environments = BTreeMap::new();
+        let mut warnings = Vec::new();
         for (name, e) in raw.environments.iter() {
             let key = |k: &str| format!("[environments.{name}] {k}");
             if !valid_env_name(name) {
@@ -286,7 +309,12 @@ impl Config {
                     "env names are letters, digits, `-` and `_`".into(),
                 ));
             }
-            let database_url = DbUrl::parse(&e.database_url).map_err(|p| bad(&key("database_url"), p))?;
+            let (database_url, warning) = DbUrl::parse(&e.database_url)
+                .map_err(|p| bad(&key("database_url"), p))?
+                .with_libpq_password_sources(&|name| std::env::var(name).ok());
+            if let Some(w) = warning.filter(|w| !warnings.contains(w)) {
+                warnings.push(w);
+            }
             let health_url = match &e.health_url {
                 None => None,
                 Some(s) => {
@@ -307,6 +335,15 @@ impl Config {
                 {
                     return Err(bad(&key(k), format!("`{o}` is not another env in this file")));
                 }
+            }
+            if let Some(t) = &e.dns_target {
+                dns_name(t).map_err(|p| bad(&key("dns_target"), p))?;
+            }
+            if let Some(z) = &e.dns_alias_zone_id {
+                hosted_zone_id(z).map_err(|p| bad(&key("dns_alias_zone_id"), p))?;
+            }
+            if let Some(id) = &e.rds_instance {
+                rds_instance_id(id).map_err(|p| bad(&key("rds_instance"), p))?;
             }
             for (table, c) in &e.chains {
                 c.validate().map_err(|(k, p)| bad(&format!("[environments.{name}.chains.{table}] {k}"), p))?;
@@ -337,7 +374,13 @@ impl Config {
                 if kind != "CNAME" && kind != "A" {
                     return Err(bad("[dns] type", format!("`{kind}` is not CNAME or A")));
                 }
-                Some(DnsConfig { zone_id: d.zone_id, record: d.record, kind, ttl: d.ttl.unwrap_or(60) })
+                hosted_zone_id(&d.zone_id).map_err(|p| bad("[dns] zone_id", p))?;
+                dns_name(&d.record).map_err(|p| bad("[dns] record", p))?;
+                let ttl = d.ttl.unwrap_or(60);
+                if !(0..=i64::from(i32::MAX)).contains(&ttl) {
+                    return Err(bad("[dns] ttl", format!("{ttl} is not between 0 and {} seconds", i32::MAX)));
+                }
+                Some(DnsConfig { zone_id: d.zone_id, record: d.record, kind, ttl })
             }
         };
 
@@ -359,6 +402,7 @@ impl Config {
             dns,
             retention: raw.retention.unwrap_or(Retention { keep_last: None, keep_daily: None, keep_weekly: None }),
             notify_webhook,
+            warnings,
         })
     }
 
@@ -397,6 +441,76 @@ fn valid_env_name(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// A Route 53 hosted zone id: `Z0123456789ABCDEFGHIJ` (uppercase letters and digits), optionally
+/// written `/hostedzone/Z…` as the API returns it. Checked at load, because the SDK reports an
+/// empty one only as a request it could not construct.
+fn hosted_zone_id(id: &str) -> std::result::Result<(), String> {
+    let bare = id.strip_prefix("/hostedzone/").unwrap_or(id);
+    if bare.is_empty() {
+        return Err("must not be empty: the id of the hosted zone (`aws route53 list-hosted-zones`)".into());
+    }
+    if bare.len() > 32 || !bare.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
+        return Err(format!(
+            "`{id}` is not a Route 53 hosted zone id (uppercase letters and digits, like Z0123456789ABCDEFGHIJ)"
+        ));
+    }
+    Ok(())
+}
+
+/// A DNS name as Route 53 takes it: dot-separated labels of 1-63 letters, digits, `-`, `_` or `*`,
+/// at most 253 characters, an optional trailing dot.
+fn dns_name(name: &str) -> std::result::Result<(), String> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    if bare.is_empty() {
+        return Err("must not be empty: a DNS name like app.example.com".into());
+    }
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len()) && l.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '*'))
+    };
+    if bare.len() > 253 || !bare.split('.').all(label_ok) {
+        return Err(format!("`{name}` is not a DNS name like app.example.com"));
+    }
+    Ok(())
+}
+
+/// An RDS DB instance identifier: 1-63 letters, digits and hyphens, starting with a letter, no
+/// trailing hyphen and no two hyphens in a row.
+fn rds_instance_id(id: &str) -> std::result::Result<(), String> {
+    let ok = (1..=63).contains(&id.len())
+        && id.starts_with(|c: char| c.is_ascii_alphabetic())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !id.ends_with('-')
+        && !id.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{id}` is not an RDS instance identifier (letters, digits and single hyphens, starting with a letter)"
+        ))
+    }
+}
+
+/// `file://./x` and `file://x` name `x` beside the config file (not in the working directory, which
+/// differs between a shell, cron and PostgreSQL's archive_command). Other URLs are returned as is.
+fn resolve_store_url(url: &str, config_file: &Path) -> String {
+    let Some(rel) = url.strip_prefix("file://").filter(|p| !p.starts_with('/')) else {
+        return url.to_string();
+    };
+    let dir = config_file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = std::fs::canonicalize(dir).or_else(|_| std::path::absolute(dir)).unwrap_or_else(|_| dir.to_path_buf());
+    let mut full = dir;
+    for c in Path::new(rel).components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                full.pop();
+            }
+            other => full.push(other),
+        }
+    }
+    format!("file://{}", full.display())
+}
+
 fn validate_store_url(s: &str) -> std::result::Result<(), String> {
     if let Some(rest) = s.strip_prefix("s3://") {
         let bucket = rest.split('/').next().unwrap_or("");
@@ -411,6 +525,110 @@ fn validate_store_url(s: &str) -> std::result::Result<(), String> {
     } else {
         Err(format!("`{s}` is neither s3://BUCKET/PREFIX nor file://PATH"))
     }
+}
+
+/// A key the parser does not know, where the file has it.
+#[derive(Debug, PartialEq, Eq)]
+struct UnknownKey {
+    line: usize,
+    /// `[environments.prod]`, or empty at the top level.
+    table: String,
+    key: String,
+    known: &'static [&'static str],
+}
+
+impl UnknownKey {
+    fn describe(&self) -> String {
+        let place = if self.table.is_empty() { "at the top level".to_string() } else { format!("in {}", self.table) };
+        format!("line {}: unknown key `{}` {place} (known keys: {})", self.line, self.key, self.known.join(", "))
+    }
+}
+
+/// Every key of `text` that no config struct declares, in file order. The known keys come from
+/// the serde structs themselves (`fields_of`), so this list cannot drift from what pass 1 accepts;
+/// a file that does not parse yields none here and gets pass 1's error.
+fn unknown_keys(text: &str) -> Vec<UnknownKey> {
+    use toml::de::{DeTable, DeValue};
+
+    /// Which struct describes the table at this path (`None`: keys are names, e.g. env names).
+    fn fields_at(path: &[&str]) -> Option<&'static [&'static str]> {
+        Some(match path {
+            [] => fields_of::<RawConfig>(),
+            ["store"] => fields_of::<RawStore>(),
+            ["aws"] => fields_of::<RawAws>(),
+            ["policy"] => fields_of::<RawPolicy>(),
+            ["dns"] => fields_of::<RawDns>(),
+            ["retention"] => fields_of::<Retention>(),
+            ["notify"] => fields_of::<RawNotify>(),
+            ["environments", _] => fields_of::<RawEnv>(),
+            ["environments", _, "chains", _] => fields_of::<ChainConfig>(),
+            _ => return None,
+        })
+    }
+
+    fn walk<'a>(table: &'a DeTable<'a>, path: &mut Vec<&'a str>, text: &str, out: &mut Vec<(usize, UnknownKey)>) {
+        let known = fields_at(path);
+        for (k, v) in table.iter() {
+            let key: &str = k.get_ref();
+            if let Some(known) = known
+                && !known.contains(&key)
+            {
+                let at = k.span().start.min(text.len());
+                out.push((
+                    at,
+                    UnknownKey {
+                        line: text[..at].matches('\n').count() + 1,
+                        table: if path.is_empty() { String::new() } else { format!("[{}]", path.join(".")) },
+                        key: key.to_string(),
+                        known,
+                    },
+                ));
+                continue;
+            }
+            if let DeValue::Table(child) = v.get_ref() {
+                path.push(key);
+                walk(child, path, text, out);
+                path.pop();
+            }
+        }
+    }
+
+    let Ok(doc) = DeTable::parse(text) else { return Vec::new() };
+    let mut found = Vec::new();
+    walk(doc.get_ref(), &mut Vec::new(), text, &mut found);
+    found.sort_by_key(|(at, _)| *at);
+    found.into_iter().map(|(_, k)| k).collect()
+}
+
+/// The field names serde's derive gives struct `T` (renames applied): it hands them to
+/// `deserialize_struct`, and this deserializer only records them.
+fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::value::Error as DeError;
+    use serde::de::{Deserializer, Error as _, Visitor};
+
+    struct Grab<'a>(&'a std::cell::Cell<&'static [&'static str]>);
+    impl<'de> Deserializer<'de> for Grab<'_> {
+        type Error = DeError;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> std::result::Result<V::Value, DeError> {
+            Err(DeError::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> std::result::Result<V::Value, DeError> {
+            self.0.set(fields);
+            Err(DeError::custom("fields recorded"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    let cell = std::cell::Cell::new(&[][..]);
+    let _ = T::deserialize(Grab(&cell));
+    cell.get()
 }
 
 /// "line N: message", without toml's source snippet (the line may hold a literal password).
@@ -486,16 +704,65 @@ mod tests {
     }
 
     #[test]
-    fn defaults_to_the_local_file_store() {
+    fn defaults_to_the_local_file_store_beside_the_config_file() {
         let c = parse("[environments.dev]\ndatabase_url = \"postgres://me@localhost/app\"\n").unwrap();
-        assert_eq!(c.store_url, DEFAULT_STORE_URL);
+        let tmp = std::fs::canonicalize("/tmp").unwrap();
+        assert_eq!(c.store_url, format!("file://{}/.drctl", tmp.display()));
         assert_eq!(c.resolve_env(None).unwrap().name, "dev");
+    }
+
+    #[test]
+    fn relative_file_stores_resolve_against_the_config_directory_not_the_cwd() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir(real.join("etc")).unwrap();
+        let cfg = real.join("etc/drctl.toml");
+        let at = |url: &str| resolve_store_url(url, &cfg);
+        assert_eq!(at("file://./.drctl"), format!("file://{}/etc/.drctl", real.display()));
+        assert_eq!(at("file://backups/x"), format!("file://{}/etc/backups/x", real.display()));
+        assert_eq!(at("file://../store"), format!("file://{}/store", real.display()));
+        assert_eq!(at("file:///var/lib/drctl"), "file:///var/lib/drctl");
+        assert_eq!(at("s3://bucket/p"), "s3://bucket/p");
+        // A config named relative to the cwd (`./drctl.toml`) resolves to an absolute path too.
+        let c = Config::parse("[environments.dev]\ndatabase_url = \"postgres://me@h/app\"\n", Path::new("drctl.toml"))
+            .unwrap();
+        let cwd = std::fs::canonicalize(".").unwrap();
+        assert_eq!(c.store_url, format!("file://{}/.drctl", cwd.display()));
     }
 
     #[test]
     fn unknown_key_names_key_file_and_line() {
         let e = parse("[store]\nurl = \"file:///x\"\nbukcet = 1\n").unwrap_err().to_string();
         assert!(e.contains("/tmp/drctl.toml") && e.contains("bukcet") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_at_once_in_file_order() {
+        let text = "[store]\nurl = \"file:///x\"\nbukcet = 1\n\n[environments.prod]\n\
+                    database_url = \"postgres://a@h/d\"\nhealth = \"x\"\n\n\
+                    [environments.prod.chains.events]\norderby = \"id\"\n\n[dsn]\nzone_id = \"Z1\"\n";
+        let e = parse(text).unwrap_err();
+        let msg = e.to_string();
+        let lines: Vec<&str> = msg.lines().collect();
+        assert_eq!(lines[0], "/tmp/drctl.toml: 4 unknown keys:", "{msg}");
+        assert!(lines[1].contains("line 3: unknown key `bukcet` in [store] (known keys: url)"), "{msg}");
+        assert!(lines[2].contains("line 7: unknown key `health` in [environments.prod]"), "{msg}");
+        assert!(lines[2].contains("health_url"), "{msg}");
+        assert!(lines[3].contains("line 10: unknown key `orderby` in [environments.prod.chains.events]"), "{msg}");
+        assert!(lines[4].contains("line 12: unknown key `dsn` at the top level"), "{msg}");
+        assert_eq!(lines.len(), 5, "{msg}");
+        assert!(e.hint().unwrap().contains("Config reference"));
+    }
+
+    #[test]
+    fn known_keys_come_from_the_structs_renames_included() {
+        assert_eq!(fields_of::<RawStore>(), &["url"]);
+        assert!(fields_of::<RawDns>().contains(&"type"));
+        assert!(fields_of::<RawConfig>().contains(&"environments"));
+        // A valid file has none, whatever its nesting.
+        let ok = "[environments.p]\ndatabase_url = \"postgres://a@h/d\"\n[environments.p.chains.t]\ngenesis = \"null\"\n\
+                  [dns]\nzone_id = \"Z1\"\nrecord = \"a.example.com\"\ntype = \"A\"\n";
+        assert_eq!(unknown_keys(ok), Vec::new());
     }
 
     #[test]
@@ -525,6 +792,36 @@ mod tests {
         assert!(e.contains("[store] url"), "{e}");
         let e = parse("[environments.p]\ndatabase_url = \"mysql://a:hunter2@h/d\"\n").unwrap_err().to_string();
         assert!(e.contains("database_url") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn aws_names_are_validated_at_load_naming_the_key() {
+        let env = "[environments.p]\ndatabase_url = \"postgres://a@h/d\"\n";
+        let cases = [
+            ("[dns]\nzone_id = \"\"\nrecord = \"app.example.com\"\n", "[dns] zone_id: must not be empty"),
+            (
+                "[dns]\nzone_id = \"z-lower\"\nrecord = \"app.example.com\"\n",
+                "[dns] zone_id: `z-lower` is not a Route 53",
+            ),
+            ("[dns]\nzone_id = \"Z1\"\nrecord = \"\"\n", "[dns] record: must not be empty"),
+            ("[dns]\nzone_id = \"Z1\"\nrecord = \"app example.com\"\n", "[dns] record: `app example.com`"),
+            ("[dns]\nzone_id = \"Z1\"\nrecord = \"a.example.com\"\nttl = -1\n", "[dns] ttl"),
+            ("[aws]\nregion = \"\"\n", "[aws] region"),
+        ];
+        for (extra, want) in cases {
+            let e = parse(&format!("{env}{extra}")).unwrap_err();
+            assert_eq!(e.exit_code(), crate::error::exit::USAGE);
+            assert!(e.to_string().contains(want), "{extra}: {e}");
+        }
+        for (k, v) in [("dns_target", "\"\""), ("dns_alias_zone_id", "\"\""), ("rds_instance", "\"1app\"")] {
+            let e = parse(&format!("{env}{k} = {v}\n")).unwrap_err().to_string();
+            assert!(e.contains(&format!("[environments.p] {k}")), "{e}");
+        }
+        let ok = parse(&format!(
+            "{env}dns_target = \"lb-1.us-west-1.elb.amazonaws.com.\"\ndns_alias_zone_id = \"Z368ELLRRE2KJ0\"\n\
+             rds_instance = \"app-prod\"\n[dns]\nzone_id = \"/hostedzone/Z0123456789ABCDEFGHIJ\"\nrecord = \"app.example.com\"\n"
+        ));
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

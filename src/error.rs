@@ -148,6 +148,7 @@ impl Error {
             Error::LockLost { .. } => Some(
                 "another run took over this target; check `drctl log` before rerunning".into(),
             ),
+            Error::Store { url, problem, .. } if store_hint(url, problem).is_some() => store_hint(url, problem),
             Error::Step { .. } | Error::Store { .. } | Error::Db { .. } | Error::Io { .. } => Some(
                 "fix the cause above and rerun the same command: completed steps are skipped".into(),
             ),
@@ -194,6 +195,29 @@ impl Error {
             other => other,
         }
     }
+}
+
+/// What to do about a store error whose cause the store named with an `(S3 CODE)` suffix
+/// (store/s3.rs `describe`): the setup is wrong, so rerunning as is cannot help.
+pub fn store_hint(url: &str, problem: &str) -> Option<String> {
+    let bucket = url.strip_prefix("s3://").and_then(|r| r.split('/').next()).unwrap_or(url);
+    let code = problem.trim_end().strip_suffix(')')?.rsplit_once("(S3 ")?.1;
+    Some(match code {
+        "NoSuchBucket" => format!(
+            "create it (`aws s3 mb s3://{bucket}`, versioning on) or correct [store] url in drctl.toml, then run `drctl check`"
+        ),
+        "AccessDenied" => format!(
+            "grant this host's AWS identity s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on \
+             s3://{bucket} (and kms:GenerateDataKey/kms:Decrypt for an SSE-KMS bucket), then run `drctl check`"
+        ),
+        "NoCredentials" => "give drctl AWS credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an \
+                            instance role), then run `drctl check`"
+            .into(),
+        "Unreachable" => "check [aws] endpoint_url / AWS_ENDPOINT_URL and the network path to S3, then rerun".into(),
+        _ => {
+            "check this host's AWS credentials (`aws sts get-caller-identity`) and clock, then run `drctl check`".into()
+        }
+    })
 }
 
 #[cfg(test)]

@@ -61,6 +61,9 @@ async fn run_async(cli: Cli, out: Output) -> u8 {
                 return e.exit_code();
             }
         };
+    for w in &config.warnings {
+        out.warn(w);
+    }
     let aws = clients::aws::Aws::new(config.aws.clone());
     let store: Arc<dyn store::Store> = match store::open(&config.store_url, &aws).await {
         Ok(s) => Arc::from(s),
@@ -105,7 +108,10 @@ async fn run_async(cli: Cli, out: Output) -> u8 {
 /// Print the report (table or JSON) and the error; the exit code, and what metrics need.
 fn render(cx: &ctx::Ctx, done: Done) -> (u8, Option<runbooks::MetricsOf>) {
     match done {
-        Done::Run(o) => {
+        Done::Run(mut o) => {
+            // Which store the run used, resolved (a relative file:// is beside drctl.toml): the header
+            // of every report, so a run against a second, unintended store is seen at once.
+            o.report.extra.insert("store".into(), cx.store.url().into());
             if cx.out.json_mode() {
                 cx.out.json(&serde_json::to_value(&o.report).unwrap_or_default());
             } else {

@@ -84,7 +84,15 @@ pub async fn server_major(client: &tokio_postgres::Client) -> Result<u32> {
 
 /// `Error::Db` for `url` (host:port/db) from a tokio-postgres error.
 pub fn db_error(url: &DbUrl, e: &tokio_postgres::Error) -> Error {
-    db_problem(url, describe(e))
+    let text = describe(e);
+    // tokio-postgres's words when the server asks for a password and the client has none.
+    if url.password().is_none() && text.contains("password missing") {
+        return db_problem(
+            url,
+            format!("the server asks {} for a password and none was found: {}", url.user, url.password_sources()),
+        );
+    }
+    db_problem(url, text)
 }
 
 /// The server's own message when there is one (with its SQLSTATE), else the client-side error

@@ -15,6 +15,10 @@ pub fn new_table(header: &[&str]) -> Table {
 /// A runbook's report: preflight checks, steps, then its result fields as `key: value` lines.
 pub fn run_report(r: &RunReport) -> String {
     let mut out = String::new();
+    if let Some(Value::String(store)) = r.extra.get("store") {
+        let env = r.env.as_deref().map(|e| format!(" {e}")).unwrap_or_default();
+        out.push_str(&format!("{}{env} · store {store}\n", r.runbook));
+    }
     if !r.preflight.is_empty() {
         let mut t = new_table(&["check", "ok", "detail"]);
         for c in &r.preflight {
@@ -40,7 +44,7 @@ pub fn run_report(r: &RunReport) -> String {
         }
         out.push_str(&format!("{t}\n"));
     }
-    for (k, v) in &r.extra {
+    for (k, v) in r.extra.iter().filter(|(k, _)| *k != "store") {
         let v = match v {
             Value::String(s) => s.clone(),
             Value::Null => continue,

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use serde_json::{Value, json};
 
 use super::backup::{quote_ident, store_writable};
@@ -22,9 +23,16 @@ pub async fn check(cx: &Ctx, env: Option<&str>) -> Result<(Value, String, Option
     let mut rows: Vec<(String, Check)> = Vec::new();
     rows.push((
         "config".into(),
-        Check::pass("config-valid", format!("{} ({} envs)", cx.config.file.display(), cx.config.environments.len())),
+        Check::pass(
+            "config-valid",
+            format!("{} ({} envs), store {}", cx.config.file.display(), cx.config.environments.len(), cx.store.url()),
+        ),
     ));
-    rows.push(("store".into(), store_writable(cx).await));
+    let mut store = store_writable(cx).await;
+    if let Some(h) = crate::error::store_hint(cx.store.url(), &store.detail).filter(|_| !store.ok) {
+        store.detail = format!("{}; {h}", store.detail);
+    }
+    rows.push(("store".into(), store));
     for e in envs {
         for c in check_env(cx, e).await {
             rows.push((e.name.clone(), c));
@@ -63,6 +71,7 @@ pub async fn check(cx: &Ctx, env: Option<&str>) -> Result<(Value, String, Option
     }
     let doc = json!({
         "ok": ok,
+        "store": cx.store.url(),
         "checks": rows.iter().map(|(target, c)| json!({"target": target, "check": c.check, "ok": c.ok, "detail": c.detail, "accepted": false})).collect::<Vec<_>>(),
     });
     // `check` runs no steps, so nothing here is waived: the hint names no --accept.
@@ -185,7 +194,21 @@ pub async fn health(url: &url::Url, timeout: Duration) -> Check {
     }
 }
 
-/// An AWS SDK error as one line: the service's code and message, never credentials.
-pub fn aws_err<E: std::error::Error + 'static>(e: &E) -> String {
-    format!("{}", aws_sdk_s3::error::DisplayErrorContext(e))
+/// An AWS SDK error as one line: the service's code and message (`NoSuchHostedZone: No hosted
+/// zone found with ID: Z1`), or for a request that never got an answer, why; never credentials.
+pub fn aws_err<E, R>(e: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match (e.code(), e.message()) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c.to_string(),
+        _ => match e {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                format!("AWS could not be reached: {}", DisplayErrorContext(e))
+            }
+            _ => DisplayErrorContext(e).to_string(),
+        },
+    }
 }

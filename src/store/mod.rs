@@ -171,8 +171,9 @@ impl Store for Counted {
     }
 }
 
-/// Open the store a `[store] url` names: `s3://bucket/prefix` or `file:///path` (`file://./rel` is
-/// relative to the working directory).
+/// Open the store a `[store] url` names: `s3://bucket/prefix` or `file:///path`. Config loading has
+/// already made a relative `file://./rel` absolute against drctl.toml's directory; a relative path
+/// reaching here (a test, `verify-chain --artifacts`) is taken relative to the working directory.
 pub async fn open(url: &str, aws: &crate::clients::aws::Aws) -> Result<Box<dyn Store>> {
     if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));

@@ -77,7 +77,11 @@ impl S3Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let (detail, transience) = describe(e);
+        let (detail, transience, whole_bucket) = describe(e, &self.bucket, op);
+        if whole_bucket {
+            // Not about this key or operation: say what is wrong with the bucket or the credentials.
+            return Error::Store { url: self.url.clone(), problem: detail, transience };
+        }
         self.fail(op, object_key, detail, transience)
     }
 
@@ -271,9 +275,11 @@ impl S3Store {
     }
 }
 
-/// The service's code and message (never request headers, so never credentials) and whether a
-/// later retry could succeed.
-fn describe<E>(e: &SdkError<E>) -> (String, Transience)
+/// What happened, in words an operator acts on, with the service's code in parentheses (never
+/// request headers, so never credentials); whether a later retry could succeed; and whether it
+/// concerns the whole bucket (missing, credentials refused) rather than the key at hand.
+/// `crate::error` reads the `(S3 CODE)` at the end to choose the hint.
+fn describe<E>(e: &SdkError<E>, bucket: &str, op: &str) -> (String, Transience, bool)
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -294,6 +300,31 @@ where
                             | "ServiceUnavailable"
                     )
                 );
+            let t = if temporary { Transience::Temporary } else { Transience::Permanent };
+            // HeadBucket has no body, so its 404 carries no code (or the SDK's `NotFound`).
+            let head_bucket_404 = op.contains("HeadBucket") && status == Some(404);
+            match code {
+                Some("NoSuchBucket") => {
+                    return (format!("the bucket `{bucket}` does not exist (S3 NoSuchBucket)"), t, true);
+                }
+                _ if head_bucket_404 => {
+                    return (format!("the bucket `{bucket}` does not exist (S3 NoSuchBucket)"), t, true);
+                }
+                Some(
+                    c @ ("InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "ExpiredToken"
+                    | "InvalidToken"
+                    | "TokenRefreshRequired"),
+                ) => {
+                    return (format!("S3 refused this host's AWS credentials (S3 {c})"), t, true);
+                }
+                _ => {}
+            }
+            if status == Some(403) && matches!(code, None | Some("AccessDenied" | "Forbidden")) {
+                // About this key and operation (a bucket policy may allow some and not others).
+                return ("access denied (S3 AccessDenied)".to_string(), t, false);
+            }
             let mut detail = match (code, e.message()) {
                 (Some(c), Some(m)) => format!("{c}: {m}"),
                 (Some(c), None) => c.to_string(),
@@ -301,19 +332,36 @@ where
                 // HEAD responses have no body, so no code: say what the status means.
                 (None, None) => match status {
                     Some(404) => "not found (no such bucket or key)".to_string(),
-                    Some(403) => "access denied".to_string(),
                     _ => DisplayErrorContext(e).to_string(),
                 },
             };
             if let Some(s) = status {
                 detail.push_str(&format!(" (HTTP {s})"));
             }
-            (detail, if temporary { Transience::Temporary } else { Transience::Permanent })
+            (detail, t, false)
         }
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-            (DisplayErrorContext(e).to_string(), Transience::Temporary)
+            let context = DisplayErrorContext(e).to_string();
+            if context.contains("credential") {
+                return (
+                    format!("no usable AWS credentials: {context} (S3 NoCredentials)"),
+                    Transience::Permanent,
+                    true,
+                );
+            }
+            (format!("S3 could not be reached: {context} (S3 Unreachable)"), Transience::Temporary, false)
         }
-        _ => (DisplayErrorContext(e).to_string(), Transience::Permanent),
+        _ => {
+            let context = DisplayErrorContext(e).to_string();
+            if context.contains("credential") {
+                return (
+                    format!("no usable AWS credentials: {context} (S3 NoCredentials)"),
+                    Transience::Permanent,
+                    true,
+                );
+            }
+            (context, Transience::Permanent, false)
+        }
     }
 }
 
@@ -630,6 +678,8 @@ mod tests {
 
     use super::*;
 
+    include!("../../tests/it/harness/moto_version.rs");
+
     /// A moto_server of this test's own, on a free loopback port, killed when the test ends.
     struct Moto {
         child: Child,
@@ -644,6 +694,11 @@ mod tests {
     }
 
     fn start_moto() -> Moto {
+        // Checked once per process: an old moto fails these tests with one line naming the fix.
+        static VERSION_OK: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+        if let Err(line) = VERSION_OK.get_or_init(moto_version_check) {
+            panic!("{line}");
+        }
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -874,11 +929,18 @@ mod tests {
             let Error::Store { url, problem, transience } = &err else { panic!("{err:?}") };
             assert_eq!(url, "s3://no-such-bucket/p");
             assert_eq!(*transience, Transience::Permanent, "{err}");
-            assert!(problem.contains("s3://no-such-bucket/"), "{problem}");
+            assert!(problem.contains("`no-such-bucket` does not exist"), "{problem}");
             assert!(!problem.contains("test"), "credentials leaked? {problem}");
         }
-        let err = s.put("k", Bytes::from_static(b"x")).await.unwrap_err();
-        assert!(err.to_string().contains("NoSuchBucket"), "{err}");
+        // Every operation, HeadBucket's bodiless 404 included, says what is wrong and what to do.
+        for err in [s.put("k", Bytes::from_static(b"x")).await.unwrap_err(), s.now().await.unwrap_err()] {
+            assert_eq!(
+                err.to_string(),
+                "store s3://no-such-bucket/p: the bucket `no-such-bucket` does not exist (S3 NoSuchBucket)"
+            );
+            let hint = err.hint().unwrap();
+            assert!(hint.contains("aws s3 mb s3://no-such-bucket") && hint.contains("[store] url"), "{hint}");
+        }
     }
 
     #[tokio::test]
@@ -907,6 +969,19 @@ mod tests {
         let local = SystemTime::now();
         let skew = local.duration_since(server).or_else(|e| Ok::<_, ()>(e.duration())).unwrap();
         assert!(skew < Duration::from_secs(60), "skew {skew:?}");
+    }
+
+    #[test]
+    fn an_old_or_missing_moto_is_refused_in_one_line_naming_the_fix() {
+        for old in ["5.2.1", "5.1.22", "4.2.14"] {
+            let line = moto_version_problem(Some(old)).unwrap();
+            assert!(line.contains(old) && line.contains("pip install 'moto[server]==5.2.5'"), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+        assert!(moto_version_problem(None).unwrap().contains("not installed"));
+        for ok in ["5.2.5", "5.2.6.dev0", "5.3.0rc1", "6.0.0"] {
+            assert_eq!(moto_version_problem(Some(ok)), None, "{ok}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod backup;
 mod cli;
+mod config;
 mod harness;
 mod journal;
 mod smoke;

@@ -14,6 +14,23 @@ use std::time::Duration;
 
 use super::{free_port, tail, wait_until};
 
+include!("moto_version.rs");
+
+/// Runs before `main`, so before the first test: with an old moto the run stops with one line
+/// saying what to install, instead of failing later inside a multipart upload with the SDK's XML
+/// error. (libtest has no setup hook; an `.init_array` entry is how the `ctor` crate does it.)
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CHECK_MOTO_BEFORE_ANY_TEST: extern "C" fn() = {
+    extern "C" fn check() {
+        if let Err(line) = moto_version_check() {
+            eprintln!("{line}");
+            std::process::exit(1);
+        }
+    }
+    check
+};
+
 pub struct Moto {
     pub port: u16,
     /// Held, never used: dropping it (at process exit) stops moto_server.
