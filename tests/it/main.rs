@@ -3,6 +3,7 @@
 
 mod backup;
 mod cli;
+mod faults;
 mod harness;
 mod smoke;
 mod sync;
