@@ -72,6 +72,14 @@ fn every_third_s3_request_failing_a_backup_completes_and_deep_verifies() {
     assert_eq!(st.forwarded + st.failed, st.total, "{st:?}\n{}", proxy.recent(40));
     assert_eq!(st.upstream_errors, 0, "{st:?}\n{}", proxy.recent(40));
     assert!(st.failed > after_backup.failed, "verification saw no fault: {st:?}");
+    // The retries are what carries it: with them off, the same endpoint fails a backup.
+    let unretried = drctl().env("AWS_MAX_ATTEMPTS", "1").args(["backup", "--env", "prod", "--yes"]).run();
+    assert_ne!(unretried.code, 0, "{}", diagnose("backup without retries", &unretried));
+    assert!(
+        ["SlowDown", "InternalError", "dispatch failure", "connection"].iter().any(|w| unretried.stderr.contains(w)),
+        "{}",
+        diagnose("backup without retries", &unretried)
+    );
     // The objects are in moto whatever the proxy did.
     let objects = moto.request("GET", &format!("/{bucket}?list-type=2&prefix=drctl/backups/prod/{id}/"));
     assert!(objects.contains("manifest.json"), "{objects}");
