@@ -6,13 +6,18 @@
 //! which is what makes the check and the write one atomic step). Compare-and-swap serialises the
 //! processes of this host on an `flock` of a per-key sidecar file in `.tmp/`. The pid in a temp name
 //! lets `remove_unfinished` tell a dead writer's leftovers from a live writer's work in progress.
+//!
+//! Transient errors (EIO, EAGAIN, EINTR, EBUSY: an NFS or FUSE mount having a bad moment) are
+//! retried a few times with a short backoff, the local counterpart of the SDK's retries for S3.
+//! What is retried is the whole operation, from a fresh temp file, and only up to the moment the
+//! object gets its final name: a failed directory fsync is never retried (see `sync_parent`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -30,6 +35,10 @@ const TMP_DIR: &str = ".tmp";
 /// sha256-ing it (`verify-chain --artifacts` on a cached file store).
 const DOWNLOAD_CHUNK: usize = 256 << 10;
 const DOWNLOAD_QUEUE: usize = 4;
+/// Tries of one filesystem operation, the first included, and the pause before the first retry
+/// (doubling: 10, 20, 40, 80 ms, so a failing disk costs a call at most 150 ms of waiting).
+const FS_ATTEMPTS: u32 = 5;
+const FS_FIRST_BACKOFF: Duration = Duration::from_millis(10);
 
 pub struct LocalStore {
     url: String,
@@ -43,21 +52,24 @@ impl LocalStore {
     }
 
     fn err(&self, op: &str, key: &str, e: io::Error) -> Error {
-        let transience = match e.kind() {
-            io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Transience::Temporary,
-            _ => Transience::Permanent,
+        let transience = if transient(&e) || e.kind() == io::ErrorKind::TimedOut {
+            Transience::Temporary
+        } else {
+            Transience::Permanent
         };
         Error::Store { url: self.url.clone(), problem: format!("{op} {key}: {e}"), transience }
     }
 
-    /// Runs blocking filesystem work off the async threads and names the operation in any error.
+    /// Runs blocking filesystem work off the async threads, retrying transient errors, and names
+    /// the operation in any error. `f` must be safe to run again after a transient failure.
     async fn blocking<T, F>(&self, op: &str, key: &str, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Fs) -> io::Result<T> + Send + 'static,
+        F: FnMut(&Fs) -> io::Result<T> + Send + 'static,
     {
         let fs = Arc::clone(&self.fs);
-        match tokio::task::spawn_blocking(move || f(&fs)).await {
+        let mut f = f;
+        match tokio::task::spawn_blocking(move || retry_transient(FS_ATTEMPTS, FS_FIRST_BACKOFF, || f(&fs))).await {
             Ok(r) => r.map_err(|e| self.err(op, key, e)),
             Err(join) => Err(self.err(op, key, io::Error::other(join.to_string()))),
         }
@@ -69,6 +81,30 @@ impl LocalStore {
             problem: format!("{op} {key:?}: invalid key: {why}"),
             transience: Transience::Permanent,
         })
+    }
+}
+
+/// Errors a later try may not see: EIO (a network filesystem's server or a disk's controller
+/// hiccup), EAGAIN/EWOULDBLOCK, EINTR, EBUSY.
+fn transient(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO | libc::EAGAIN | libc::EINTR | libc::EBUSY))
+        || matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock)
+}
+
+/// Runs `f` up to `attempts` times while it fails transiently, sleeping `first_backoff`, then
+/// twice that, and so on between tries. Blocking: only ever called on a blocking thread.
+fn retry_transient<T>(attempts: u32, first_backoff: Duration, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let mut pause = first_backoff;
+    let mut tried = 1;
+    loop {
+        match f() {
+            Err(e) if transient(&e) && tried < attempts => {
+                std::thread::sleep(pause);
+                pause *= 2;
+                tried += 1;
+            }
+            r => return r,
+        }
     }
 }
 
@@ -157,10 +193,16 @@ impl Fs {
     }
 
     fn replace_with(&self, key: &str, tmp: TempFile) -> io::Result<()> {
-        let path = self.prepare_final(key)?;
-        fs::rename(&tmp.path, &path)?;
+        let path = self.rename_into(key, &tmp)?;
         tmp.disarm();
         sync_parent(&path)
+    }
+
+    /// Renames `tmp` to `key`'s path and returns it; `tmp` stays armed (the caller disarms it).
+    fn rename_into(&self, key: &str, tmp: &TempFile) -> io::Result<PathBuf> {
+        let path = self.prepare_final(key)?;
+        fs::rename(&tmp.path, &path)?;
+        Ok(path)
     }
 
     fn get(&self, key: &str) -> io::Result<Option<Versioned>> {
@@ -394,12 +436,20 @@ fn create_dirs(dir: &Path) -> io::Result<()> {
 }
 
 /// fsync the directory holding `path`, making a rename, link or unlink in it durable.
+///
+/// Its errors are never retried, so they come back as plain `Other` errors that `transient`
+/// does not match: by then the name is in place, so a retried `put_if_absent` or `put_if_match`
+/// would find its own object and report a lost race, and after a failed fsync Linux may already
+/// have dropped the dirty state, so a second fsync can succeed without making anything durable
+/// (PostgreSQL's "fsyncgate", 2018). The caller gets the error; a rerun writes again.
 fn sync_parent(path: &Path) -> io::Result<()> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    File::open(parent)?.sync_all()
+    File::open(parent)?
+        .sync_all()
+        .map_err(|e| io::Error::other(format!("fsync of directory {}: {e} (not retried)", parent.display())))
 }
 
 /// Reads up to `buf.len()` bytes, short only at end of file.
@@ -495,7 +545,18 @@ impl Store for LocalStore {
         file.sync_all().await.map_err(|e| self.err("upload", key, e))?;
         drop(file);
         let k = key.to_string();
-        self.blocking("upload", key, move |fs| fs.replace_with(&k, tmp)).await?;
+        // The stream is spent, so only the rename can be retried; the temp file stays armed until
+        // it has its final name.
+        let mut tmp = Some(tmp);
+        self.blocking("upload", key, move |fs| {
+            let t = tmp.as_ref().ok_or_else(|| io::Error::other("upload: temp file already renamed"))?;
+            let path = fs.rename_into(&k, t)?;
+            if let Some(t) = tmp.take() {
+                t.disarm();
+            }
+            sync_parent(&path)
+        })
+        .await?;
         Ok(written)
     }
 
@@ -503,7 +564,7 @@ impl Store for LocalStore {
         self.check_key("download", key)?;
         let path = self.fs.path(key);
         let file = self
-            .blocking("download", key, move |_| match File::open(path) {
+            .blocking("download", key, move |_| match File::open(&path) {
                 Ok(f) => Ok(Some(f)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(e),
@@ -781,6 +842,81 @@ mod tests {
         left.sort();
         assert_eq!(left, [live, "a%2Fb.cas".to_string()]);
         assert_eq!(s.remove_unfinished("").await.unwrap(), 0);
+    }
+
+    #[test]
+    fn transient_errors_are_retried_with_backoff_and_others_are_not() {
+        let os = io::Error::from_raw_os_error;
+        for errno in [libc::EIO, libc::EAGAIN, libc::EINTR, libc::EBUSY] {
+            let mut calls = 0;
+            let t0 = std::time::Instant::now();
+            let r = retry_transient(5, Duration::from_millis(10), || {
+                calls += 1;
+                if calls < 3 { Err(os(errno)) } else { Ok(calls) }
+            });
+            assert_eq!(r.unwrap(), 3, "errno {errno}");
+            // Two pauses: 10 ms, then 20 ms.
+            assert!(t0.elapsed() >= Duration::from_millis(30), "errno {errno}: {:?}", t0.elapsed());
+        }
+        // Still failing after every try: the last error, unchanged.
+        let mut calls = 0;
+        let r: io::Result<()> = retry_transient(4, Duration::from_millis(1), || {
+            calls += 1;
+            Err(os(libc::EIO))
+        });
+        assert_eq!((calls, r.unwrap_err().raw_os_error()), (4, Some(libc::EIO)));
+        // Permanent errors, and a failed directory fsync (an `Other` error), are tried once.
+        let permanent: [fn() -> io::Error; 4] = [
+            || io::Error::from_raw_os_error(libc::EACCES),
+            || io::Error::from_raw_os_error(libc::ENOENT),
+            || io::Error::from_raw_os_error(libc::ENOSPC),
+            || io::Error::other("fsync of directory x: Input/output error (os error 5) (not retried)"),
+        ];
+        for e in permanent {
+            let mut calls = 0;
+            let r: io::Result<()> = retry_transient(5, Duration::from_millis(1), || {
+                calls += 1;
+                Err(e())
+            });
+            assert!(r.is_err());
+            assert_eq!(calls, 1, "{}", e());
+        }
+    }
+
+    #[tokio::test]
+    async fn blocking_retries_a_flaky_call_and_reports_a_failing_one_as_temporary() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        s.put("k", Bytes::from_static(b"v")).await.unwrap();
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = Arc::clone(&calls);
+        let got = s
+            .blocking("get", "k", move |fs| {
+                if c.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err(io::Error::from_raw_os_error(libc::EIO))
+                } else {
+                    fs.get("k")
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(&got.unwrap().data[..], b"v");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = Arc::clone(&calls);
+        let err = s
+            .blocking("get", "k", move |_| -> io::Result<()> {
+                c.fetch_add(1, Ordering::SeqCst);
+                Err(io::Error::from_raw_os_error(libc::EBUSY))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), FS_ATTEMPTS);
+        let Error::Store { problem, transience, .. } = &err else { panic!("{err:?}") };
+        assert_eq!(*transience, Transience::Temporary, "{err}");
+        assert!(problem.starts_with("get k: "), "{problem}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod backup;
 mod cli;
 mod config;
+mod faults;
 mod harness;
 mod journal;
 mod smoke;

@@ -9,6 +9,7 @@
 #![allow(dead_code, reason = "each test file uses a different part of the harness")]
 
 pub mod drctl;
+pub mod fault_proxy;
 pub mod moto;
 pub mod pg;
 
