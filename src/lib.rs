@@ -85,7 +85,9 @@ async fn run_async(cli: Cli, out: Output) -> u8 {
     for note in cx.journal.notes().await {
         cx.out.info(&note);
     }
-    cx.out.info(&format!("store requests: {}", store::requests::summary()));
+    if cx.global.verbose > 0 {
+        cx.out.info(&format!("store requests: {}", store::requests::summary()));
+    }
     // A dry run changed nothing: it must not look like a successful run to the alerting.
     let metrics_file = cx.global.metrics_file.as_ref().filter(|_| !cx.global.dry_run);
     if let (Some(path), Some((runbook, env, bytes, extra))) = (metrics_file, metrics) {

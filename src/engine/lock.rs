@@ -176,6 +176,11 @@ pub async fn acquire_over(
                 }
                 (info, None)
             }
+            // Our own write whose reply was lost (the retried conditional request then failed):
+            // the lock is this run's already.
+            Some((current, _)) if current.run_id == who.run_id && !current.released && current.pid == me.pid => {
+                (current, None)
+            }
             Some((current, etag)) => {
                 let why = match free_because(&current, now, &me, &key)? {
                     Some(why) => Some(why),

@@ -583,8 +583,9 @@ fn a_resumed_sync_whose_stored_dump_is_older_than_the_rpo_dumps_afresh() {
 fn on_a_tty_the_checks_and_the_plan_come_before_the_prompt() {
     let p = pair("sync_tty", "", "");
     let before = fingerprint(&p.to);
+    // A pseudo-terminal made from a pipe has no size: give it an operator's.
     let cmd = format!(
-        "{} -c {} sync --from prod --to staging --no-progress",
+        "stty cols 160 rows 50; {} -c {} sync --from prod --to staging --no-progress",
         env!("CARGO_BIN_EXE_drctl"),
         p.config.display()
     );
