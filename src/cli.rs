@@ -124,6 +124,9 @@ pub enum Command {
     /// --artifacts URL re-reads every object under URL (stored as PREFIX/ab/abcdef..., the sha256 of
     /// its content, sharded by the first two hex digits) and checks content and shard.
     ///
+    /// Nothing to verify is exit 3, not success: a prefix with no objects (a typo lists nothing),
+    /// or a table with no rows and no anchor unless --allow-empty (or allow_empty = true for it).
+    ///
     /// Takes no lock. Exit 4 names the first bad entry and why; exit 2 for a missing table or column.
     VerifyChain(VerifyChainArgs),
 
@@ -256,6 +259,10 @@ pub struct VerifyChainArgs {
     /// Verify only the rows after the newest anchor (after checking every anchor): cheap for cron
     #[arg(long)]
     pub since_anchor: bool,
+    /// An empty --table (or configured chain) verifies; without this it is exit 3, since a wrong
+    /// table or an emptied one proves nothing (per table in drctl.toml: allow_empty = true)
+    #[arg(long)]
+    pub allow_empty: bool,
     /// Parallel connections per table, each verifying one range of an integer order column [default: 4]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: Option<u16>,
