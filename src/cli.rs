@@ -53,11 +53,13 @@ pub struct Global {
     #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,
 
-    /// Only errors on stderr
+    /// For cron: a successful run prints nothing at all (no report, no log lines), so MAILTO mails
+    /// only failures; a failed run prints its report and the error whatever -q says
     #[arg(short = 'q', long, global = true)]
     pub quiet: bool,
 
-    /// No progress bars, even on a TTY
+    /// No progress bars, even on a TTY (where they show bytes, rate, and the expected total and ETA
+    /// when the tables' size is known; the report's expected_bytes holds that total)
     #[arg(long, global = true)]
     pub no_progress: bool,
 
@@ -147,11 +149,18 @@ pub enum Command {
 
     /// Readiness of every env: reachable, role, replication lag, live, healthy, data age vs RPO
     ///
+    /// role is `replica` for a server in recovery, `standby` for an env declared sync_from (a warm
+    /// standby: a primary server, but not the one to write to), and `primary` otherwise.
+    ///
     /// Read-only: takes no lock and writes nothing. Exit 3 when an env's last sync or last backup
     /// is older than policy.rpo, or a live env is unhealthy.
     Status,
 
     /// Show the journal, newest first
+    ///
+    /// On a TTY, a table. Otherwise (a pipe, a file, cron) one entry a line with no padding: seq,
+    /// time, runbook, env (- for none), event, run_id and the details as compact JSON, separated by
+    /// single spaces. -o json prints the entries as one document.
     Log(LogArgs),
 
     /// Print shell completions for SHELL
@@ -198,6 +207,8 @@ pub enum BackupType {
 #[derive(Debug, Subcommand)]
 pub enum BackupAction {
     /// The complete backups in the store, newest first
+    ///
+    /// The table shows the first 12 hex digits of each backup's sha256; -o json has the full hash.
     List {
         /// Only this env's backups
         #[arg(short = 'e', long, value_name = "ENV")]

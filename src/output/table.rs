@@ -12,6 +12,12 @@ pub fn new_table(header: &[&str]) -> Table {
     t
 }
 
+/// Rows as plain lines, fields separated by one space and never padded: what `grep`, `awk` and a
+/// cron mail want off a TTY. Only the last field may contain spaces.
+pub fn plain_lines(rows: &[Vec<String>]) -> String {
+    rows.iter().map(|r| r.join(" ") + "\n").collect()
+}
+
 /// A runbook's report: preflight checks, steps, then its result fields as `key: value` lines.
 pub fn run_report(r: &RunReport) -> String {
     let mut out = String::new();

@@ -106,9 +106,10 @@ fn backup_to_file_store_lists_verifies_and_restores_by_hand() {
     assert_eq!(sha.len(), 64);
     assert!(b["wal_start"].is_null());
 
-    // The table form shows size and sha256 too.
+    // The table form shows size and the sha256's first 12 hex digits, on one line (the JSON has all).
     let t = checked(drctl(&config).args(["backup", "list"]).run().expect_code(0));
-    assert!(t.stdout.contains(&id) && t.stdout.contains(sha), "{}", t.stdout);
+    let row = t.stdout.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("{}", t.stdout));
+    assert!(row.contains(&sha[..12]) && !t.stdout.contains(&sha[..13]), "{}", t.stdout);
 
     // The stored dump restores with the operator's own tools: cat | zstd -dc | pg_restore.
     let objects = object_files(&store, &id);
@@ -578,4 +579,63 @@ fn sigint_while_waiting_for_a_lock_exits_130_at_once() {
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["status"], "interrupted");
     assert!(first.wait().unwrap().success());
+}
+
+// --- what cron and a terminal see ------------------------------------------------------------------
+
+#[test]
+fn quiet_runs_print_nothing_on_success_and_the_report_and_error_on_failure() {
+    let dir = TestDir::new();
+    let db = seeded_db("backup_quiet");
+    let config = file_config(&dir, &db);
+    for args in [
+        &["-q", "backup", "--env", "prod"][..],
+        &["backup", "--env", "prod", "-q", "-o", "json"],
+        &["-q", "backup", "list"],
+        &["-q", "verify-chain", "--journal", "--backups"],
+        &["-q", "status"],
+        &["-q", "log"],
+    ] {
+        let r = checked(drctl(&config).args(args).run().expect_code(0));
+        assert!(r.stdout.is_empty() && r.stderr.is_empty(), "drctl {args:?} printed\n{r:?}");
+    }
+    assert_eq!(list(&config).len(), 2, "the quiet backups ran");
+
+    // A store where backups/ is a file: preflight passes (the probe goes elsewhere), the dump fails.
+    let broken = TestDir::new();
+    std::fs::create_dir_all(broken.path().join("store")).unwrap();
+    std::fs::write(broken.path().join("store/backups"), "not a directory").unwrap();
+    let config = file_config(&broken, &db);
+    let r = checked(drctl(&config).args(["-q", "backup", "--env", "prod"]).run().expect_code(1));
+    assert!(r.stdout.contains("FAILED") && r.stdout.contains("backup failed"), "the report is printed: {r:?}");
+    assert!(r.stderr.starts_with("error: "), "{}", r.stderr);
+    // A backup never resumes: the hint says what a rerun does, not "completed steps are skipped".
+    assert!(r.stderr.contains("hint: ") && r.stderr.contains("never resumes"), "{}", r.stderr);
+    assert!(!r.stderr.contains("skipped"), "{}", r.stderr);
+    let r = checked(drctl(&config).args(["-q", "backup", "--env", "prod", "-o", "json"]).run().expect_code(1));
+    assert_eq!(json(&r)["status"], "failed");
+}
+
+#[test]
+fn log_off_a_tty_prints_one_unpadded_line_per_entry() {
+    let dir = TestDir::new();
+    let config = file_config(&dir, &seeded_db("backup_log"));
+    checked(drctl(&config).args(["backup"]).run().expect_code(0));
+    let entries = json(&checked(drctl(&config).args(["log", "-o", "json"]).run().expect_code(0)))["entries"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(entries.len() >= 5, "{entries:?}");
+    // stdout is a pipe here, as under cron or `| grep`.
+    let r = checked(drctl(&config).args(["log"]).run().expect_code(0));
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), entries.len(), "{}", r.stdout);
+    for (line, e) in lines.iter().zip(&entries) {
+        assert!(!line.contains("  ") && !line.contains('│') && line.trim_end() == *line, "padded: {line:?}");
+        let fields: Vec<&str> = line.splitn(7, ' ').collect();
+        assert_eq!(fields[0], e["seq"].to_string(), "{line}");
+        let want = [&e["time"], &e["runbook"], &e["event"], &e["run_id"]].map(|v| v.as_str().unwrap().to_string());
+        assert_eq!([fields[1], fields[2], fields[4], fields[5]], want.each_ref().map(String::as_str), "{line}");
+        assert_eq!(serde_json::from_str::<Value>(fields[6]).unwrap(), e["details"], "{line}");
+    }
 }
