@@ -22,7 +22,14 @@ pub async fn check(cx: &Ctx, env: Option<&str>) -> Result<(Value, String, Option
     let mut rows: Vec<(String, Check)> = Vec::new();
     rows.push((
         "config".into(),
-        Check::pass("config-valid", format!("{} ({} envs)", cx.config.file.display(), cx.config.environments.len())),
+        Check::pass(
+            "config-valid",
+            format!(
+                "{} ({})",
+                cx.config.file.display(),
+                crate::output::table::count(cx.config.environments.len() as u64, "env")
+            ),
+        ),
     ));
     rows.push(("store".into(), store_writable(cx).await));
     for e in envs {

@@ -93,6 +93,10 @@ fn backup_to_file_store_lists_verifies_and_restores_by_hand() {
     let id = doc["id"].as_str().expect("backup id").to_string();
     let steps: Vec<&str> = doc["steps"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
     assert!(steps.iter().all(|s| *s == "applied" || *s == "done"), "{steps:?}");
+    // The progress bar's total (the tables' size) is in the report: an estimate of the raw dump.
+    let (expected, dumped) = (doc["expected_bytes"].as_u64(), doc["dump_bytes"].as_u64().unwrap());
+    let expected = expected.unwrap_or_else(|| panic!("no expected_bytes in {doc}"));
+    assert!(expected > dumped / 4 && expected < dumped * 4, "expected {expected} bytes, dumped {dumped}");
 
     let backups = list(&config);
     assert_eq!(backups.len(), 1);
@@ -477,6 +481,13 @@ fn sigterm_mid_backup_exits_143_journals_it_and_discards_the_partial_backup() {
     assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["status"], "interrupted");
+    // The interrupted step reports the time it ran, not 0 ms.
+    let dump = doc["steps"].as_array().unwrap().iter().find(|s| s["step"] == "dump").unwrap();
+    assert_eq!(dump["state"], "failed", "{dump}");
+    assert!(dump["duration_ms"].as_u64().unwrap() > 0, "{dump}");
+    // A backup never resumes, so the hint must not promise it.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("never resumes") && !stderr.contains("to resume"), "{stderr}");
 
     let pg = Cluster::shared();
     wait_for("pg_dump to exit", Duration::from_secs(10), || {
@@ -504,6 +515,8 @@ fn check_reaches_everything_and_names_what_fails() {
     for want in ["config-valid", "store-writable", "db-reachable", "can-dump", "declared-role", "pg-dump-version"] {
         assert!(ids.contains(&want), "{want} not in {ids:?}");
     }
+    let config_valid = doc["checks"].as_array().unwrap().iter().find(|c| c["check"] == "config-valid").unwrap();
+    assert!(config_valid["detail"].as_str().unwrap().ends_with("(1 env)"), "{config_valid}");
     // The probe object is deleted again and nothing else is written.
     let leftovers: Vec<_> = walk(&dir.path().join("store"));
     assert!(leftovers.is_empty(), "{leftovers:?}");

@@ -150,6 +150,13 @@ fn sync_makes_the_target_equal_the_source_and_status_sees_it_fresh() {
     // The sequence values were read from the dump's own TOC and checked (customers, orders).
     let restore = doc["steps"].as_array().unwrap().iter().find(|s| s["step"] == "restore").unwrap().clone();
     assert!(restore["detail"].as_str().unwrap().contains("2 sequences checked"), "{restore}");
+    // The progress total (the source tables' size) is reported, near what the dump weighed.
+    let (expected, dumped) =
+        (doc["expected_bytes"].as_u64().expect("expected_bytes"), doc["dump_bytes"].as_u64().unwrap());
+    assert!(expected > dumped / 4 && expected < dumped * 4, "expected {expected} bytes, dumped {dumped}");
+    // Counts read as spoken: "the one role", not "the 1 roles".
+    let roles = doc["preflight"].as_array().unwrap().iter().find(|c| c["check"] == "dump-roles").unwrap().clone();
+    assert_eq!(roles["detail"], "the one role the dump names exists on staging", "{roles}");
     assert!(sequences(&p.to).contains("customers_id_seq=5000"), "{}", sequences(&p.to));
     // The old copy is kept as __drctl_prev; no scratch copy is left.
     assert_eq!(databases_like(&p.to), format!("{0},{0}__drctl_prev", p.to));
@@ -180,7 +187,9 @@ fn sync_makes_the_target_equal_the_source_and_status_sees_it_fresh() {
     let envs = st["environments"].as_array().unwrap();
     let staging = envs.iter().find(|e| e["name"] == "staging").unwrap();
     assert_eq!(staging["reachable"], true);
-    assert_eq!(staging["role"], "primary");
+    // A warm standby is a primary server, but not the primary: status shows its declared role.
+    assert_eq!(staging["role"], "standby");
+    assert_eq!(envs.iter().find(|e| e["name"] == "prod").unwrap()["role"], "primary");
     assert!(staging["live"].is_null() && staging["healthy"].is_null(), "{staging}");
     assert!(staging["last_sync_age_s"].as_u64().unwrap() < 3600, "{staging}");
     assert!(staging["last_backup_age_s"].is_null(), "{staging}");
@@ -215,7 +224,8 @@ fn sync_makes_the_target_equal_the_source_and_status_sees_it_fresh() {
     // The table form and the metrics file work for status too.
     let prom = p.dir.path().join("drctl.prom");
     let t = checked(drctl(&p.config).args(["status", "--metrics-file"]).arg(&prom).run().expect_code(0));
-    assert!(t.stdout.contains("staging") && t.stdout.contains("primary"), "{}", t.stdout);
+    let row = |env: &str| t.stdout.lines().find(|l| l.contains(&format!(" {env} "))).unwrap_or_default().to_string();
+    assert!(row("staging").contains("standby") && row("prod").contains("primary"), "{}", t.stdout);
     assert!(std::fs::read_to_string(&prom).unwrap().contains("drctl_last_run_success{runbook=\"status\""));
 }
 
@@ -296,6 +306,26 @@ fn kill_9_during_the_restore_leaves_the_target_unchanged_and_the_next_sync_succe
     let drop_step = doc["steps"].as_array().unwrap().iter().find(|s| s["step"] == "drop-scratch").unwrap().clone();
     assert_eq!(drop_step["state"], "applied", "the killed run's scratch copy is dropped first: {doc}");
     assert_eq!(fingerprint(&p.to), fingerprint(&p.from));
+}
+
+#[test]
+fn an_interrupted_restore_reports_how_long_it_ran() {
+    let p = pair("sync_int", "sync_from = \"prod\"", "");
+    pg().psql(&p.from, "INSERT INTO orders (customer_id, total, note) SELECT 1 + g % 300, g, repeat(md5(g::text), 8) FROM generate_series(1, 600000) g; REFRESH MATERIALIZED VIEW order_totals");
+    let child = sync(&p).spawn();
+    let scratch = format!("{}__drctl_new", p.to);
+    assert!(wait_until(Duration::from_secs(60), || {
+        pg().try_psql("postgres", &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{scratch}'"))
+            .is_ok_and(|n| n.trim() != "0")
+    }));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let restore = doc["steps"].as_array().unwrap().iter().find(|s| s["step"] == "restore").unwrap().clone();
+    assert_eq!(restore["state"], "failed", "{doc}");
+    assert!(restore["duration_ms"].as_u64().unwrap() > 0, "the restore ran before the signal: {restore}");
 }
 
 #[test]

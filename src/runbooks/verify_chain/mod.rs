@@ -23,7 +23,7 @@ use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::journal;
 use crate::output::metrics::Series;
-use crate::output::table::new_table;
+use crate::output::table::{count, new_table};
 
 /// One chain's verdict (contract "JSON output", verify-chain).
 #[derive(Debug, Clone)]
@@ -198,7 +198,13 @@ pub async fn verify_chain(cx: &Ctx, a: &VerifyChainArgs) -> Verdict {
                         Error::integrity(
                             "artifacts",
                             &b.key,
-                            format!("{}: {} ({} bad of {} objects)", b.problem, b.detail, r.bad.len(), r.checked),
+                            format!(
+                                "{}: {} ({} bad of {})",
+                                b.problem,
+                                b.detail,
+                                r.bad.len(),
+                                count(r.checked, "object")
+                            ),
                         )
                     })
                 })
@@ -284,10 +290,10 @@ fn render(
     }
     if let Some(a) = arts {
         text.push_str(&format!(
-            "artifacts {}: {} objects ({} bytes) checked, {} bad\n",
+            "artifacts {}: {} ({}) checked, {} bad\n",
             a.url,
-            a.checked,
-            a.bytes,
+            count(a.checked, "object"),
+            count(a.bytes, "byte"),
             a.bad.len()
         ));
         if !a.bad.is_empty() {

@@ -254,9 +254,9 @@ async fn check_anchors(client: &Client, env: &EnvConfig, r: &Resolved, anchors: 
     for a in anchors {
         let here: Vec<&Option<String>> = found.iter().filter(|(k, _)| *k == a.key).map(|(_, h)| h).collect();
         let what = format!(
-            "the head anchored at journal seq {} ({} entries, hash {})",
+            "the head anchored at journal seq {} ({}, hash {})",
             a.seq,
-            a.count,
+            crate::output::table::count(a.count, "entry"),
             scan::short(Some(a.hash.as_bytes()))
         );
         let reason = if here.is_empty() {
