@@ -140,7 +140,10 @@ pub enum Command {
     /// materialized views and sequences match the dump is swapped in, from TO's maintenance_db, by
     /// two renames in one transaction (`DB` -> `DB__drctl_prev`, `DB__drctl_new` -> `DB`): clients
     /// see the old data or the new, never a mix, and a failure leaves TO as it was. The previous
-    /// copy is kept until the next sync. Refuses (exit 3) when DNS points at TO or TO is a replica.
+    /// copy is kept until the next sync. Refuses (exit 3) when DNS points at TO or TO is a replica,
+    /// and (check target-is-source) when another env declares TO as its sync_from or replica_of or
+    /// TO has streaming replicas attached (pg_stat_replication): `--from staging --to prod` is
+    /// refused even without [dns]; only `--accept target-is-source` waives it.
     /// An env declaring `sync_from = "FROM"` is synced without confirmation (cron); any other TO
     /// needs --yes off a TTY. Locks env:TO only. A rerun after an unfinished sync resumes it: when
     /// that run's dump was already committed, it restores from the stored dump (sha256 checked as

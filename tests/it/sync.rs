@@ -607,3 +607,93 @@ fn a_resumed_sync_whose_stored_dump_is_older_than_the_rpo_dumps_afresh() {
     assert!(restore["details"]["fresh_dump_because"].as_str().unwrap().contains("beyond policy.rpo"), "{restore}");
     assert_eq!(fingerprint(&p.to), fingerprint(&p.from));
 }
+
+// --- pointed the wrong way: target-is-source ------------------------------------------------------
+
+fn preflight_check(doc: &Value, id: &str) -> Value {
+    doc["preflight"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["check"] == id))
+        .unwrap_or_else(|| panic!("no check {id} in {doc}"))
+        .clone()
+}
+
+#[test]
+fn a_target_another_env_copies_from_is_refused_unless_accepted_by_name() {
+    // staging is prod's standby; `--from staging --to prod --yes` is the reversed command.
+    let p = pair("sync_rev", "sync_from = \"prod\"", "");
+    let before = fingerprint(&p.from);
+    let reversed = || drctl(&p.config).args(["sync", "--from", "staging", "--to", "prod", "--yes", "-o", "json"]);
+    let r = checked(reversed().run().expect_code(3));
+    let doc = r.json();
+    assert_eq!(doc["status"], "preflight_failed");
+    let c = preflight_check(&doc, "target-is-source");
+    assert_eq!(c["ok"], false, "{c}");
+    assert!(c["detail"].as_str().unwrap().contains("staging declares sync_from = \"prod\""), "{c}");
+    assert_eq!(fingerprint(&p.from), before, "prod is untouched");
+    // The right way round passes the check.
+    let ok = checked(sync(&p).run().expect_code(0)).json();
+    assert_eq!(preflight_check(&ok, "target-is-source")["ok"], true, "{ok}");
+    // A replica_of declaration counts too; only the check's own name waives it.
+    let cfg = p.dir.write(
+        "with-replica.toml",
+        &format!(
+            "{}\n[environments.reader]\ndatabase_url = \"postgres://postgres@127.0.0.1:1/none\"\nreplica_of = \"prod\"\n",
+            std::fs::read_to_string(&p.config).unwrap().replace("sync_from = \"prod\"", "")
+        ),
+    );
+    let r = checked(
+        drctl(&cfg).args(["sync", "--from", "staging", "--to", "prod", "--yes", "-o", "json"]).run().expect_code(3),
+    );
+    let c = preflight_check(&r.json(), "target-is-source");
+    assert!(c["detail"].as_str().unwrap().contains("reader declares replica_of = \"prod\""), "{c}");
+    pg().psql(&p.to, "UPDATE marker SET v = 'from staging'");
+    let r = checked(
+        drctl(&cfg)
+            .args(["sync", "--from", "staging", "--to", "prod", "--yes", "--accept", "target-is-source", "-o", "json"])
+            .run()
+            .expect_code(0),
+    );
+    assert_eq!(preflight_check(&r.json(), "target-is-source")["accepted"], true);
+    assert_eq!(pg().psql(&p.from, "SELECT v FROM marker"), "from staging", "accepted: prod holds staging's data");
+}
+
+#[test]
+fn a_target_with_streaming_replicas_is_refused() {
+    // Its own primary: a replica of the shared cluster would make every other test's target a source.
+    let primary = Cluster::start_new();
+    let to = unique_name("sync_src_repl");
+    primary.create_db(&to);
+    primary.psql(&to, TARGET_SQL);
+    let from = unique_name("sync_src_from");
+    pg().create_db(&from);
+    pg().psql(&from, SOURCE_SQL);
+    let dir = TestDir::new();
+    let config = dir.write_config(&format!(
+        "[store]\nurl = \"file://{}/store\"\n[environments.prod]\ndatabase_url = \"postgres://postgres:${{TEST_PG_PASSWORD}}@127.0.0.1:{}/{from}?sslmode=disable\"\n\n\
+         [environments.staging]\ndatabase_url = \"postgres://postgres:${{OTHER_PG_PASSWORD}}@127.0.0.1:{}/{to}?sslmode=disable\"\nsync_from = \"prod\"\n",
+        dir.path().display(),
+        pg().port,
+        primary.port
+    ));
+    let replica = Cluster::start_replica(&primary);
+    assert!(wait_until(Duration::from_secs(30), || primary
+        .psql("postgres", "SELECT count(*) FROM pg_stat_replication")
+        == "1"));
+    let run = |more: &[&str]| {
+        drctl(&config)
+            .env("OTHER_PG_PASSWORD", primary.password())
+            .args(["sync", "--from", "prod", "--to", "staging", "-o", "json"])
+            .args(more)
+            .run()
+    };
+    let r = run(&[]);
+    r.assert_no_secret(primary.password());
+    let r = checked(r.expect_code(3));
+    let c = preflight_check(&r.json(), "target-is-source");
+    assert_eq!(c["ok"], false, "{c}");
+    assert!(c["detail"].as_str().unwrap().contains("1 replica is streaming from it (drctl_it_replica)"), "{c}");
+    let r = checked(run(&["--accept", "target-is-source"]).expect_code(0));
+    assert_eq!(preflight_check(&r.json(), "target-is-source")["accepted"], true);
+    drop(replica);
+}

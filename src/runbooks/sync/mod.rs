@@ -4,7 +4,8 @@
 //! --if-exists -d staging f || true`, which swallowed errors, left staging half-restored while it
 //! ran or when it failed, never checked the result, and after a failover would have overwritten the
 //! now-live staging with stale production data. Here TO's database is replaced only by a complete,
-//! validated copy, in one catalog transaction, and never when DNS points at TO or TO is a replica.
+//! validated copy, in one catalog transaction, and never when DNS points at TO, TO is a replica,
+//! or TO is a source other data is copied from (the `--from staging --to prod` mix-up).
 
 mod pipeline;
 pub mod target;
@@ -237,6 +238,7 @@ impl DropScratch {
         });
 
         checks.push(target::check_not_live(cx, to).await);
+        checks.push(target::check_not_source(cx, to, target.as_ref().map(|(t, _, _, _)| t)).await);
         if let Some((t, m, _, props)) = &target {
             checks.push(target::check_not_replica(to, t).await);
             checks.push(target::check_privileges(m, props).await);
