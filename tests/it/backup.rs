@@ -283,15 +283,25 @@ fn big_db() -> &'static str {
     })
 }
 
-/// Until the run is past preflight (its `run-started` entry) and dump data is being written.
+/// Until the dump step runs (clean-partial, the step before it, is journaled done) and dump data
+/// is being written.
 fn wait_dump_started(store: &Path) {
     wait_for("the dump to start writing", Duration::from_secs(60), || {
-        let data_tmp = std::fs::read_dir(store.join(".tmp"))
-            .map(|d| d.flatten().any(|e| !e.file_name().to_string_lossy().ends_with(".cas")))
-            .unwrap_or(false);
         let started = std::fs::read_dir(store.join("journal"))
-            .map(|d| d.flatten().any(|e| std::fs::read_to_string(e.path()).unwrap_or_default().contains("run-started")))
+            .map(|d| {
+                d.flatten().any(|e| {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    text.contains("\"step-done\"") && text.contains("\"clean-partial\"")
+                })
+            })
             .unwrap_or(false);
+        // Journal entries are written through `.cas` temp files; anything else there is dump data.
+        let data_tmp = started
+            && std::fs::read_dir(store.join(".tmp")).is_ok_and(|d| {
+                d.flatten().any(|e| {
+                    !e.file_name().to_string_lossy().ends_with(".cas") && e.metadata().is_ok_and(|m| m.len() > 0)
+                })
+            });
         started && (data_tmp || std::fs::read_dir(store.join("backups/prod")).map(|d| d.count() > 0).unwrap_or(false))
     });
 }
