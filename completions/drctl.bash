@@ -841,7 +841,7 @@ _drctl() {
             return 0
             ;;
         drctl__subcmd__verify__subcmd__chain)
-            opts="-e -c -o -y -v -q -h -V --journal --since-checkpoint --backups --deep --env --table --order-by --hash-column --prev-column --content --genesis --bytea-hash --dense --all-errors --since-anchor --jobs --artifacts --config --output --dry-run --yes --accept --lock-wait --verbose --quiet --no-progress --log-format --metrics-file --help --version"
+            opts="-e -c -o -y -v -q -h -V --journal --since-checkpoint --backups --deep --env --table --order-by --hash-column --prev-column --content --genesis --bytea-hash --dense --all-errors --since-anchor --allow-empty --jobs --artifacts --config --output --dry-run --yes --accept --lock-wait --verbose --quiet --no-progress --log-format --metrics-file --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

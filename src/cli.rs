@@ -54,11 +54,13 @@ pub struct Global {
     #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,
 
-    /// Only errors on stderr
+    /// For cron: a successful run prints nothing at all (no report, no log lines), so MAILTO mails
+    /// only failures; a failed run prints its report and the error whatever -q says
     #[arg(short = 'q', long, global = true)]
     pub quiet: bool,
 
-    /// No progress bars, even on a TTY
+    /// No progress bars, even on a TTY (where they show bytes, rate, and the expected total and ETA
+    /// when the tables' size is known; the report's expected_bytes holds that total)
     #[arg(long, global = true)]
     pub no_progress: bool,
 
@@ -133,6 +135,9 @@ pub enum Command {
     /// --artifacts URL re-reads every object under URL (stored as PREFIX/ab/abcdef..., the sha256 of
     /// its content, sharded by the first two hex digits) and checks content and shard.
     ///
+    /// Nothing to verify is exit 3, not success: a prefix with no objects (a typo lists nothing),
+    /// or a table with no rows and no anchor unless --allow-empty (or allow_empty = true for it).
+    ///
     /// Takes no lock. Exit 4 names the first bad entry and why; exit 2 for a missing table or column.
     VerifyChain(VerifyChainArgs),
 
@@ -144,7 +149,10 @@ pub enum Command {
     /// materialized views and sequences match the dump is swapped in, from TO's maintenance_db, by
     /// two renames in one transaction (`DB` -> `DB__drctl_prev`, `DB__drctl_new` -> `DB`): clients
     /// see the old data or the new, never a mix, and a failure leaves TO as it was. The previous
-    /// copy is kept until the next sync. Refuses (exit 3) when DNS points at TO or TO is a replica.
+    /// copy is kept until the next sync. Refuses (exit 3) when DNS points at TO or TO is a replica,
+    /// and (check target-is-source) when another env declares TO as its sync_from or replica_of or
+    /// TO has streaming replicas attached (pg_stat_replication): `--from staging --to prod` is
+    /// refused even without [dns]; only `--accept target-is-source` waives it.
     /// An env declaring `sync_from = "FROM"` is synced without confirmation (cron); any other TO
     /// needs --yes off a TTY. Locks env:TO only. A rerun after an unfinished sync resumes it: when
     /// that run's dump was already committed, it restores from the stored dump (sha256 checked as
@@ -153,11 +161,18 @@ pub enum Command {
 
     /// Readiness of every env: reachable, role, replication lag, live, healthy, data age vs RPO
     ///
+    /// role is `replica` for a server in recovery, `standby` for an env declared sync_from (a warm
+    /// standby: a primary server, but not the one to write to), and `primary` otherwise.
+    ///
     /// Read-only: takes no lock and writes nothing. Exit 3 when an env's last sync or last backup
     /// is older than policy.rpo, or a live env is unhealthy.
     Status,
 
     /// Show the journal, newest first
+    ///
+    /// On a TTY, a table. Otherwise (a pipe, a file, cron) one entry a line with no padding: seq,
+    /// time, runbook, env (- for none), event, run_id and the details as compact JSON, separated by
+    /// single spaces. -o json prints the entries as one document.
     Log(LogArgs),
 
     /// Print shell completions for SHELL
@@ -204,6 +219,8 @@ pub enum BackupType {
 #[derive(Debug, Subcommand)]
 pub enum BackupAction {
     /// The complete backups in the store, newest first
+    ///
+    /// The table shows the first 12 hex digits of each backup's sha256; -o json has the full hash.
     List {
         /// Only this env's backups
         #[arg(short = 'e', long, value_name = "ENV")]
@@ -270,6 +287,10 @@ pub struct VerifyChainArgs {
     /// Verify only the rows after the newest anchor (after checking every anchor): cheap for cron
     #[arg(long)]
     pub since_anchor: bool,
+    /// An empty --table (or configured chain) verifies; without this it is exit 3, since a wrong
+    /// table or an emptied one proves nothing (per table in drctl.toml: allow_empty = true)
+    #[arg(long)]
+    pub allow_empty: bool,
     /// Parallel connections per table, each verifying one range of an integer order column [default: 4]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: Option<u16>,

@@ -80,6 +80,8 @@ pub struct ChainConfig {
     pub content: Option<String>,
     pub genesis: Option<String>,
     pub bytea_hash: Option<String>,
+    /// An empty table verifies (exit 0) instead of exit 3 (`--allow-empty` for this table).
+    pub allow_empty: Option<bool>,
 }
 
 impl ChainConfig {

@@ -50,6 +50,11 @@ pub enum Error {
     #[error("health/RPO breach: {}", breaches.join("; "))]
     Breach { breaches: Vec<String> },
 
+    /// verify-chain found nothing to verify where something was expected: an empty artifact
+    /// prefix (a typo lists nothing) or an empty chain table (exit 3, like a failed check).
+    #[error("nothing to verify: {what}")]
+    NothingToVerify { what: String, hint: String },
+
     /// A store or database that must be reached was not (before or outside a step).
     #[error("{what}: {problem}")]
     Unreachable { what: String, problem: String },
@@ -97,7 +102,10 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config { .. } | Error::Usage { .. } => exit::USAGE,
-            Error::Preflight { .. } | Error::Breach { .. } | Error::Unreachable { .. } => exit::PREFLIGHT,
+            Error::Preflight { .. }
+            | Error::Breach { .. }
+            | Error::NothingToVerify { .. }
+            | Error::Unreachable { .. } => exit::PREFLIGHT,
             Error::Integrity { .. } => exit::INTEGRITY,
             Error::Locked { .. } | Error::LockLost { .. } => exit::LOCKED,
             Error::Step { .. } | Error::Store { .. } | Error::Db { .. } | Error::Io { .. } => exit::STEP_FAILED,
@@ -129,6 +137,7 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Config { hint, .. } | Error::Usage { hint, .. } => hint.clone(),
+            Error::NothingToVerify { hint, .. } => Some(hint.clone()),
             Error::Preflight { waivable: true, .. } => Some(
                 "fix what the failed checks name and rerun; `--accept CHECK_ID` waives one check deliberately".into(),
             ),
@@ -228,6 +237,7 @@ mod tests {
     fn every_kind_maps_to_its_contract_code() {
         assert_eq!(Error::usage("x").exit_code(), 2);
         assert_eq!(Error::Preflight { failed: vec![], waivable: false }.exit_code(), 3);
+        assert_eq!(Error::NothingToVerify { what: "x".into(), hint: "y".into() }.status(), "preflight_failed");
         assert_eq!(Error::integrity("journal", "seq 3", "hash").exit_code(), 4);
         assert_eq!(Error::Interrupted { signal: libc::SIGINT }.exit_code(), 130);
         assert_eq!(Error::Interrupted { signal: libc::SIGTERM }.exit_code(), 143);

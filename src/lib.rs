@@ -114,7 +114,11 @@ fn render(cx: &ctx::Ctx, done: Done) -> (u8, Option<runbooks::MetricsOf>) {
             // Which store the run used, resolved (a relative file:// is beside drctl.toml): the header
             // of every report, so a run against a second, unintended store is seen at once.
             o.report.extra.insert("store".into(), cx.store.url().into());
-            if cx.out.json_mode() {
+            // `-q`: a successful run prints nothing at all, so cron mails only failures.
+            let silent = cx.out.quiet() && o.error.is_none();
+            if silent {
+                // Nothing on stdout; stderr carries only errors under -q anyway.
+            } else if cx.out.json_mode() {
                 cx.out.json(&serde_json::to_value(&o.report).unwrap_or_default());
             } else {
                 cx.out.text(&output::table::run_report(&o.report));
@@ -123,7 +127,7 @@ fn render(cx: &ctx::Ctx, done: Done) -> (u8, Option<runbooks::MetricsOf>) {
             let m = (o.report.runbook.clone(), o.report.env.clone().unwrap_or_default(), bytes, Vec::new());
             match o.error {
                 Some(e) => {
-                    cx.out.error(&e);
+                    cx.out.error_hinted(&e, runbooks::rerun_hint(&o.report.runbook, &e).or_else(|| e.hint()));
                     (e.exit_code(), Some(m))
                 }
                 None => (exit::OK, Some(m)),
@@ -133,6 +137,7 @@ fn render(cx: &ctx::Ctx, done: Done) -> (u8, Option<runbooks::MetricsOf>) {
             match (&error, cx.out.json_mode()) {
                 // Errors before a document could be made (exit 2) leave stdout empty.
                 (Some(e), _) if e.exit_code() == exit::USAGE && json.is_null() => {}
+                (None, _) if cx.out.quiet() => {}
                 (_, true) => cx.out.json(&json),
                 (_, false) if !text.is_empty() => cx.out.text(&text),
                 _ => {}

@@ -397,12 +397,14 @@ async fn run_locked(
                 // Dropping the step's future kills its children (kill_on_drop) and abandons its
                 // partial output, which is never listed and is removed by the next run.
                 let sig = cx.interrupted_by().unwrap_or(libc::SIGTERM);
+                report.steps[i].duration_ms = t0.elapsed().as_millis() as u64;
                 report.steps[i].state = StepState::Failed;
                 report.steps[i].detail = "interrupted".into();
                 return interrupted(writer, s.id(), sig).await;
             }
             _ = lost.cancelled() => {
                 let l = locks.iter().find(|l| l.lost.is_cancelled());
+                report.steps[i].duration_ms = t0.elapsed().as_millis() as u64;
                 report.steps[i].state = StepState::Failed;
                 return Err(Error::LockLost {
                     target: l.map(|l| l.target.clone()).unwrap_or_default(),

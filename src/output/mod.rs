@@ -2,8 +2,9 @@
 //!
 //! stdout carries the report (a comfy-table table, or exactly one JSON document with `-o json`).
 //! stderr carries log lines and progress. Off a TTY (cron), log lines carry an RFC 3339 timestamp
-//! and the run id, and informational lines appear only with `-v`: cron mails whatever is printed,
-//! so a healthy run is silent and a failing one is loud.
+//! and the run id, and informational lines appear only with `-v`. With `-q` a successful run prints
+//! nothing at all, its report included (`lib.rs` render): cron mails whatever is printed, so a
+//! healthy run is silent and a failing one is loud.
 
 pub mod metrics;
 pub mod progress;
@@ -21,6 +22,8 @@ pub struct Output {
     log_format: LogFormat,
     max_level: Level,
     stderr_tty: bool,
+    stdout_tty: bool,
+    quiet: bool,
     progress: bool,
     run_id: Mutex<String>,
 }
@@ -43,6 +46,8 @@ impl Output {
             log_format: g.log_format,
             max_level,
             stderr_tty,
+            stdout_tty: std::io::stdout().is_terminal(),
+            quiet: g.quiet,
             progress: stderr_tty && !g.no_progress && !g.quiet,
             run_id: Mutex::new(String::new()),
         }
@@ -54,6 +59,16 @@ impl Output {
 
     pub fn json_mode(&self) -> bool {
         self.format == OutputFormat::Json
+    }
+
+    /// `-q`: a successful run prints no report; a failed one still does.
+    pub fn quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// Whether stdout is a terminal: off one, long listings are one plain line per entry.
+    pub fn stdout_tty(&self) -> bool {
+        self.stdout_tty
     }
 
     pub fn log(&self, level: Level, msg: &str) {
@@ -129,9 +144,14 @@ impl Output {
 
     /// `error: …` and `hint: …` on stderr, once, whatever the output format.
     pub fn error(&self, e: &Error) {
+        self.error_hinted(e, e.hint())
+    }
+
+    /// The same, with a hint the caller knows better than the error (a runbook's own rerun advice).
+    pub fn error_hinted(&self, e: &Error, hint: Option<String>) {
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "error: {e}");
-        if let Some(h) = e.hint() {
+        if let Some(h) = hint {
             let _ = writeln!(err, "hint: {h}");
         }
     }

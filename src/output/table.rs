@@ -12,6 +12,12 @@ pub fn new_table(header: &[&str]) -> Table {
     t
 }
 
+/// Rows as plain lines, fields separated by one space and never padded: what `grep`, `awk` and a
+/// cron mail want off a TTY. Only the last field may contain spaces.
+pub fn plain_lines(rows: &[Vec<String>]) -> String {
+    rows.iter().map(|r| r.join(" ") + "\n").collect()
+}
+
 /// A runbook's report: preflight checks, steps, then its result fields as `key: value` lines.
 pub fn run_report(r: &RunReport) -> String {
     let mut out = String::new();
@@ -67,6 +73,18 @@ pub fn ms(ms: u64) -> String {
     }
 }
 
+/// `1 env`, `2 envs`, `0 entries`: a count with its noun, singular only for exactly one.
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        return format!("1 {noun}");
+    }
+    match noun.strip_suffix('y') {
+        // entry -> entries, but day -> days
+        Some(stem) if !stem.ends_with(['a', 'e', 'o', 'u']) => format!("{n} {stem}ies"),
+        _ => format!("{n} {noun}s"),
+    }
+}
+
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -76,4 +94,28 @@ pub fn bytes(n: u64) -> String {
         u += 1;
     }
     if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_singular_only_for_one() {
+        assert_eq!(count(1, "env"), "1 env");
+        assert_eq!(count(2, "env"), "2 envs");
+        assert_eq!(count(0, "role"), "0 roles");
+        assert_eq!(count(1, "entry"), "1 entry");
+        assert_eq!(count(3, "entry"), "3 entries");
+        assert_eq!(count(2, "day"), "2 days");
+    }
+
+    #[test]
+    fn plain_lines_are_not_padded() {
+        let rows = vec![
+            vec!["1".into(), "a".into(), "{}".into()],
+            vec!["2".into(), "b".into(), "{\"k\":\"a long value\"}".into()],
+        ];
+        assert_eq!(plain_lines(&rows), "1 a {}\n2 b {\"k\":\"a long value\"}\n");
+    }
 }

@@ -25,7 +25,12 @@ pub async fn check(cx: &Ctx, env: Option<&str>) -> Result<(Value, String, Option
         "config".into(),
         Check::pass(
             "config-valid",
-            format!("{} ({} envs), store {}", cx.config.file.display(), cx.config.environments.len(), cx.store.url()),
+            format!(
+                "{} ({}), store {}",
+                cx.config.file.display(),
+                crate::output::table::count(cx.config.environments.len() as u64, "env"),
+                cx.store.url()
+            ),
         ),
     ));
     let mut store = store_writable(cx).await;

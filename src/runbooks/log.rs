@@ -1,4 +1,4 @@
-//! log: the journal, newest first.
+//! log: the journal, newest first: a table on a TTY, one entry a line otherwise (for grep and awk).
 
 use std::time::{Duration, SystemTime};
 
@@ -8,7 +8,7 @@ use crate::cli::LogArgs;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::journal;
-use crate::output::table::new_table;
+use crate::output::table::{new_table, plain_lines};
 
 pub async fn log(cx: &Ctx, a: &LogArgs) -> Result<(Value, String)> {
     let since = match &a.since {
@@ -54,19 +54,31 @@ pub async fn log(cx: &Ctx, a: &LogArgs) -> Result<(Value, String)> {
         }
         next = from.checked_sub(batch);
     }
-    let mut t = new_table(&["seq", "time", "runbook", "env", "event", "run_id", "details"]);
-    for e in &shown {
-        let details = serde_json::to_string(&e.details).unwrap_or_default();
-        t.add_row(vec![
-            e.seq.to_string(),
-            e.time.clone(),
-            e.runbook.clone(),
-            e.env.clone().unwrap_or_default(),
-            e.event.clone(),
-            e.run_id.clone(),
-            details,
-        ]);
-    }
-    let text = if shown.is_empty() { "the journal is empty\n".into() } else { format!("{t}\n") };
+    let rows: Vec<Vec<String>> = shown
+        .iter()
+        .map(|e| {
+            vec![
+                e.seq.to_string(),
+                e.time.clone(),
+                e.runbook.clone(),
+                e.env.clone().unwrap_or_else(|| "-".into()),
+                e.event.clone(),
+                e.run_id.clone(),
+                serde_json::to_string(&e.details).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let text = if shown.is_empty() {
+        "the journal is empty\n".into()
+    } else if cx.out.stdout_tty() {
+        let mut t = new_table(&["seq", "time", "runbook", "env", "event", "run_id", "details"]);
+        for r in rows {
+            t.add_row(r);
+        }
+        format!("{t}\n")
+    } else {
+        // Off a TTY there is no width to fit: a table would pad every row to the longest details.
+        plain_lines(&rows)
+    };
     Ok((json!({ "entries": shown }), text))
 }

@@ -34,6 +34,24 @@ impl Done {
     }
 }
 
+/// A runbook's own advice after a failed run, where `Error::hint`'s generic "rerun resumes" is not
+/// true of it: a backup never resumes (contract "Exit codes"), its rerun takes a new one.
+pub fn rerun_hint(runbook: &str, e: &Error) -> Option<String> {
+    match (runbook, e) {
+        ("backup", Error::Step { .. } | Error::Store { .. } | Error::Db { .. } | Error::Io { .. }) => Some(
+            "fix the cause above and rerun: a backup never resumes, the rerun takes a new one and removes this \
+             run's partial objects"
+                .into(),
+        ),
+        ("backup", Error::Interrupted { .. }) => Some(
+            "rerun the same command: a backup never resumes, the rerun takes a new one and removes this run's \
+             partial objects"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
 pub async fn dispatch(cx: &Ctx, command: &Command) -> Done {
     match command {
         Command::Backup(a) => match &a.action {

@@ -109,9 +109,12 @@ async fn row(cx: &Ctx, env: &EnvConfig, state: &State, now: SystemTime, rpo: Dur
         Ok(c) => {
             r.reachable = true;
             match role_and_lag(&c).await {
-                Ok((role, lag)) => {
-                    r.role = Some(role);
+                Ok((in_recovery, lag)) => {
+                    r.role = Some(declared_role(env, in_recovery));
                     r.lag_bytes = lag;
+                    if let (Some(p), false) = (&env.replica_of, in_recovery) {
+                        r.notes.push(format!("declared replica_of = \"{p}\" but not in recovery"));
+                    }
                 }
                 Err(e) => r.notes.push(pg::describe(&e)),
             }
@@ -170,16 +173,27 @@ async fn row(cx: &Ctx, env: &EnvConfig, state: &State, now: SystemTime, rpo: Dur
     r
 }
 
-/// primary or replica, and replication lag in bytes: the largest replay lag among a primary's
-/// streaming replicas (none: null), or a replica's received-but-not-replayed WAL.
-async fn role_and_lag(c: &tokio_postgres::Client) -> Result<(&'static str, Option<i64>), tokio_postgres::Error> {
+/// What `status` calls an env: `replica` when its server is in recovery; otherwise `standby` for a
+/// warm standby that sync refreshes (`sync_from`), which is a primary server but not the primary
+/// anyone should write to, and `primary` for the rest.
+fn declared_role(env: &EnvConfig, in_recovery: bool) -> &'static str {
+    match (in_recovery, &env.sync_from) {
+        (true, _) => "replica",
+        (false, Some(_)) => "standby",
+        (false, None) => "primary",
+    }
+}
+
+/// Whether the server is in recovery, and replication lag in bytes: the largest replay lag among
+/// a primary's streaming replicas (none: null), or a replica's received-but-not-replayed WAL.
+async fn role_and_lag(c: &tokio_postgres::Client) -> Result<(bool, Option<i64>), tokio_postgres::Error> {
     let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0);
     if in_recovery {
         let lag: Option<i64> = c
             .query_one("SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint", &[])
             .await?
             .get(0);
-        Ok(("replica", lag))
+        Ok((true, lag))
     } else {
         let lag: Option<i64> = c
             .query_one(
@@ -188,6 +202,6 @@ async fn role_and_lag(c: &tokio_postgres::Client) -> Result<(&'static str, Optio
             )
             .await?
             .get(0);
-        Ok(("primary", lag))
+        Ok((false, lag))
     }
 }

@@ -93,6 +93,10 @@ fn backup_to_file_store_lists_verifies_and_restores_by_hand() {
     let id = doc["id"].as_str().expect("backup id").to_string();
     let steps: Vec<&str> = doc["steps"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
     assert!(steps.iter().all(|s| *s == "applied" || *s == "done"), "{steps:?}");
+    // The progress bar's total (the tables' size) is in the report: an estimate of the raw dump.
+    let (expected, dumped) = (doc["expected_bytes"].as_u64(), doc["dump_bytes"].as_u64().unwrap());
+    let expected = expected.unwrap_or_else(|| panic!("no expected_bytes in {doc}"));
+    assert!(expected > dumped / 4 && expected < dumped * 4, "expected {expected} bytes, dumped {dumped}");
 
     let backups = list(&config);
     assert_eq!(backups.len(), 1);
@@ -109,9 +113,10 @@ fn backup_to_file_store_lists_verifies_and_restores_by_hand() {
     assert_eq!(sha.len(), 64);
     assert!(b["wal_start"].is_null());
 
-    // The table form shows size and sha256 too.
+    // The table form shows size and the sha256's first 12 hex digits, on one line (the JSON has all).
     let t = checked(drctl(&config).args(["backup", "list"]).run().expect_code(0));
-    assert!(t.stdout.contains(&id) && t.stdout.contains(sha), "{}", t.stdout);
+    let row = t.stdout.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("{}", t.stdout));
+    assert!(row.contains(&sha[..12]) && !t.stdout.contains(&sha[..13]), "{}", t.stdout);
 
     // The stored dump restores with the operator's own tools: cat | zstd -dc | pg_restore.
     let objects = object_files(&store, &id);
@@ -292,15 +297,25 @@ fn big_db() -> &'static str {
     })
 }
 
-/// Until the run is past preflight (its `run-started` entry) and dump data is being written.
+/// Until the dump step runs (clean-partial, the step before it, is journaled done) and dump data
+/// is being written.
 fn wait_dump_started(store: &Path) {
     wait_for("the dump to start writing", Duration::from_secs(60), || {
-        let data_tmp = std::fs::read_dir(store.join(".tmp"))
-            .map(|d| d.flatten().any(|e| !e.file_name().to_string_lossy().ends_with(".cas")))
-            .unwrap_or(false);
         let started = std::fs::read_dir(store.join("journal"))
-            .map(|d| d.flatten().any(|e| std::fs::read_to_string(e.path()).unwrap_or_default().contains("run-started")))
+            .map(|d| {
+                d.flatten().any(|e| {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    text.contains("\"step-done\"") && text.contains("\"clean-partial\"")
+                })
+            })
             .unwrap_or(false);
+        // Journal entries are written through `.cas` temp files; anything else there is dump data.
+        let data_tmp = started
+            && std::fs::read_dir(store.join(".tmp")).is_ok_and(|d| {
+                d.flatten().any(|e| {
+                    !e.file_name().to_string_lossy().ends_with(".cas") && e.metadata().is_ok_and(|m| m.len() > 0)
+                })
+            });
         started && (data_tmp || std::fs::read_dir(store.join("backups/prod")).map(|d| d.count() > 0).unwrap_or(false))
     });
 }
@@ -490,6 +505,13 @@ fn sigterm_mid_backup_exits_143_journals_it_and_discards_the_partial_backup() {
     assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["status"], "interrupted");
+    // The interrupted step reports the time it ran, not 0 ms.
+    let dump = doc["steps"].as_array().unwrap().iter().find(|s| s["step"] == "dump").unwrap();
+    assert_eq!(dump["state"], "failed", "{dump}");
+    assert!(dump["duration_ms"].as_u64().unwrap() > 0, "{dump}");
+    // A backup never resumes, so the hint must not promise it.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("never resumes") && !stderr.contains("to resume"), "{stderr}");
 
     let pg = Cluster::shared();
     wait_for("pg_dump to exit", Duration::from_secs(10), || {
@@ -517,6 +539,8 @@ fn check_reaches_everything_and_names_what_fails() {
     for want in ["config-valid", "store-writable", "db-reachable", "can-dump", "declared-role", "pg-dump-version"] {
         assert!(ids.contains(&want), "{want} not in {ids:?}");
     }
+    let config_valid = doc["checks"].as_array().unwrap().iter().find(|c| c["check"] == "config-valid").unwrap();
+    assert!(config_valid["detail"].as_str().unwrap().ends_with("(1 env)"), "{config_valid}");
     // The probe object is deleted again and nothing else is written.
     let leftovers: Vec<_> = walk(&dir.path().join("store"));
     assert!(leftovers.is_empty(), "{leftovers:?}");
@@ -614,4 +638,63 @@ fn accept_is_checked_against_the_runbooks_own_check_ids() {
     let r = checked(drctl(&bad).args(["backup"]).run().expect_code(3));
     assert!(r.stderr.contains("db-reachable"), "{}", r.stderr);
     assert!(!r.stderr.contains("--accept"), "no check here can be waived: {}", r.stderr);
+}
+
+// --- what cron and a terminal see ------------------------------------------------------------------
+
+#[test]
+fn quiet_runs_print_nothing_on_success_and_the_report_and_error_on_failure() {
+    let dir = TestDir::new();
+    let db = seeded_db("backup_quiet");
+    let config = file_config(&dir, &db);
+    for args in [
+        &["-q", "backup", "--env", "prod"][..],
+        &["backup", "--env", "prod", "-q", "-o", "json"],
+        &["-q", "backup", "list"],
+        &["-q", "verify-chain", "--journal", "--backups"],
+        &["-q", "status"],
+        &["-q", "log"],
+    ] {
+        let r = checked(drctl(&config).args(args).run().expect_code(0));
+        assert!(r.stdout.is_empty() && r.stderr.is_empty(), "drctl {args:?} printed\n{r:?}");
+    }
+    assert_eq!(list(&config).len(), 2, "the quiet backups ran");
+
+    // A store where backups/ is a file: preflight passes (the probe goes elsewhere), the dump fails.
+    let broken = TestDir::new();
+    std::fs::create_dir_all(broken.path().join("store")).unwrap();
+    std::fs::write(broken.path().join("store/backups"), "not a directory").unwrap();
+    let config = file_config(&broken, &db);
+    let r = checked(drctl(&config).args(["-q", "backup", "--env", "prod"]).run().expect_code(1));
+    assert!(r.stdout.contains("FAILED") && r.stdout.contains("backup failed"), "the report is printed: {r:?}");
+    assert!(r.stderr.starts_with("error: "), "{}", r.stderr);
+    // A backup never resumes: the hint says what a rerun does, not "completed steps are skipped".
+    assert!(r.stderr.contains("hint: ") && r.stderr.contains("never resumes"), "{}", r.stderr);
+    assert!(!r.stderr.contains("skipped"), "{}", r.stderr);
+    let r = checked(drctl(&config).args(["-q", "backup", "--env", "prod", "-o", "json"]).run().expect_code(1));
+    assert_eq!(json(&r)["status"], "failed");
+}
+
+#[test]
+fn log_off_a_tty_prints_one_unpadded_line_per_entry() {
+    let dir = TestDir::new();
+    let config = file_config(&dir, &seeded_db("backup_log"));
+    checked(drctl(&config).args(["backup"]).run().expect_code(0));
+    let entries = json(&checked(drctl(&config).args(["log", "-o", "json"]).run().expect_code(0)))["entries"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(entries.len() >= 5, "{entries:?}");
+    // stdout is a pipe here, as under cron or `| grep`.
+    let r = checked(drctl(&config).args(["log"]).run().expect_code(0));
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), entries.len(), "{}", r.stdout);
+    for (line, e) in lines.iter().zip(&entries) {
+        assert!(!line.contains("  ") && !line.contains('│') && line.trim_end() == *line, "padded: {line:?}");
+        let fields: Vec<&str> = line.splitn(7, ' ').collect();
+        assert_eq!(fields[0], e["seq"].to_string(), "{line}");
+        let want = [&e["time"], &e["runbook"], &e["event"], &e["run_id"]].map(|v| v.as_str().unwrap().to_string());
+        assert_eq!([fields[1], fields[2], fields[4], fields[5]], want.each_ref().map(String::as_str), "{line}");
+        assert_eq!(serde_json::from_str::<Value>(fields[6]).unwrap(), e["details"], "{line}");
+    }
 }

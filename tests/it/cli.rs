@@ -27,3 +27,25 @@ fn help_lists_only_working_commands() {
         assert!(!r.stdout.contains(c), "{c} is not built yet but shows in --help");
     }
 }
+
+#[test]
+fn scheduled_runs_in_runbooks_are_quiet_on_success() {
+    // cron mails whatever is printed: every drctl it starts must be silent unless something failed.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("runbooks");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !(name.ends_with(".cron") || name.ends_with(".service")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+            for run in line.split("/usr/local/bin/drctl ").skip(1) {
+                seen += 1;
+                assert!(run.starts_with("-q "), "{name}: drctl without -q: {line}");
+            }
+        }
+    }
+    assert!(seen >= 6, "only {seen} drctl runs found in {}", dir.display());
+}

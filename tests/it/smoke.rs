@@ -35,7 +35,9 @@ fn create_db_gives_a_fresh_database_each_time() {
 
 #[test]
 fn a_replica_streams_from_its_primary() {
-    let primary = Cluster::shared();
+    // Not the shared cluster: a replica attached to it would make every sync target on it a
+    // source (`target-is-source`, pg_stat_replication) for as long as this test runs.
+    let primary = &Cluster::start_new();
     let db = unique_name("replica");
     primary.create_db(&db);
     let replica = Cluster::start_replica(primary);

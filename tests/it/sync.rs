@@ -150,6 +150,13 @@ fn sync_makes_the_target_equal_the_source_and_status_sees_it_fresh() {
     // The sequence values were read from the dump's own TOC and checked (customers, orders).
     let restore = doc["steps"].as_array().unwrap().iter().find(|s| s["step"] == "restore").unwrap().clone();
     assert!(restore["detail"].as_str().unwrap().contains("2 sequences checked"), "{restore}");
+    // The progress total (the source tables' size) is reported, near what the dump weighed.
+    let (expected, dumped) =
+        (doc["expected_bytes"].as_u64().expect("expected_bytes"), doc["dump_bytes"].as_u64().unwrap());
+    assert!(expected > dumped / 4 && expected < dumped * 4, "expected {expected} bytes, dumped {dumped}");
+    // Counts read as spoken: "the one role", not "the 1 roles".
+    let roles = doc["preflight"].as_array().unwrap().iter().find(|c| c["check"] == "dump-roles").unwrap().clone();
+    assert_eq!(roles["detail"], "the one role the dump names exists on staging", "{roles}");
     assert!(sequences(&p.to).contains("customers_id_seq=5000"), "{}", sequences(&p.to));
     // The old copy is kept as __drctl_prev; no scratch copy is left.
     assert_eq!(databases_like(&p.to), format!("{0},{0}__drctl_prev", p.to));
@@ -180,7 +187,9 @@ fn sync_makes_the_target_equal_the_source_and_status_sees_it_fresh() {
     let envs = st["environments"].as_array().unwrap();
     let staging = envs.iter().find(|e| e["name"] == "staging").unwrap();
     assert_eq!(staging["reachable"], true);
-    assert_eq!(staging["role"], "primary");
+    // A warm standby is a primary server, but not the primary: status shows its declared role.
+    assert_eq!(staging["role"], "standby");
+    assert_eq!(envs.iter().find(|e| e["name"] == "prod").unwrap()["role"], "primary");
     assert!(staging["live"].is_null() && staging["healthy"].is_null(), "{staging}");
     assert!(staging["last_sync_age_s"].as_u64().unwrap() < 3600, "{staging}");
     assert!(staging["last_backup_age_s"].is_null(), "{staging}");
@@ -215,7 +224,8 @@ fn sync_makes_the_target_equal_the_source_and_status_sees_it_fresh() {
     // The table form and the metrics file work for status too.
     let prom = p.dir.path().join("drctl.prom");
     let t = checked(drctl(&p.config).args(["status", "--metrics-file"]).arg(&prom).run().expect_code(0));
-    assert!(t.stdout.contains("staging") && t.stdout.contains("primary"), "{}", t.stdout);
+    let row = |env: &str| t.stdout.lines().find(|l| l.contains(&format!(" {env} "))).unwrap_or_default().to_string();
+    assert!(row("staging").contains("standby") && row("prod").contains("primary"), "{}", t.stdout);
     assert!(std::fs::read_to_string(&prom).unwrap().contains("drctl_last_run_success{runbook=\"status\""));
 }
 
@@ -296,6 +306,26 @@ fn kill_9_during_the_restore_leaves_the_target_unchanged_and_the_next_sync_succe
     let drop_step = doc["steps"].as_array().unwrap().iter().find(|s| s["step"] == "drop-scratch").unwrap().clone();
     assert_eq!(drop_step["state"], "applied", "the killed run's scratch copy is dropped first: {doc}");
     assert_eq!(fingerprint(&p.to), fingerprint(&p.from));
+}
+
+#[test]
+fn an_interrupted_restore_reports_how_long_it_ran() {
+    let p = pair("sync_int", "sync_from = \"prod\"", "");
+    pg().psql(&p.from, "INSERT INTO orders (customer_id, total, note) SELECT 1 + g % 300, g, repeat(md5(g::text), 8) FROM generate_series(1, 600000) g; REFRESH MATERIALIZED VIEW order_totals");
+    let child = sync(&p).spawn();
+    let scratch = format!("{}__drctl_new", p.to);
+    assert!(wait_until(Duration::from_secs(60), || {
+        pg().try_psql("postgres", &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{scratch}'"))
+            .is_ok_and(|n| n.trim() != "0")
+    }));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let restore = doc["steps"].as_array().unwrap().iter().find(|s| s["step"] == "restore").unwrap().clone();
+    assert_eq!(restore["state"], "failed", "{doc}");
+    assert!(restore["duration_ms"].as_u64().unwrap() > 0, "the restore ran before the signal: {restore}");
 }
 
 #[test]
@@ -620,4 +650,94 @@ fn on_a_tty_the_checks_and_the_plan_come_before_the_prompt() {
     assert!(screen.contains("did not match"), "{screen}");
     assert!(!screen.contains(pg().password()), "the password appears on the terminal");
     assert_eq!(fingerprint(&p.to), before);
+}
+
+// --- pointed the wrong way: target-is-source ------------------------------------------------------
+
+fn preflight_check(doc: &Value, id: &str) -> Value {
+    doc["preflight"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["check"] == id))
+        .unwrap_or_else(|| panic!("no check {id} in {doc}"))
+        .clone()
+}
+
+#[test]
+fn a_target_another_env_copies_from_is_refused_unless_accepted_by_name() {
+    // staging is prod's standby; `--from staging --to prod --yes` is the reversed command.
+    let p = pair("sync_rev", "sync_from = \"prod\"", "");
+    let before = fingerprint(&p.from);
+    let reversed = || drctl(&p.config).args(["sync", "--from", "staging", "--to", "prod", "--yes", "-o", "json"]);
+    let r = checked(reversed().run().expect_code(3));
+    let doc = r.json();
+    assert_eq!(doc["status"], "preflight_failed");
+    let c = preflight_check(&doc, "target-is-source");
+    assert_eq!(c["ok"], false, "{c}");
+    assert!(c["detail"].as_str().unwrap().contains("staging declares sync_from = \"prod\""), "{c}");
+    assert_eq!(fingerprint(&p.from), before, "prod is untouched");
+    // The right way round passes the check.
+    let ok = checked(sync(&p).run().expect_code(0)).json();
+    assert_eq!(preflight_check(&ok, "target-is-source")["ok"], true, "{ok}");
+    // A replica_of declaration counts too; only the check's own name waives it.
+    let cfg = p.dir.write(
+        "with-replica.toml",
+        &format!(
+            "{}\n[environments.reader]\ndatabase_url = \"postgres://postgres@127.0.0.1:1/none\"\nreplica_of = \"prod\"\n",
+            std::fs::read_to_string(&p.config).unwrap().replace("sync_from = \"prod\"", "")
+        ),
+    );
+    let r = checked(
+        drctl(&cfg).args(["sync", "--from", "staging", "--to", "prod", "--yes", "-o", "json"]).run().expect_code(3),
+    );
+    let c = preflight_check(&r.json(), "target-is-source");
+    assert!(c["detail"].as_str().unwrap().contains("reader declares replica_of = \"prod\""), "{c}");
+    pg().psql(&p.to, "UPDATE marker SET v = 'from staging'");
+    let r = checked(
+        drctl(&cfg)
+            .args(["sync", "--from", "staging", "--to", "prod", "--yes", "--accept", "target-is-source", "-o", "json"])
+            .run()
+            .expect_code(0),
+    );
+    assert_eq!(preflight_check(&r.json(), "target-is-source")["accepted"], true);
+    assert_eq!(pg().psql(&p.from, "SELECT v FROM marker"), "from staging", "accepted: prod holds staging's data");
+}
+
+#[test]
+fn a_target_with_streaming_replicas_is_refused() {
+    // Its own primary: a replica of the shared cluster would make every other test's target a source.
+    let primary = Cluster::start_new();
+    let to = unique_name("sync_src_repl");
+    primary.create_db(&to);
+    primary.psql(&to, TARGET_SQL);
+    let from = unique_name("sync_src_from");
+    pg().create_db(&from);
+    pg().psql(&from, SOURCE_SQL);
+    let dir = TestDir::new();
+    let config = dir.write_config(&format!(
+        "[store]\nurl = \"file://{}/store\"\n[environments.prod]\ndatabase_url = \"postgres://postgres:${{TEST_PG_PASSWORD}}@127.0.0.1:{}/{from}?sslmode=disable\"\n\n\
+         [environments.staging]\ndatabase_url = \"postgres://postgres:${{OTHER_PG_PASSWORD}}@127.0.0.1:{}/{to}?sslmode=disable\"\nsync_from = \"prod\"\n",
+        dir.path().display(),
+        pg().port,
+        primary.port
+    ));
+    let replica = Cluster::start_replica(&primary);
+    assert!(wait_until(Duration::from_secs(30), || primary
+        .psql("postgres", "SELECT count(*) FROM pg_stat_replication")
+        == "1"));
+    let run = |more: &[&str]| {
+        drctl(&config)
+            .env("OTHER_PG_PASSWORD", primary.password())
+            .args(["sync", "--from", "prod", "--to", "staging", "-o", "json"])
+            .args(more)
+            .run()
+    };
+    let r = run(&[]);
+    r.assert_no_secret(primary.password());
+    let r = checked(r.expect_code(3));
+    let c = preflight_check(&r.json(), "target-is-source");
+    assert_eq!(c["ok"], false, "{c}");
+    assert!(c["detail"].as_str().unwrap().contains("1 replica is streaming from it (drctl_it_replica)"), "{c}");
+    let r = checked(run(&["--accept", "target-is-source"]).expect_code(0));
+    assert_eq!(preflight_check(&r.json(), "target-is-source")["accepted"], true);
+    drop(replica);
 }

@@ -477,3 +477,50 @@ fn a_200_mb_artifact_is_streamed_not_loaded() {
     let peak_mib = peak_kib / 1024;
     assert!(peak_mib < 100, "peak RSS {peak_mib} MiB for a 200 MiB artifact: it was loaded, not streamed");
 }
+
+// --- nothing to verify ------------------------------------------------------------------------------
+
+#[test]
+fn an_empty_artifact_prefix_is_exit_3_not_a_pass() {
+    let moto = Moto::shared();
+    let bucket = Moto::unique_bucket("typo");
+    moto.create_bucket(&bucket);
+    let h = sha(b"the one artifact");
+    moto_put(&bucket, &format!("artifacts/{}/{h}", &h[..2]), b"the one artifact");
+    let dir = TestDir::new();
+    let cfg = dir.write_config(&format!(
+        "[store]\nurl = \"file://{}/store\"\n[aws]\nendpoint_url = \"{}\"\n",
+        dir.path().display(),
+        moto.endpoint()
+    ));
+    assert_eq!(artifacts(&cfg, &format!("s3://{bucket}/artifacts"), 0)["checked"], 1);
+    // The typo: `artifact` for `artifacts` lists nothing.
+    for url in [format!("s3://{bucket}/artifact"), format!("file://{}/no-such-dir", dir.path().display())] {
+        let r =
+            Drctl::new().config(&cfg).args(["verify-chain", "--artifacts", &url, "-o", "json"]).run().expect_code(3);
+        let doc = r.json();
+        assert_eq!((&doc["ok"], &doc["artifacts"]["checked"]), (&Value::from(false), &Value::from(0)), "{doc}");
+        assert!(r.stderr.contains(&format!("no objects under {url}")) && r.stderr.contains("hint: "), "{}", r.stderr);
+    }
+}
+
+#[test]
+fn an_empty_chain_table_is_exit_3_unless_it_may_be_empty() {
+    let pg = Cluster::shared();
+    let db = base_db();
+    let t = unique_name("events_empty");
+    pg.psql(db, &format!("CREATE TABLE {t} (id bigint PRIMARY KEY, prev_hash text, hash text, payload jsonb)"));
+    let dir = TestDir::new();
+    let cfg = config(&dir, db, "");
+    let r = drctl(&cfg).args(["verify-chain", "--env", "prod", "--table", &t]).run().expect_code(3);
+    assert!(r.stderr.contains(&format!("table {t} on prod has no rows")), "{}", r.stderr);
+    assert!(r.stderr.contains("--allow-empty"), "{}", r.stderr);
+    let doc = verify(&cfg, &t, &[], 3);
+    assert_eq!(doc["ok"], false, "{doc}");
+    let doc = verify(&cfg, &t, &["--allow-empty"], 0);
+    assert_eq!((&doc["ok"], &chain(&doc, &t)["entries"]), (&Value::from(true), &Value::from(0)), "{doc}");
+    // Per table in drctl.toml, so cron needs no flag.
+    let allowed = config(&dir, db, &format!("[environments.prod.chains.{t}]\nallow_empty = true\n"));
+    drctl(&allowed).args(["verify-chain", "--env", "prod"]).run().expect_code(0);
+    assert!(anchors(&dir.path().join("store")).is_empty(), "an empty chain has no head to anchor");
+}

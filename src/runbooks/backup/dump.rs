@@ -40,6 +40,26 @@ pub struct Stored {
     pub dump_bytes: u64,
 }
 
+/// The expected size of the uncompressed dump stream, for the progress bar's total and ETA: the
+/// heap and TOAST of every table the dump holds (`pg_table_size`; indexes excluded, since pg_dump
+/// writes their definitions, not their pages). Tuple headers and free space make it somewhat high,
+/// so the bar may end short of full. `None` when there is nothing to go by (no table holds a page).
+pub async fn expected_bytes(
+    tx: &tokio_postgres::Transaction<'_>,
+    tables: &[(String, String)],
+) -> std::result::Result<Option<u64>, tokio_postgres::Error> {
+    let (schemas, names): (Vec<&str>, Vec<&str>) = tables.iter().map(|(s, t)| (s.as_str(), t.as_str())).unzip();
+    let total: i64 = tx
+        .query_one(
+            "SELECT coalesce(sum(pg_table_size(format('%I.%I', s, t)::regclass)), 0)::bigint \
+             FROM unnest($1::text[], $2::text[]) AS x(s, t)",
+            &[&schemas, &names],
+        )
+        .await?
+        .get(0);
+    Ok(u64::try_from(total).ok().filter(|&n| n > 0))
+}
+
 /// Uploads in flight, aborted if the pipeline is dropped (SIGINT, a failed step): an aborted
 /// multipart upload is removed by the next run's cleanup, never completed with partial data.
 #[derive(Default)]

@@ -35,6 +35,11 @@ pub async fn list(cx: &Ctx, env: Option<&str>) -> Result<(Value, String)> {
     Ok((json!({ "backups": rows.into_iter().map(|r| r.json).collect::<Vec<_>>() }), text))
 }
 
+/// The table's sha256 column: the first 12 hex digits, as `git log --oneline` shortens commits.
+pub fn short_sha(sha: &str) -> String {
+    sha.chars().take(12).collect()
+}
+
 /// What is known, and no more: the manifest is present and is exactly the one the journal
 /// committed (its sha256), and when `verify-chain --backups --deep` last re-hashed the objects.
 /// JSON `verified` is true only when that last re-hash matched; never re-read is not verified.
@@ -54,7 +59,8 @@ async fn describe(cx: &Ctx, c: &catalog::Committed) -> Result<Listed> {
                 m.started.clone(),
                 ms(m.duration_ms),
                 bytes(m.bytes),
-                m.sha256.clone(),
+                // Enough to tell backups apart and to match by prefix; the JSON carries all 64.
+                short_sha(&m.sha256),
                 format!("manifest ok, {deep_text}"),
             ],
             json: json!({

@@ -26,6 +26,7 @@ use crate::engine::lock;
 use crate::engine::run::Runbook;
 use crate::engine::step::{Check, Step, StepLog};
 use crate::error::{Error, Result};
+use crate::output::table::count;
 
 pub fn backup(cx: &Ctx, env: &EnvConfig) -> Runbook {
     let state = Arc::new(Shared { env: env.clone(), id: cx.run_id.clone(), manifest: Mutex::new(None) });
@@ -144,8 +145,10 @@ impl Step for CleanPartial {
         log.set("removed_objects", removed as u64);
         log.set("removed_unfinished_uploads", uploads as u64);
         log.summary(format!(
-            "removed {removed} objects of {} dead backup runs, {uploads} unfinished uploads",
-            ids.len()
+            "removed {} of {}, {}",
+            count(removed as u64, "object"),
+            count(ids.len() as u64, "dead backup run"),
+            count(uploads as u64, "unfinished upload")
         ));
         Ok(())
     }
@@ -241,7 +244,13 @@ impl Step for DumpToStore {
         let mut child =
             tools.spawn("pg_dump", &["-Fc", "-Z0", "--no-password", "--snapshot", &snapshot], Some(url), false)?;
         let stdout = child.stdout.take().ok_or_else(|| Error::step("dump", "pg_dump has no stdout"))?;
-        let progress = cx.out.progress("dump", None, true);
+        let expected = dump::expected_bytes(&tx, &tables).await.map_err(db_err)?;
+        if let Some(n) = expected {
+            cx.out.info(&format!("dump: about {} expected (the tables' size)", crate::output::table::bytes(n)));
+            log.set("expected_bytes", n);
+            self.result.lock().expect("result").insert("expected_bytes".into(), n.into());
+        }
+        let progress = cx.out.progress("dump", expected, true);
         let upload = dump::compress_to_store(stdout, cx.store.clone(), &base, dump::SPLIT_BYTES, progress.clone());
         let counts = async { count_rows(&tx, &tables).await.map_err(db_err) };
         let (stored, counts) = tokio::join!(upload, counts);
@@ -273,11 +282,11 @@ impl Step for DumpToStore {
         log.set("sha256", manifest.sha256.clone());
         log.set("objects", manifest.objects.len() as u64);
         log.summary(format!(
-            "{} -> {} in {} object(s), {} tables",
+            "{} -> {} in {}, {}",
             crate::output::table::bytes(manifest.dump_bytes),
             crate::output::table::bytes(manifest.bytes),
-            manifest.objects.len(),
-            manifest.tables.len()
+            count(manifest.objects.len() as u64, "object"),
+            count(manifest.tables.len() as u64, "table")
         ));
         let mut r = self.result.lock().expect("result");
         r.insert("id".into(), manifest.id.clone().into());

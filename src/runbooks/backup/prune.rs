@@ -22,6 +22,7 @@ use crate::engine::run::Runbook;
 use crate::engine::step::{Step, StepLog};
 use crate::error::{Error, Result};
 use crate::journal::fold::BACKUPS_REMOVED;
+use crate::output::table::count;
 
 pub fn prune(cx: &Ctx, env: &EnvConfig) -> Runbook {
     let rb =
@@ -149,7 +150,7 @@ impl Step for Expire {
         let ids: Vec<String> = expire.iter().map(|b| b.id.clone()).collect();
         log.set("pruned", json!(ids));
         log.set("deleted_objects", deleted);
-        log.summary(format!("pruned {} backups, deleted {deleted} objects", ids.len()));
+        log.summary(format!("pruned {}, deleted {}", count(ids.len() as u64, "backup"), count(deleted, "object")));
         self.result.lock().expect("result").insert("pruned".into(), json!(ids));
         Ok(())
     }

@@ -4,7 +4,8 @@
 //! --if-exists -d staging f || true`, which swallowed errors, left staging half-restored while it
 //! ran or when it failed, never checked the result, and after a failover would have overwritten the
 //! now-live staging with stale production data. Here TO's database is replaced only by a complete,
-//! validated copy, in one catalog transaction, and never when DNS points at TO or TO is a replica.
+//! validated copy, in one catalog transaction, and never when DNS points at TO, TO is a replica,
+//! or TO is a source other data is copied from (the `--from staging --to prod` mix-up).
 
 mod pipeline;
 pub mod target;
@@ -25,6 +26,7 @@ use crate::ctx::Ctx;
 use crate::engine::run::{Confirm, Runbook};
 use crate::engine::step::{Check, Step, StepLog};
 use crate::error::{Error, Result};
+use crate::output::table::count;
 
 pub fn sync(cx: &Ctx, from: &EnvConfig, to: &EnvConfig) -> Result<Runbook> {
     if from.name == to.name {
@@ -94,6 +96,8 @@ struct Restored {
     backup_id: String,
     /// `dump` (pg_dump of FROM now) or `stored` (the committed dump of the run this one resumes).
     source: &'static str,
+    /// The progress bar's total: the tables' size for a dump, the stored bytes for a stored one.
+    expected_bytes: Option<u64>,
 }
 
 impl State {
@@ -233,6 +237,7 @@ impl DropScratch {
         });
 
         checks.push(target::check_not_live(cx, to).await);
+        checks.push(target::check_not_source(cx, to, target.as_ref().map(|(t, _, _, _)| t)).await);
         if let Some((t, m, _, props)) = &target {
             checks.push(target::check_not_replica(to, t).await);
             checks.push(target::check_privileges(m, props).await);
@@ -246,9 +251,13 @@ impl DropScratch {
                 Ok::<_, tokio_postgres::Error>((roles, missing))
             };
             checks.push(match roles.await {
-                Ok((roles, missing)) if missing.is_empty() => {
-                    Check::pass("dump-roles", format!("the {} roles the dump names exist on {}", roles.len(), to.name))
-                }
+                Ok((roles, missing)) if missing.is_empty() => Check::pass(
+                    "dump-roles",
+                    match roles.len() {
+                        1 => format!("the one role the dump names exists on {}", to.name),
+                        n => format!("the {n} roles the dump names exist on {}", to.name),
+                    },
+                ),
                 Ok((_, missing)) => Check::fail(
                     "dump-roles",
                     format!(
@@ -280,6 +289,7 @@ impl Step for DropScratch {
             "pg-restore-version",
             "target-not-replica",
             "target-not-live",
+            "target-is-source",
             "dump-roles",
         ]
     }
@@ -349,16 +359,22 @@ impl Step for RestoreScratch {
         log.set("dump_bytes", restored.dump_bytes);
         log.set("bytes", restored.bytes);
         log.set("backup_id", restored.backup_id.clone());
+        if let Some(n) = restored.expected_bytes {
+            log.set("expected_bytes", n);
+        }
         log.summary(match restored.source {
             "stored" => format!(
-                "{} rows in {} tables, {} sequences checked; restored from stored backup {} (sha256 verified)",
-                restored.rows, restored.tables, restored.sequences, restored.backup_id
+                "{} in {}, {} checked; restored from stored backup {} (sha256 verified)",
+                count(restored.rows as u64, "row"),
+                count(restored.tables as u64, "table"),
+                count(restored.sequences as u64, "sequence"),
+                restored.backup_id
             ),
             _ => format!(
-                "{} rows in {} tables, {} sequences checked; {} stored",
-                restored.rows,
-                restored.tables,
-                restored.sequences,
+                "{} in {}, {} checked; {} stored",
+                count(restored.rows as u64, "row"),
+                count(restored.tables as u64, "table"),
+                count(restored.sequences as u64, "sequence"),
                 crate::output::table::bytes(restored.bytes)
             ),
         });
@@ -548,6 +564,9 @@ impl Step for Swap {
         r.insert("dump_bytes".into(), restored.dump_bytes.into());
         r.insert("backup_id".into(), restored.backup_id.clone().into());
         r.insert("source".into(), restored.source.into());
+        if let Some(n) = restored.expected_bytes {
+            r.insert("expected_bytes".into(), n.into());
+        }
         Ok(())
     }
     async fn verify(&self, _cx: &Ctx) -> Result<()> {

@@ -88,7 +88,11 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
         Ok::<_, Error>(parsed)
     };
     let base = format!("{}{}.dump.zst", backup_prefix(&from.name, &st.backup.id), src.dbname);
-    let progress = cx.out.progress("sync", None, true);
+    let expected = dump::expected_bytes(&tx, &tables).await.map_err(src_err)?;
+    if let Some(n) = expected {
+        cx.out.info(&format!("sync: about {} expected (the tables' size)", crate::output::table::bytes(n)));
+    }
+    let progress = cx.out.progress("sync", expected, true);
     let upload = dump::compress_to_store(from_tee, cx.store.clone(), &base, dump::SPLIT_BYTES, progress.clone());
     let counts = async { count_rows(&tx, &tables).await.map_err(src_err) };
     let (teed, stored, counts) = tokio::join!(tee, upload, counts);
@@ -139,6 +143,7 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
         duration_ms: t0.elapsed().as_millis() as u64,
         backup_id: st.backup.id.clone(),
         source: "dump",
+        expected_bytes: expected,
     };
     Ok((restored, manifest))
 }
@@ -288,6 +293,7 @@ pub(super) async fn restore_stored(cx: &Ctx, st: &State, m: &Manifest) -> Result
         duration_ms: t0.elapsed().as_millis() as u64,
         backup_id: m.id.clone(),
         source: "stored",
+        expected_bytes: Some(m.bytes),
     })
 }
 
@@ -320,8 +326,11 @@ async fn validate(
             None => return fail(format!("table {}.{} is missing from the restored copy", want.schema, want.table)),
             Some(g) if g.rows != want.rows => {
                 return fail(format!(
-                    "{}.{} has {} rows restored, {} in the dump's snapshot",
-                    want.schema, want.table, g.rows, want.rows
+                    "{}.{} has {} restored, {} in the dump's snapshot",
+                    want.schema,
+                    want.table,
+                    crate::output::table::count(g.rows as u64, "row"),
+                    want.rows
                 ));
             }
             Some(_) => {}

@@ -1,5 +1,6 @@
-//! What sync must know about TO before it touches it: is it live (DNS), a replica, ours to replace
-//! (privileges, roles, name length), and the database properties the scratch copy must carry.
+//! What sync must know about TO before it touches it: is it live (DNS), a replica, a source others
+//! copy from, ours to replace (privileges, roles, name length), and the database properties the
+//! scratch copy must carry.
 
 use aws_sdk_route53::types::RrType;
 
@@ -92,6 +93,53 @@ pub async fn check_not_replica(to: &EnvConfig, client: &tokio_postgres::Client) 
         Ok(r) if !r.get::<_, bool>(0) => Check::pass(ID, format!("{} is a primary", to.name)),
         Ok(_) => Check::fail(ID, format!("{} is in recovery (a replica): sync never writes into a replica", to.name)),
         Err(e) => Check::fail(ID, pg::describe(&e)),
+    }
+}
+
+/// `target-is-source`: refuse a TO that other data comes from: an env declares it as its
+/// `sync_from` or `replica_of`, or its server has streaming replicas attached. This is the
+/// `sync --from staging --to prod` mix-up, which `target-not-live` misses without `[dns]`.
+/// `client` is TO's connection, `None` when TO was not reached (then only the declarations count).
+pub async fn check_not_source(cx: &Ctx, to: &EnvConfig, client: Option<&tokio_postgres::Client>) -> Check {
+    const ID: &str = "target-is-source";
+    let mut found: Vec<String> = Vec::new();
+    for e in cx.config.environments.values().filter(|e| e.name != to.name) {
+        for (key, source) in [("sync_from", &e.sync_from), ("replica_of", &e.replica_of)] {
+            if source.as_deref() == Some(to.name.as_str()) {
+                found.push(format!("{} declares {key} = \"{}\"", e.name, to.name));
+            }
+        }
+    }
+    let replicas = match client {
+        None => None,
+        Some(c) => match c.query("SELECT coalesce(application_name, '') FROM pg_stat_replication", &[]).await {
+            Ok(rows) => Some(rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>()),
+            Err(e) => return Check::fail(ID, format!("cannot read pg_stat_replication: {}", pg::describe(&e))),
+        },
+    };
+    if let Some(r) = replicas.as_ref().filter(|r| !r.is_empty()) {
+        let names: Vec<&str> = r.iter().map(|n| if n.is_empty() { "(unnamed)" } else { n.as_str() }).collect();
+        found.push(format!(
+            "{} {} streaming from it ({})",
+            crate::output::table::count(r.len() as u64, "replica"),
+            if r.len() == 1 { "is" } else { "are" },
+            names.join(", ")
+        ));
+    }
+    if !found.is_empty() {
+        return Check::fail(
+            ID,
+            format!(
+                "{} is a source: {}; syncing into it would overwrite data others copy from it (is --from/--to \
+                 reversed?)",
+                to.name,
+                found.join("; ")
+            ),
+        );
+    }
+    match replicas {
+        Some(_) => Check::pass(ID, format!("no env copies from {} and no replica streams from it", to.name)),
+        None => Check::fail(ID, "target not reached: cannot tell whether replicas stream from it"),
     }
 }
 

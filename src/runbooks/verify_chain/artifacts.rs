@@ -124,7 +124,7 @@ pub async fn verify(cx: &Ctx, url: &str) -> Result<ArtifactsResult> {
                     bad.push(BadArtifact {
                         key: o.key.clone(),
                         problem: "sha_mismatch",
-                        detail: format!("content ({n} bytes) has sha256 {sha}"),
+                        detail: format!("content ({}) has sha256 {sha}", crate::output::table::count(*n, "byte")),
                     });
                 }
             }

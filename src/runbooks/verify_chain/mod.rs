@@ -25,7 +25,7 @@ use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::journal;
 use crate::output::metrics::Series;
-use crate::output::table::new_table;
+use crate::output::table::{count, new_table};
 
 /// One chain's verdict (contract "JSON output", verify-chain).
 #[derive(Debug, Clone)]
@@ -113,6 +113,16 @@ pub async fn verify_chain(cx: &Ctx, a: &VerifyChainArgs) -> Verdict {
         let env = env.expect("specs come with their env");
         match table::verify(cx, env, spec, &state).await {
             Ok(r) => {
+                if r.is_empty() && !spec.allow_empty {
+                    fatal.get_or_insert(Error::NothingToVerify {
+                        what: format!("table {} on {} has no rows", spec.table, env.name),
+                        hint: format!(
+                            "check the table name; if it may be empty, pass --allow-empty (or set allow_empty = true \
+                             under [environments.{}.chains.{}])",
+                            env.name, spec.table
+                        ),
+                    });
+                }
                 if r.errors.is_empty()
                     && !cx.global.dry_run
                     && let Err(e) = table::record_anchor(cx, &env.name, &r, &state).await
@@ -133,7 +143,16 @@ pub async fn verify_chain(cx: &Ctx, a: &VerifyChainArgs) -> Verdict {
     let arts = match &a.artifacts {
         None => None,
         Some(url) => match artifacts::verify(cx, url.trim_end_matches('/')).await {
-            Ok(r) => Some(r),
+            Ok(r) => {
+                // A typo in the prefix lists nothing, which must not read as "all intact".
+                if r.checked == 0 {
+                    fatal.get_or_insert(Error::NothingToVerify {
+                        what: format!("no objects under {}", r.url),
+                        hint: "check the prefix (s3://BUCKET/PREFIX, the directory holding the ab/ shards)".into(),
+                    });
+                }
+                Some(r)
+            }
             Err(e) if e.exit_code() == crate::error::exit::USAGE => {
                 return Verdict { env: env_name, ..Verdict::refused(e) };
             }
@@ -174,7 +193,13 @@ pub async fn verify_chain(cx: &Ctx, a: &VerifyChainArgs) -> Verdict {
                         Error::integrity(
                             "artifacts",
                             &b.key,
-                            format!("{}: {} ({} bad of {} objects)", b.problem, b.detail, r.bad.len(), r.checked),
+                            format!(
+                                "{}: {} ({} bad of {})",
+                                b.problem,
+                                b.detail,
+                                r.bad.len(),
+                                count(r.checked, "object")
+                            ),
                         )
                     })
                 })
@@ -260,10 +285,10 @@ fn render(
     }
     if let Some(a) = arts {
         text.push_str(&format!(
-            "artifacts {}: {} objects ({} bytes) checked, {} bad\n",
+            "artifacts {}: {} ({}) checked, {} bad\n",
             a.url,
-            a.checked,
-            a.bytes,
+            count(a.checked, "object"),
+            count(a.bytes, "byte"),
             a.bad.len()
         ));
         if !a.bad.is_empty() {

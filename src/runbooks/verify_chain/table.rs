@@ -46,6 +46,8 @@ pub struct Spec {
     pub all_errors: bool,
     pub since_anchor: bool,
     pub jobs: usize,
+    /// An empty table passes; otherwise it is exit 3 (a wrong table name or an emptied one).
+    pub allow_empty: bool,
 }
 
 impl Spec {
@@ -61,6 +63,7 @@ impl Spec {
             content: None,
             genesis: None,
             bytea_hash: None,
+            allow_empty: None,
         });
         Spec {
             table: table.to_string(),
@@ -81,6 +84,7 @@ impl Spec {
             all_errors: a.all_errors,
             since_anchor: a.since_anchor,
             jobs: a.jobs.map_or(4, usize::from),
+            allow_empty: a.allow_empty || c.allow_empty.unwrap_or(false),
         }
     }
 }
@@ -228,9 +232,9 @@ async fn check_anchors(client: &Client, env: &EnvConfig, r: &Resolved, anchors: 
     for a in anchors {
         let here: Vec<&Option<String>> = found.iter().filter(|(k, _)| *k == a.key).map(|(_, h)| h).collect();
         let what = format!(
-            "the head anchored at journal seq {} ({} entries, hash {})",
+            "the head anchored at journal seq {} ({}, hash {})",
             a.seq,
-            a.count,
+            crate::output::table::count(a.count, "entry"),
             scan::short(Some(a.hash.as_bytes()))
         );
         let reason = if here.is_empty() {
@@ -524,6 +528,11 @@ async fn scan_range(
 }
 
 impl TableResult {
+    /// No row read, no anchor to hold it to, nothing wrong: the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0 && self.anchors_checked == 0 && self.errors.is_empty()
+    }
+
     pub fn json(&self) -> Value {
         let first = self.errors.first();
         let eps = if self.elapsed_s > 0.0 { (self.entries as f64 / self.elapsed_s) as u64 } else { self.entries };
