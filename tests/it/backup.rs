@@ -540,7 +540,7 @@ fn check_reaches_everything_and_names_what_fails() {
         assert!(ids.contains(&want), "{want} not in {ids:?}");
     }
     let config_valid = doc["checks"].as_array().unwrap().iter().find(|c| c["check"] == "config-valid").unwrap();
-    assert!(config_valid["detail"].as_str().unwrap().ends_with("(1 env)"), "{config_valid}");
+    assert!(config_valid["detail"].as_str().unwrap().contains("(1 env), store file://"), "{config_valid}");
     // The probe object is deleted again and nothing else is written.
     let leftovers: Vec<_> = walk(&dir.path().join("store"));
     assert!(leftovers.is_empty(), "{leftovers:?}");
