@@ -340,7 +340,7 @@ where
             }
             (detail, t, false)
         }
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+        other => {
             let context = DisplayErrorContext(e).to_string();
             if context.contains("credential") {
                 return (
@@ -349,18 +349,12 @@ where
                     true,
                 );
             }
-            (format!("S3 could not be reached: {context} (S3 Unreachable)"), Transience::Temporary, false)
-        }
-        _ => {
-            let context = DisplayErrorContext(e).to_string();
-            if context.contains("credential") {
-                return (
-                    format!("no usable AWS credentials: {context} (S3 NoCredentials)"),
-                    Transience::Permanent,
-                    true,
-                );
+            match other {
+                SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                    (format!("S3 could not be reached: {context} (S3 Unreachable)"), Transience::Temporary, false)
+                }
+                _ => (context, Transience::Permanent, false),
             }
-            (context, Transience::Permanent, false)
         }
     }
 }
