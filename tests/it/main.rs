@@ -3,6 +3,7 @@
 
 mod backup;
 mod cli;
+mod docs;
 mod harness;
 mod journal;
 mod smoke;
