@@ -102,9 +102,12 @@ pub enum Command {
     ///
     /// A logical backup is `pg_dump -Fc -Z0` streamed through zstd (multi-threaded) into the store
     /// as `backups/ENV/ID/DB.dump.zst.000` (further `.001`, ... objects past 64 GiB), with its sha256
-    /// and size in the backup's manifest. Nothing is written to a temp file. Restore one by hand with
+    /// and size in the backup's manifest. Nothing is written to a temp file. Restore one by hand, in
+    /// that directory, into a new database NEWDB (pg_restore -d needs one that exists):
     ///
-    ///     cat DB.dump.zst.* | zstd -dc | pg_restore -d postgres://USER@HOST/DB
+    ///     createdb -h HOST -U USER NEWDB
+    ///
+    ///     cat DB.dump.zst.* | zstd -dc | pg_restore -d postgres://USER@HOST/NEWDB
     ///
     /// Objects are written first, then the manifest, then the journal entry `backup-done`: a backup
     /// whose run died is never listed, and its partial objects are removed by the next backup or

@@ -698,6 +698,9 @@ fn key_path(path: &[String]) -> String {
 }
 
 #[cfg(test)]
+mod reference_keys;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -177,12 +177,23 @@ pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
 pub fn man_page() -> Vec<u8> {
     let mut buf = Vec::new();
     let cmd = Cli::command();
-    let _ = clap_mangen::Man::new(cmd.clone()).render(&mut buf);
-    // One page for the whole tool: each subcommand's usage and help as a section.
-    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+    let man = clap_mangen::Man::new(cmd.clone());
+    let _ = man.render_title(&mut buf);
+    let _ = man.render_name_section(&mut buf);
+    let _ = man.render_synopsis_section(&mut buf);
+    let _ = man.render_description_section(&mut buf);
+    let _ = man.render_options_section(&mut buf);
+    // One page for the whole tool: the command list names the sections below, not drctl-CMD(1)
+    // pages (clap_mangen's SUBCOMMANDS section would, and none is shipped).
+    let subs: Vec<&clap::Command> = cmd.get_subcommands().filter(|s| s.get_name() != "help").collect();
+    buf.extend_from_slice(b".SH COMMANDS\n");
+    for sub in &subs {
+        let about = sub.get_about().map(|a| roff_text(&a.to_string())).unwrap_or_default();
+        buf.extend_from_slice(format!(".TP\n\\fBdrctl {}\\fR\n{about}\n", roff_text(sub.get_name())).as_bytes());
+    }
+    for sub in &subs {
         let mut sub_buf = Vec::new();
-        let man = clap_mangen::Man::new(sub.clone().name(format!("drctl {}", sub.get_name())));
-        let _ = man.render_name_section(&mut Vec::new());
+        let man = clap_mangen::Man::new((*sub).clone().name(format!("drctl {}", sub.get_name())));
         let _ = man.render_synopsis_section(&mut sub_buf);
         let _ = man.render_description_section(&mut sub_buf);
         let _ = man.render_options_section(&mut sub_buf);
@@ -192,5 +203,73 @@ pub fn man_page() -> Vec<u8> {
             .replace(".SH OPTIONS", ".SS Options");
         buf.extend_from_slice(text.as_bytes());
     }
+    buf.extend_from_slice(MAN_REFERENCE.as_bytes());
+    let _ = man.render_version_section(&mut buf);
     buf
 }
+
+/// Plain text as roff: backslashes and hyphens escaped.
+fn roff_text(s: &str) -> String {
+    s.replace('\\', "\\e").replace('-', "\\-")
+}
+
+/// The man page's reference sections; the whole reference is docs/reference.md.
+const MAN_REFERENCE: &str = r#".SH "EXIT STATUS"
+.TP
+0
+success, already done, or a dry run whose preflight passed
+.TP
+1
+a step failed after preflight passed; a rerun resumes
+.TP
+2
+usage or configuration error
+.TP
+3
+a preflight check failed, nothing was changed (status: an RPO breach or a live env unhealthy)
+.TP
+4
+integrity failure: a broken chain link, a checksum mismatch, a missing object
+.TP
+5
+another run holds the lock, or this run's lock was taken over
+.TP
+6
+outcome unknown (not used by the commands built so far)
+.TP
+130, 143
+interrupted by SIGINT, SIGTERM
+.SH FILES
+.TP
+\fI./drctl.toml\fR, \fI$XDG_CONFIG_HOME/drctl/drctl.toml\fR, \fI/etc/drctl/drctl.toml\fR
+The config file: the first that exists, unless \fB\-\-config\fR or \fB$DRCTL_CONFIG\fR names one.
+Sections: [store], [aws], [policy], [retention], [environments.NAME], [environments.NAME.chains.TABLE],
+[dns], [notify]. Unknown keys are an error; ${NAME} in a string is replaced by the environment variable NAME.
+.TP
+\fISTORE\fR/journal/\fISEQ\fR.json
+The hash\-chained journal, one entry an object (SEQ is 20 zero\-padded digits).
+.TP
+\fISTORE\fR/locks/\fITARGET\fR.json
+One lock per target (env:NAME), never deleted.
+.TP
+\fISTORE\fR/backups/\fIENV\fR/\fIID\fR/\fIDB\fR.dump.zst.000, manifest.json
+A logical backup (pg_dump \-Fc \-Z0 through zstd; .001, ... past 64 GiB) and its manifest.
+.SH ENVIRONMENT
+.TP
+\fBDRCTL_CONFIG\fR
+The config file, when \fB\-\-config\fR is not given.
+.TP
+\fBDRCTL_ENV\fR
+The env, when \fB\-\-env\fR is not given.
+.TP
+\fBAWS_REGION\fR, \fBAWS_PROFILE\fR, \fBAWS_ENDPOINT_URL\fR, ...
+The standard AWS configuration chain.
+.SH "NOT BUILT YET"
+promote\-replica, dns\-cutover, failover, rollback, the [notify] webhook, backup \-\-type base,
+wal\-push, wal\-fetch, pitr\-restore, drill, status \-\-audit.
+.SH "SEE ALSO"
+\fBpg_dump\fR(1), \fBpg_restore\fR(1), \fBpsql\fR(1), \fBcreatedb\fR(1), \fBzstd\fR(1), \fBaws\fR(1)
+.PP
+The full reference (every config key with its default, JSON fields, locks, the store's layout) is
+docs/reference.md in drctl's source tree; README.md has a quickstart.
+"#;

@@ -4,6 +4,7 @@
 mod backup;
 mod cli;
 mod config;
+mod docs;
 mod faults;
 mod harness;
 mod journal;
