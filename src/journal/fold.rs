@@ -17,6 +17,9 @@ use super::Entry;
 /// The version of what `fold` computes; part of every checkpoint.
 pub const FOLD_VERSION: u32 = 1;
 
+/// Anchors kept per chain, newest last.
+pub const ANCHORS_KEPT: usize = 64;
+
 /// A run's resumes chain is cut here: a run resumed a hundred times is not a real history.
 const MAX_RESUME_CHAIN: usize = 100;
 
@@ -102,7 +105,7 @@ pub struct State {
     pub pruned: BTreeMap<String, BTreeSet<String>>,
     /// env → newest sync-done.
     pub syncs: BTreeMap<String, SyncDone>,
-    /// env → chain → anchors, oldest first.
+    /// env → chain → the newest ANCHORS_KEPT anchors, oldest first.
     pub anchors: BTreeMap<String, BTreeMap<String, Vec<Anchor>>>,
     /// `runbook` + ' ' + env (or `-`) → the newest start.
     pub runs: BTreeMap<String, LastStart>,
@@ -187,7 +190,14 @@ impl State {
                     return;
                 };
                 let a = Anchor { seq: e.seq, key: key.to_string(), hash: hash.to_string(), count };
-                self.anchors.entry(env.to_string()).or_default().entry(chain.to_string()).or_default().push(a);
+                let kept = self.anchors.entry(env.to_string()).or_default().entry(chain.to_string()).or_default();
+                kept.push(a);
+                // An hourly verify-chain anchors ~9,000 heads a year. The newest anchors dominate
+                // the older ones (a truncation or a consistent rewrite before an old anchor also
+                // moves or removes every newer one), so a bounded tail keeps the state flat.
+                if kept.len() > ANCHORS_KEPT {
+                    kept.drain(..kept.len() - ANCHORS_KEPT);
+                }
             }
             ("run-started", _) => {
                 let key = run_key(&e.runbook, env);
