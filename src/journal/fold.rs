@@ -314,6 +314,14 @@ mod tests {
         assert!(s.pruned.is_empty(), "removed objects are forgotten");
         s.fold(&entry(10, "r7", "sync", "stg", "run-abandoned", json!({"run_id": "r6"})));
         assert!(s.last_start("sync", Some("stg")).unwrap().closed);
+        // Anchors: a bounded tail, newest last.
+        for i in 0..(super::ANCHORS_KEPT as u64 + 10) {
+            let d = json!({"chain": "events", "key": i.to_string(), "hash": "h", "count": i});
+            s.fold(&entry(20 + i, "v", "verify-chain", "prod", "chain-anchor", d));
+        }
+        let kept = s.anchors("prod", "events");
+        assert_eq!(kept.len(), super::ANCHORS_KEPT);
+        assert_eq!((kept[0].count, kept.last().unwrap().count), (10, super::ANCHORS_KEPT as u64 + 9));
         // A state survives its own serialisation unchanged (it is what a checkpoint stores).
         let back: State = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
         assert_eq!(back, s);
