@@ -71,21 +71,29 @@ fn counts(pg: &Cluster, db: &str) -> String {
     pg.psql(db, "SELECT (SELECT count(*) FROM customers) || ',' || (SELECT count(*) FROM orders)")
 }
 
-#[test]
-fn the_quickstart_backs_up_and_restores_as_written() {
-    // A cluster of its own, so the quickstart's own names (role and database `app`) can be used.
+/// A cluster of its own with the role and database `app` (the names README and --help use), owning
+/// `customers` and `orders` with these row counts; and that role's password.
+fn app_cluster(customers: u32, orders: u32) -> (Cluster, String) {
     let pg = Cluster::start_new();
     let password = crate::harness::random_hex(12);
     pg.psql("postgres", &format!("CREATE ROLE app LOGIN CREATEDB PASSWORD '{password}'"));
     pg.psql("postgres", "CREATE DATABASE app OWNER app");
     pg.psql(
         "app",
-        "SET ROLE app;
-         CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL);
-         CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int REFERENCES customers(id), total numeric);
-         INSERT INTO customers (name) SELECT 'customer ' || g FROM generate_series(1, 120) g;
-         INSERT INTO orders (customer_id, total) SELECT 1 + g % 120, g * 1.5 FROM generate_series(1, 5000) g;",
+        &format!(
+            "SET ROLE app;
+             CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL);
+             CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int REFERENCES customers(id), total numeric);
+             INSERT INTO customers (name) SELECT 'customer ' || g FROM generate_series(1, {customers}) g;
+             INSERT INTO orders (customer_id, total) SELECT 1 + g % {customers}, g * 1.5 FROM generate_series(1, {orders}) g;"
+        ),
     );
+    (pg, password)
+}
+
+#[test]
+fn the_quickstart_backs_up_and_restores_as_written() {
+    let (pg, password) = app_cluster(120, 5000);
     let text = readme();
     let heading = "## Quickstart";
     let toml = blocks_under(&text, heading, "toml");
@@ -128,18 +136,7 @@ fn the_quickstart_backs_up_and_restores_as_written() {
 
 #[test]
 fn the_restore_in_backup_help_works_as_written() {
-    let pg = Cluster::start_new();
-    let password = crate::harness::random_hex(12);
-    pg.psql("postgres", &format!("CREATE ROLE app LOGIN CREATEDB PASSWORD '{password}'"));
-    pg.psql("postgres", "CREATE DATABASE app OWNER app");
-    pg.psql(
-        "app",
-        "SET ROLE app;
-         CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL);
-         CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int REFERENCES customers(id), total numeric);
-         INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 7) g;
-         INSERT INTO orders (customer_id, total) SELECT 1 + g % 7, g FROM generate_series(1, 300) g;",
-    );
+    let (pg, password) = app_cluster(7, 300);
     let dir = TestDir::new();
     let config = dir.write_config(&format!(
         "[environments.dev]\ndatabase_url = \"postgres://app:${{PGPASSWORD}}@127.0.0.1:{}/app\"\n",
