@@ -348,6 +348,7 @@ pub(crate) mod test_store {
         clock_offset: Mutex<Duration>,
         refused_creates: AtomicUsize,
         requests: AtomicUsize,
+        lists: AtomicUsize,
     }
 
     impl MemStore {
@@ -368,6 +369,11 @@ pub(crate) mod test_store {
         /// Every call so far but `now`: what a run's reads of the journal cost.
         pub(crate) fn requests(&self) -> usize {
             self.requests.load(Ordering::Relaxed)
+        }
+
+        /// Listings so far (the default `list_after` is a listing too).
+        pub(crate) fn lists(&self) -> usize {
+            self.lists.load(Ordering::Relaxed)
         }
 
         fn count(&self) {
@@ -435,6 +441,7 @@ pub(crate) mod test_store {
 
         async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
             self.count();
+            self.lists.fetch_add(1, Ordering::Relaxed);
             tokio::task::yield_now().await;
             let objects = self.objects.lock().unwrap();
             Ok(objects

@@ -1,6 +1,7 @@
 //! The state runs ask of history, folded from the journal's entries in seq order: committed and
 //! pruned backups, the last `sync-done` per env, chain anchors, the last start of each
-//! (runbook, env) and whether it finished, and the highest fence seen per lock target.
+//! (runbook, env) and whether it finished, the runs that may have left partial backup objects,
+//! and the highest fence seen per lock target.
 //!
 //! `State::fold` is a pure function of the entries, so a checkpoint (the state folded up to some
 //! seq, see `index.rs`) can be recomputed from the chain and compared by `verify-chain --journal`.
@@ -15,7 +16,7 @@ use serde_json::Value;
 use super::Entry;
 
 /// The version of what `fold` computes; part of every checkpoint.
-pub const FOLD_VERSION: u32 = 1;
+pub const FOLD_VERSION: u32 = 2;
 
 /// Anchors kept per chain, newest last.
 pub const ANCHORS_KEPT: usize = 64;
@@ -26,6 +27,12 @@ const MAX_RESUME_CHAIN: usize = 100;
 /// The event prune journals once the objects of pruned backups are gone, so the fold can forget
 /// them (otherwise the set of pruned ids would grow with history).
 pub const BACKUPS_REMOVED: &str = "backup-removed";
+
+/// The step that removes what dead runs left under `backups/<env>/`, and the details its
+/// `step-done` carries: which env's backups it cleaned and which runs it found dead and cleaned.
+pub const CLEAN_PARTIAL: &str = "clean-partial";
+pub const CLEANED_ENV: &str = "backups_of";
+pub const CLEANED_RUNS: &str = "checked_runs";
 
 /// The last entry folded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,10 +118,28 @@ pub struct State {
     pub runs: BTreeMap<String, LastStart>,
     /// Lock target → the highest fence any entry carried.
     pub fences: BTreeMap<String, u64>,
+    /// env → runs that write under `backups/<env>/` (a backup of env, a sync from it), started
+    /// and neither finished (`run-done`) nor found dead and cleaned by a `clean-partial` since:
+    /// only their objects can be partial, so with none a clean-partial has nothing to list.
+    #[serde(default)]
+    pub unclean: BTreeMap<String, BTreeSet<String>>,
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
+}
+
+/// The env under whose `backups/` a run of `runbook` writes: a backup's own env, a sync's FROM
+/// (its args are `--from FROM --to TO`).
+fn writes_backups_of<'a>(runbook: &str, env: Option<&'a str>, args: &'a str) -> Option<&'a str> {
+    match runbook {
+        "backup" => env,
+        "sync" => {
+            let mut words = args.split_whitespace();
+            words.find(|w| *w == "--from").and_then(|_| words.next())
+        }
+        _ => None,
+    }
 }
 
 pub fn run_key(runbook: &str, env: Option<&str>) -> String {
@@ -208,9 +233,13 @@ impl State {
                         resumed.extend(prev.resumed.iter().take(MAX_RESUME_CHAIN - 1).cloned());
                     }
                 }
+                let args = str_of(d, "args").unwrap_or_default();
+                if let Some(of) = writes_backups_of(&e.runbook, env, args) {
+                    self.unclean.entry(of.to_string()).or_default().insert(e.run_id.clone());
+                }
                 let start = LastStart {
                     run_id: e.run_id.clone(),
-                    args: str_of(d, "args").unwrap_or_default().to_string(),
+                    args: args.to_string(),
                     time: e.time.clone(),
                     closed: false,
                     resumed,
@@ -220,6 +249,25 @@ impl State {
             ("run-done", _) => {
                 if let Some(s) = self.runs.get_mut(&run_key(&e.runbook, env)).filter(|s| s.run_id == e.run_id) {
                     s.closed = true;
+                }
+                // A run that finished committed what it wrote (or removed it).
+                self.unclean.retain(|_, runs| {
+                    runs.remove(&e.run_id);
+                    !runs.is_empty()
+                });
+            }
+            ("step-done", _) if str_of(d, "step") == Some(CLEAN_PARTIAL) => {
+                let (Some(of), Some(runs)) = (str_of(d, CLEANED_ENV), d.get(CLEANED_RUNS).and_then(Value::as_array))
+                else {
+                    return;
+                };
+                if let Some(u) = self.unclean.get_mut(of) {
+                    for id in runs.iter().filter_map(Value::as_str) {
+                        u.remove(id);
+                    }
+                    if u.is_empty() {
+                        self.unclean.remove(of);
+                    }
                 }
             }
             ("run-abandoned", _) => {
@@ -247,6 +295,11 @@ impl State {
     /// Ids of backups of `env` that were pruned and whose objects may still be there.
     pub fn pruned_ids(&self, env: &str) -> BTreeSet<String> {
         self.pruned.get(env).cloned().unwrap_or_default()
+    }
+
+    /// Runs that may have left partial objects under `backups/<env>/` (see `unclean`).
+    pub fn unclean_runs(&self, env: &str) -> BTreeSet<String> {
+        self.unclean.get(env).cloned().unwrap_or_default()
     }
 
     pub fn anchors(&self, env: &str, chain: &str) -> &[Anchor] {
@@ -322,6 +375,20 @@ mod tests {
         let kept = s.anchors("prod", "events");
         assert_eq!(kept.len(), super::ANCHORS_KEPT);
         assert_eq!((kept[0].count, kept.last().unwrap().count), (10, super::ANCHORS_KEPT as u64 + 9));
+        // Runs that may have left partial backup objects: r2 (never finished) of prod, and the
+        // syncs from prod, until a clean-partial of prod names them or they finish.
+        assert_eq!(s.unclean_runs("prod").into_iter().collect::<Vec<_>>(), ["r2", "r5", "r6"]);
+        assert!(s.unclean_runs("stg").is_empty(), "a sync writes backups of FROM, not TO");
+        s.fold(&entry(
+            200,
+            "r8",
+            "sync",
+            "stg",
+            "step-done",
+            json!({"step": "clean-partial", "backups_of": "prod", "checked_runs": ["r2", "r5"]}),
+        ));
+        s.fold(&entry(201, "r6", "sync", "stg", "run-done", json!({})));
+        assert!(s.unclean.is_empty(), "{:?}", s.unclean);
         // A state survives its own serialisation unchanged (it is what a checkpoint stores).
         let back: State = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
         assert_eq!(back, s);

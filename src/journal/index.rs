@@ -7,8 +7,12 @@
 //! an authority: a run uses the newest checkpoint that parses, has this drctl's `FOLD_VERSION`,
 //! matches its own sha256 and names an entry that exists with that hash; anything else is skipped
 //! for the next older one, and with none the state is folded from seq 0 (slower, still correct).
-//! The entries after it are found with one listing that starts after the checkpoint's key (the
-//! head is the last of them) and read concurrently. `verify-chain --journal` refolds the whole
+//! `journal-index/latest.json` names the checkpoints, so a run finds the newest one with one GET
+//! instead of a listing; the entries after it are then read by seq, a few concurrent GETs at a
+//! time, until the first seq that is absent (the head is the entry before it). The pointer is a
+//! hint like the checkpoints: a missing, unreadable or stale one costs a listing of the index and
+//! of the entries after the checkpoint (the path taken when there is no pointer at all), never a
+//! wrong head, because the head is whatever the journal holds before its first absent seq. `verify-chain --journal` refolds the whole
 //! chain, compares every checkpoint it passes (exit 4 on a disagreement) and then writes a
 //! `verified-<seq>.json` checkpoint, from which `--since-checkpoint` resumes.
 //!
@@ -41,6 +45,20 @@ const KEEP: usize = 2;
 /// Entry reads in flight at once.
 const IN_FLIGHT: usize = 32;
 
+/// Entry reads in flight in the full walk. S3 answers a small GET in ~15-30 ms and serves 5,500
+/// GETs/s per prefix, so 5,000 entries/s needs about a hundred in flight (Little's law); entries
+/// are ~1 KiB, so this is still bounded memory.
+const WALK_IN_FLIGHT: usize = 128;
+
+/// The pointer to the index's checkpoints.
+pub const LATEST_KEY: &str = "journal-index/latest.json";
+
+/// Seqs probed at once after the newest checkpoint (doubling up to IN_FLIGHT): a checkpoint is
+/// written every CHECKPOINT_EVERY entries, so a tail is usually shorter than 8 + 16 + 32 + 32.
+const PROBE_LOAD: usize = 8;
+/// Seqs probed at once when a run catches up with its own cached head: usually nothing is new.
+const PROBE_REFRESH: usize = 2;
+
 const APPEND_TRIES: u32 = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +74,29 @@ pub struct Checkpoint {
     /// sha256 of the RFC 8785 bytes of `state`: catches a damaged or hand-edited checkpoint.
     pub state_sha256: String,
     pub state: State,
+}
+
+/// `journal-index/latest.json`: the checkpoints its writer knew of when it wrote one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Latest {
+    /// (seq, verified), oldest first.
+    pub checkpoints: Vec<(u64, bool)>,
+    pub written: String,
+}
+
+/// Point the index at `checkpoints`. Unconditional (last writer wins): a pointer that another
+/// writer's older knowledge overwrote names older checkpoints, which costs a longer tail read and
+/// is corrected by the next checkpoint written.
+pub async fn publish(store: &dyn Store, checkpoints: &[(u64, bool)]) -> Result<()> {
+    let mut cps = checkpoints.to_vec();
+    cps.sort_unstable();
+    cps.dedup();
+    let latest = Latest {
+        checkpoints: cps,
+        written: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+    };
+    store.put(LATEST_KEY, Bytes::from(serde_json::to_vec(&latest).expect("a Latest always serialises"))).await
 }
 
 pub fn checkpoint_key(seq: u64, verified: bool) -> String {
@@ -169,6 +210,8 @@ struct Loaded {
     checkpoints: Vec<(u64, bool)>,
     /// Why checkpoints were passed over, for `-v`.
     notes: Vec<String>,
+    /// Loaded from this checkpoint without a usable pointer: the first append publishes one.
+    unpublished: Option<(u64, bool)>,
 }
 
 impl Loaded {
@@ -271,6 +314,13 @@ impl Journal {
         let Some(head) = l.state.head.clone() else { return };
         let due = l.newest_checkpoint().map_or(head.seq + 1 >= CHECKPOINT_EVERY, |s| head.seq >= s + CHECKPOINT_EVERY);
         if !due {
+            if let Some(good) = l.unpublished {
+                // The checkpoint this run loaded from, which passed the cheap checks.
+                match publish(&*self.store, &[good]).await {
+                    Ok(()) => l.unpublished = None,
+                    Err(e) => l.notes.push(format!("could not update {LATEST_KEY}: {e}")),
+                }
+            }
             return;
         }
         if let Err(e) = write_checkpoint(&*self.store, &l.state, &self.run_id, false).await {
@@ -279,7 +329,23 @@ impl Journal {
         }
         l.checkpoints.push((head.seq, false));
         prune_checkpoints(&*self.store, &mut l.checkpoints).await;
+        match publish(&*self.store, &l.checkpoints).await {
+            Ok(()) => l.unpublished = None,
+            Err(e) => l.notes.push(format!("could not update {LATEST_KEY}: {e}")),
+        }
     }
+}
+
+/// After a walk that verified the chain: write the verified checkpoint of its state, keep the
+/// newest KEEP of each kind among what the walk listed (orphans of racing writers included), and
+/// point the index at them.
+pub async fn record_verified(store: &dyn Store, w: &Walked, run_id: &str) -> Result<()> {
+    let Some(head) = &w.state.head else { return Ok(()) };
+    write_checkpoint(store, &w.state, run_id, true).await?;
+    let mut cps = w.checkpoints.clone();
+    cps.push((head.seq, true));
+    prune_checkpoints(store, &mut cps).await;
+    publish(store, &cps).await
 }
 
 /// Write the checkpoint of `state` (create-if-absent: the same seq folds to the same state).
@@ -345,29 +411,98 @@ pub async fn newest_good(
 }
 
 async fn load(store: &dyn Store) -> Result<Loaded> {
-    let cps = list_checkpoints(store).await?;
     let mut notes = Vec::new();
+    if let Some(l) = load_from_latest(store, &mut notes).await? {
+        return Ok(l);
+    }
+    let cps = list_checkpoints(store).await?;
     let (state, head) = match newest_good(store, &cps, false, &mut notes).await? {
         Some((cp, entry)) => (cp.state, Some(entry)),
         None => (State::default(), None),
     };
-    let checkpoints = cps.iter().map(|(s, v, _)| (*s, *v)).collect();
+    let checkpoints: Vec<(u64, bool)> = cps.iter().map(|(s, v, _)| (*s, *v)).collect();
     let last_key = head.as_ref().map(|h| entry_key(h.seq));
-    let mut l = Loaded { state: Arc::new(state), head, last_key, head_problem: None, checkpoints, notes };
-    catch_up(store, &mut l).await?;
+    let unpublished =
+        head.as_ref().and_then(|h| cps.iter().rev().find(|(s, _, _)| *s == h.seq).map(|(s, v, _)| (*s, *v)));
+    let mut l = Loaded { state: Arc::new(state), head, last_key, head_problem: None, checkpoints, notes, unpublished };
+    list_tail(store, &mut l).await?;
     Ok(l)
 }
 
-/// Fold in every entry after the loaded head: one listing that starts after its key, then the
-/// entries it names, read concurrently. The last one becomes the head, and must be intact to be
-/// chained onto.
+/// Load from the checkpoint the pointer names, without a listing. None when there is no pointer
+/// or none of the checkpoints it names passes the cheap checks (why goes to `notes`).
+async fn load_from_latest(store: &dyn Store, notes: &mut Vec<String>) -> Result<Option<Loaded>> {
+    let Some(obj) = store.get(LATEST_KEY).await? else { return Ok(None) };
+    let latest: Latest = match serde_json::from_slice(&obj.data) {
+        Ok(l) => l,
+        Err(e) => {
+            notes.push(format!("{LATEST_KEY} skipped: it is not a checkpoint pointer: {e}"));
+            return Ok(None);
+        }
+    };
+    let cps: Vec<(u64, bool, String)> = latest.checkpoints.iter().map(|&(s, v)| (s, v, checkpoint_key(s, v))).collect();
+    let Some((cp, entry)) = newest_good(store, &cps, false, notes).await? else {
+        notes.push(format!("{LATEST_KEY} names no usable checkpoint: listing the index instead"));
+        return Ok(None);
+    };
+    let mut l = Loaded {
+        state: Arc::new(cp.state),
+        last_key: Some(entry_key(entry.seq)),
+        head: Some(entry),
+        head_problem: None,
+        checkpoints: latest.checkpoints,
+        notes: std::mem::take(notes),
+        unpublished: None,
+    };
+    probe_tail(store, &mut l, PROBE_LOAD).await?;
+    Ok(Some(l))
+}
+
+fn missing(s: &Stored) -> bool {
+    matches!(&s.entry, Err(why) if why == "missing")
+}
+
+/// Catch up with what other runs appended since this run's head.
 async fn catch_up(store: &dyn Store, l: &mut Loaded) -> Result<()> {
+    probe_tail(store, l, PROBE_REFRESH).await
+}
+
+/// Fold in the entries after the loaded head by reading seq after seq, `first` at a time at first
+/// (doubling up to IN_FLIGHT), until the first absent seq. Something present after an absent seq
+/// in the same batch is a gap, or an append that landed between two of the reads: either way the
+/// listing (`list_tail`) decides from there, as it did before there were pointers.
+async fn probe_tail(store: &dyn Store, l: &mut Loaded, first: usize) -> Result<()> {
+    let mut next = match l.last_key.as_deref() {
+        Some(k) => match key_seq(k) {
+            Some(seq) => seq + 1,
+            None => return list_tail(store, l).await,
+        },
+        None => 0,
+    };
+    let mut batch = first.max(1) as u64;
+    loop {
+        let got = read_seqs(store, next..next + batch).await?;
+        let present = got.iter().take_while(|s| !missing(s)).count();
+        let gap = got[present..].iter().any(|s| !missing(s));
+        let full = present as u64 == batch;
+        absorb(l, got.into_iter().take(present).collect());
+        if gap {
+            return list_tail(store, l).await;
+        }
+        if !full {
+            return Ok(());
+        }
+        next += batch;
+        batch = (batch * 2).min(IN_FLIGHT as u64);
+    }
+}
+
+/// Fold in every entry after the loaded head: one listing that starts after its key, then the
+/// entries it names, read concurrently.
+async fn list_tail(store: &dyn Store, l: &mut Loaded) -> Result<()> {
     let after = l.last_key.clone().unwrap_or_else(|| PREFIX.to_string());
     let keys: Vec<String> =
         store.list_after(PREFIX, &after).await?.into_iter().map(|o| o.key).filter(|k| key_seq(k).is_some()).collect();
-    if keys.is_empty() {
-        return Ok(());
-    }
     let read: Vec<Stored> = stream::iter(keys)
         .map(|k| read_one(store, k))
         .buffered(IN_FLIGHT)
@@ -375,6 +510,17 @@ async fn catch_up(store: &dyn Store, l: &mut Loaded) -> Result<()> {
         .await
         .into_iter()
         .collect::<Result<_>>()?;
+    if let Some(s) = read.iter().find(|s| missing(s)) {
+        return Err(store_error(store, format!("{} was listed but could not be read", s.key)));
+    }
+    absorb(l, read);
+    Ok(())
+}
+
+/// Fold `read` (the entries after the head, in order) in. The last one becomes the head, and
+/// must be intact to be chained onto.
+fn absorb(l: &mut Loaded, read: Vec<Stored>) {
+    let Some(last) = read.last() else { return };
     let state = Arc::make_mut(&mut l.state);
     for s in &read {
         // What does not parse or sits under another seq's key is left to verify-chain to report.
@@ -384,7 +530,6 @@ async fn catch_up(store: &dyn Store, l: &mut Loaded) -> Result<()> {
             state.fold(e);
         }
     }
-    let last = read.last().expect("keys were not empty");
     l.last_key = Some(last.key.clone());
     let (head, problem): (Option<Entry>, Option<String>) = match &last.entry {
         Ok(e) if entry_key(e.seq) != last.key => (None, Some(format!("holds seq {}", e.seq))),
@@ -392,14 +537,10 @@ async fn catch_up(store: &dyn Store, l: &mut Loaded) -> Result<()> {
             (None, Some("hash does not match the entry's content: it was edited after it was written".to_string()))
         }
         Ok(e) => (Some(e.clone()), None),
-        Err(why) if why == "missing" => {
-            return Err(store_error(store, format!("{} was listed but could not be read", last.key)));
-        }
         Err(why) => (None, Some(why.clone())),
     };
     l.head = head;
     l.head_problem = problem.map(|why| (last.key.clone(), why));
-    Ok(())
 }
 
 /// The outcome of `walk`: how far the chain verified, its first break, and the first checkpoint
@@ -413,6 +554,8 @@ pub struct Walked {
     pub bad_checkpoint: Option<(String, String)>,
     /// The state folded from the verified chain (the whole chain when it verified).
     pub state: State,
+    /// The checkpoints the index held when the walk listed it, (seq, verified).
+    pub checkpoints: Vec<(u64, bool)>,
 }
 
 /// Verify the chain entry by entry, IN_FLIGHT reads ahead, in bounded memory: from seq 0, or
@@ -438,8 +581,9 @@ pub async fn walk(store: &dyn Store, since_verified: bool, mut progress: impl Fn
         checkpoints_checked: 0,
         bad_checkpoint: None,
         state: State::default(),
+        checkpoints: cps.iter().map(|(s, v, _)| (*s, *v)).collect(),
     };
-    let mut reads = stream::iter(from_seq..).map(|seq| read_one(store, entry_key(seq))).buffered(IN_FLIGHT);
+    let mut reads = stream::iter(from_seq..).map(|seq| read_one(store, entry_key(seq))).buffered(WALK_IN_FLIGHT);
     let mut last_seq = None;
     while let Some(stored) = reads.next().await {
         let stored = stored?;
@@ -577,10 +721,12 @@ mod tests {
         let cps = list_checkpoints(&*store).await.unwrap();
         let seqs: Vec<u64> = cps.iter().map(|c| c.0).collect();
         assert_eq!(seqs, [2 * CHECKPOINT_EVERY - 1, 3 * CHECKPOINT_EVERY - 1], "every 64 entries, newest 2 kept");
-        let before = store.requests();
+        let (before, lists) = (store.requests(), store.lists());
         let state = loaded(&store).await;
-        // index listing, checkpoint, its entry, the tail listing, the 5 entries after it.
-        assert_eq!(store.requests() - before, 4 + 5);
+        // The pointer, the checkpoint, its entry, then the 5 entries after it read by seq in a
+        // batch of 8 (3 absent): no listing.
+        assert_eq!(store.requests() - before, 3 + 8);
+        assert_eq!(store.lists() - lists, 0, "found without listing");
         assert_eq!(state, full_fold(&store).await);
         assert_eq!(state.head.as_ref().unwrap().seq, 3 * CHECKPOINT_EVERY + 4);
         let w = walk(&*store, false, |_| {}).await.unwrap();
@@ -595,14 +741,16 @@ mod tests {
         for n in [100, 5000] {
             let store = Arc::new(MemStore::new());
             history(&store, n).await;
-            super::write_checkpoint(&*store, &full_fold(&store).await, "t", false).await.unwrap();
+            let state = full_fold(&store).await;
+            super::write_checkpoint(&*store, &state, "t", false).await.unwrap();
+            super::publish(&*store, &[(state.head.unwrap().seq, false)]).await.unwrap();
             let before = store.requests();
             Journal::new(store.clone(), "a").append(new_entry("a", "step-done", json!({}))).await.unwrap();
             costs.push(store.requests() - before);
         }
         assert_eq!(costs[0], costs[1]);
-        // index listing, checkpoint, its entry, tail listing, the lock object, the create.
-        assert_eq!(costs[0], 6);
+        // The pointer, the checkpoint, its entry, 8 absent seqs after it, the lock object, the create.
+        assert_eq!(costs[0], 3 + 8 + 2);
     }
 
     #[tokio::test]
@@ -711,5 +859,73 @@ mod tests {
         store.put(&key, Bytes::from(serde_json::to_vec(&v).unwrap())).await.unwrap();
         assert!(walk(&*store, true, |_| {}).await.unwrap().first_bad.is_none());
         assert_eq!(walk(&*store, false, |_| {}).await.unwrap().first_bad.unwrap().index, 5);
+    }
+
+    /// What the pointer names, as written.
+    async fn latest(store: &MemStore) -> Option<super::Latest> {
+        store.get(super::LATEST_KEY).await.unwrap().map(|v| serde_json::from_slice(&v.data).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_pointer_follows_the_checkpoints_and_a_lost_or_damaged_one_costs_a_listing() {
+        let store = Arc::new(MemStore::new());
+        history(&store, 2 * CHECKPOINT_EVERY + 5).await;
+        let truth = full_fold(&store).await;
+        let cps = latest(&store).await.unwrap().checkpoints;
+        assert_eq!(cps, [(CHECKPOINT_EVERY - 1, false), (2 * CHECKPOINT_EVERY - 1, false)]);
+
+        // Deleted: the index and the tail are listed, the state is the same.
+        store.delete(super::LATEST_KEY).await.unwrap();
+        let lists = store.lists();
+        assert_eq!(loaded(&store).await, truth);
+        assert_eq!(store.lists() - lists, 2, "the index, then the entries after its newest checkpoint");
+        // The next appending run puts it back, naming the checkpoint it loaded from.
+        let j = Journal::new(store.clone(), "w2");
+        j.append(new_entry("w2", "step-done", json!({}))).await.unwrap();
+        assert_eq!(latest(&store).await.unwrap().checkpoints, cps[1..]);
+
+        // Damaged: skipped with a note, never trusted.
+        store.put(super::LATEST_KEY, Bytes::from_static(b"{\"checkpoints\": [[99999, fals")).await.unwrap();
+        let j = Journal::new(store.clone(), "r");
+        assert_eq!(*j.state().await.unwrap(), full_fold(&store).await);
+        assert!(j.notes().await.iter().any(|n| n.contains("not a checkpoint pointer")), "{:?}", j.notes().await);
+
+        // Naming checkpoints that are gone or beyond the journal: listed instead.
+        super::publish(&*store, &[(5 * CHECKPOINT_EVERY, false), (7, true)]).await.unwrap();
+        let j = Journal::new(store.clone(), "r");
+        assert_eq!(*j.state().await.unwrap(), full_fold(&store).await);
+        assert!(j.notes().await.iter().any(|n| n.contains("names no usable checkpoint")), "{:?}", j.notes().await);
+    }
+
+    #[tokio::test]
+    async fn a_stale_pointer_costs_a_longer_tail_never_a_wrong_head() {
+        let store = Arc::new(MemStore::new());
+        history(&store, 4 * CHECKPOINT_EVERY + 3).await;
+        // A writer with older knowledge overwrote it: it names the older of the two kept only.
+        super::publish(&*store, &[(3 * CHECKPOINT_EVERY - 1, false)]).await.unwrap();
+        let truth = full_fold(&store).await;
+        let (before, lists) = (store.requests(), store.lists());
+        assert_eq!(loaded(&store).await, truth);
+        let read = store.requests() - before;
+        assert!(read as u64 > CHECKPOINT_EVERY + 3, "read the {} entries after it: {read}", CHECKPOINT_EVERY + 3);
+        assert_eq!(store.lists() - lists, 0);
+        // The next append finds a checkpoint overdue, writes it and corrects the pointer.
+        Journal::new(store.clone(), "w").append(new_entry("w", "step-done", json!({}))).await.unwrap();
+        let newest = latest(&store).await.unwrap().checkpoints.last().copied().unwrap();
+        assert_eq!(newest, (4 * CHECKPOINT_EVERY + 3, false));
+    }
+
+    #[tokio::test]
+    async fn an_entry_after_an_absent_seq_is_found_by_listing() {
+        // A gap (an entry deleted) or an append landing between two probes: seq head+1 absent,
+        // head+2 present. Probing alone would take head as the head; the listing finds the rest.
+        let store = Arc::new(MemStore::new());
+        history(&store, CHECKPOINT_EVERY + 4).await;
+        store.delete(&entry_key(CHECKPOINT_EVERY + 1)).await.unwrap();
+        let lists = store.lists();
+        let state = loaded(&store).await;
+        assert_eq!(state.head.as_ref().unwrap().seq, CHECKPOINT_EVERY + 3);
+        assert_eq!(store.lists() - lists, 1);
+        assert!(walk(&*store, false, |_| {}).await.unwrap().first_bad.is_some(), "and the walk reports the gap");
     }
 }

@@ -26,6 +26,7 @@ use crate::engine::lock;
 use crate::engine::run::Runbook;
 use crate::engine::step::{Check, Step, StepLog};
 use crate::error::{Error, Result};
+use crate::journal::fold;
 use crate::output::table::count;
 
 pub fn backup(cx: &Ctx, env: &EnvConfig) -> Runbook {
@@ -65,22 +66,33 @@ impl Shared {
 
 /// Remove what dead backup runs of this env left: objects under a backup id the journal never
 /// committed, and unfinished multipart uploads. Runs that still hold a live lock are left alone.
+///
+/// Only a run the journal shows writing under `backups/<env>/` (a backup of env, a sync from it)
+/// that neither finished nor was found dead by an earlier clean-partial can have left anything
+/// (`State::unclean_runs`); with none, nothing is listed. The step journals the runs it found dead
+/// and cleaned, so each is looked for once.
 pub struct CleanPartial {
     pub env: String,
     pub own_id: String,
 }
 
 impl CleanPartial {
+    /// Runs other than this one that may have left partial objects, by the journal as loaded.
+    async fn suspects(&self, cx: &Ctx) -> Result<BTreeSet<String>> {
+        let mut runs = cx.journal.state().await?.unclean_runs(&self.env);
+        runs.remove(&self.own_id);
+        Ok(runs)
+    }
+
     /// Backup ids under `backups/<env>/` with no commit, no prune, not ours and not a live run's.
-    async fn leftovers(&self, cx: &Ctx) -> Result<Vec<String>> {
-        let live = live_run_ids(cx).await?;
+    async fn leftovers(&self, cx: &Ctx, live: &BTreeSet<String>) -> Result<Vec<String>> {
         // Read the journal after the locks: a run that committed and released its lock in between
         // is in the journal by now, so its objects are never taken for a dead run's.
         let state = cx.journal.refresh().await?;
         let mut known: BTreeSet<String> = state.committed(Some(&self.env)).into_iter().map(|c| c.id).collect();
         known.extend(state.pruned_ids(&self.env));
         known.insert(self.own_id.clone());
-        known.extend(live);
+        known.extend(live.iter().cloned());
         let prefix = format!("backups/{}/", self.env);
         let mut ids = BTreeSet::new();
         for o in cx.store.list(&prefix).await? {
@@ -121,7 +133,15 @@ impl Step for CleanPartial {
         Ok(false)
     }
     async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
-        let ids = self.leftovers(cx).await?;
+        log.set(fold::CLEANED_ENV, self.env.clone());
+        let suspects = self.suspects(cx).await?;
+        if suspects.is_empty() {
+            log.set(fold::CLEANED_RUNS, Value::Array(Vec::new()));
+            log.summary(format!("nothing to remove: every run that wrote backups of {} finished", self.env));
+            return Ok(());
+        }
+        let live = live_run_ids(cx).await?;
+        let ids = self.leftovers(cx, &live).await?;
         let mut removed = 0usize;
         for id in &ids {
             let prefix = backup_prefix(&self.env, id);
@@ -130,17 +150,19 @@ impl Step for CleanPartial {
                 removed += 1;
             }
         }
-        // Uploads of dead runs: only when no other live run could be writing under this env.
-        let live = live_run_ids(cx).await?;
-        let uploads = if live.iter().all(|id| id == &self.own_id) {
+        let dead: BTreeSet<String> = suspects.difference(&live).cloned().collect();
+        // Uploads of dead runs: all under this env when no other live run could be writing there.
+        let live_now = live_run_ids(cx).await?;
+        let uploads = if live_now.iter().all(|id| id == &self.own_id) {
             cx.store.remove_unfinished(&format!("backups/{}/", self.env)).await?
         } else {
             let mut n = 0;
-            for id in &ids {
+            for id in ids.iter().chain(&dead).collect::<BTreeSet<_>>() {
                 n += cx.store.remove_unfinished(&backup_prefix(&self.env, id)).await?;
             }
             n
         };
+        log.set(fold::CLEANED_RUNS, Value::from(dead.into_iter().collect::<Vec<_>>()));
         log.set("removed_backup_ids", Value::from(ids.clone()));
         log.set("removed_objects", removed as u64);
         log.set("removed_unfinished_uploads", uploads as u64);
@@ -153,7 +175,11 @@ impl Step for CleanPartial {
         Ok(())
     }
     async fn verify(&self, cx: &Ctx) -> Result<()> {
-        match self.leftovers(cx).await?.first() {
+        if self.suspects(cx).await?.is_empty() {
+            return Ok(());
+        }
+        let live = live_run_ids(cx).await?;
+        match self.leftovers(cx, &live).await?.first() {
             None => Ok(()),
             Some(id) => Err(Error::step("clean-partial", format!("objects of dead backup {id} are still there"))),
         }

@@ -328,7 +328,7 @@ async fn verify_journal(cx: &Ctx, since_checkpoint: bool) -> Result<Vec<ChainRes
     };
     if w.first_bad.is_none() && w.bad_checkpoint.is_none() && !cx.global.dry_run {
         // A cache: failing to write it only makes the next --since-checkpoint walk longer.
-        if let Err(e) = journal::index::write_checkpoint(&*cx.store, &w.state, &cx.run_id, true).await {
+        if let Err(e) = journal::index::record_verified(&*cx.store, &w, &cx.run_id).await {
             cx.out.warn(&format!("could not write the verified journal checkpoint: {e}"));
         }
     }
