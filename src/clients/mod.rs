@@ -4,3 +4,4 @@ pub mod aws;
 pub mod dns;
 pub mod pg;
 pub mod pgtools;
+pub mod rds;
