@@ -3,6 +3,7 @@
 
 mod backup;
 mod cli;
+mod clients;
 mod config;
 mod docs;
 mod faults;
