@@ -162,6 +162,27 @@ pub enum Command {
     /// it streams; exit 4 on a mismatch) instead of dumping FROM again.
     Sync(SyncArgs),
 
+    /// Point [dns].record at ENV's dns_target: checked, one atomic change, INSYNC, read back
+    ///
+    /// Preflight (each waivable with --accept ID, the waiver journaled with what it found):
+    /// record-exists (the record is read now; the change DELETEs exactly what was read),
+    /// target-healthy (ENV's health_url answers 2xx twice in a row), cors (with policy.cors_origin:
+    /// ENV's health_url allows that Origin), tls (with an https health_url: ENV's server presents a
+    /// certificate valid for the record's name), standby-fresh (an env declared sync_from synced
+    /// within policy.rpo; a replica_of env promoted, or within policy.max_replica_lag_bytes).
+    ///
+    /// Then one Route 53 batch: DELETE the record as read, CREATE it pointing at ENV (a CNAME with
+    /// [dns].ttl, or for type A an alias into dns_alias_zone_id). Anyone changing the record in
+    /// between makes the whole batch fail and nothing changes (exit 1 says so). The change id and
+    /// the exact previous record set are journaled before the wait, so `rollback` can restore it
+    /// and a rerun after a crash or exit 6 waits on the same change, never sending another. Waits,
+    /// polling every 2 s, until Route 53 reports INSYNC (policy.dns_timeout, default 5m; past it
+    /// exit 6), then reads the record back. Reports the previous TTL and the time by which
+    /// resolvers' cached answers have expired. Already pointing at ENV: exit 0, already done.
+    ///
+    /// Locks dns and env:ENV. Asks for the env's name on a TTY; off a TTY it needs --yes.
+    DnsCutover(DnsCutoverArgs),
+
     /// Readiness of every env: reachable, role, replication lag, live, healthy, data age vs RPO
     ///
     /// role is `replica` for a server in recovery, `standby` for an env declared sync_from (a warm
@@ -322,6 +343,13 @@ pub struct SyncArgs {
     #[arg(long, value_name = "ENV")]
     pub from: String,
     /// The standby env whose database is replaced
+    #[arg(long, value_name = "ENV")]
+    pub to: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DnsCutoverArgs {
+    /// The env that will serve [dns].record
     #[arg(long, value_name = "ENV")]
     pub to: String,
 }

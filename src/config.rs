@@ -49,6 +49,8 @@ struct RawPolicy {
     rpo: Option<String>,
     max_replica_lag_bytes: Option<u64>,
     health_timeout: Option<String>,
+    promote_timeout: Option<String>,
+    dns_timeout: Option<String>,
     cors_origin: Option<String>,
     lock_ttl: Option<String>,
 }
@@ -155,6 +157,10 @@ pub struct Policy {
     pub rpo: Duration,
     pub max_replica_lag_bytes: u64,
     pub health_timeout: Duration,
+    /// promote-replica's waits (replay of the fenced primary's last WAL, RDS promotion); past it exit 6.
+    pub promote_timeout: Duration,
+    /// dns-cutover's wait for Route 53 to report the change INSYNC; past it exit 6.
+    pub dns_timeout: Duration,
     pub cors_origin: Option<String>,
     pub lock_ttl: Duration,
 }
@@ -293,6 +299,16 @@ impl Config {
                 "health_timeout",
                 p.as_ref().and_then(|p| p.health_timeout.as_ref()),
                 Duration::from_secs(5),
+            )?,
+            promote_timeout: dur(
+                "promote_timeout",
+                p.as_ref().and_then(|p| p.promote_timeout.as_ref()),
+                Duration::from_secs(15 * 60),
+            )?,
+            dns_timeout: dur(
+                "dns_timeout",
+                p.as_ref().and_then(|p| p.dns_timeout.as_ref()),
+                Duration::from_secs(5 * 60),
             )?,
             cors_origin: p.as_ref().and_then(|p| p.cors_origin.clone()),
             lock_ttl: dur("lock_ttl", p.as_ref().and_then(|p| p.lock_ttl.as_ref()), Duration::from_secs(15 * 60))?,

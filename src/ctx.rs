@@ -20,6 +20,8 @@ pub struct Ctx {
     /// The journal, read once per run (newest checkpoint + the entries after it) and shared.
     pub journal: Arc<Journal>,
     pub run_id: String,
+    /// The run this process is: what it resumes, what an earlier attempt sent, report fields.
+    pub run: crate::engine::runctx::RunCtx,
     pub out: Output,
     /// Cancelled on SIGINT / SIGTERM; `signal` says which.
     pub cancel: CancellationToken,
@@ -41,4 +43,31 @@ pub fn new_run_id() -> String {
     getrandom::fill(&mut r).expect("the OS random source");
     let t = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     format!("{}-{}", t.replace(['-', ':'], ""), hex::encode(r))
+}
+
+/// A `Ctx` over `store` for the engine's unit tests: a config with one env `x`, global flags
+/// parsed from `args` as on a command line (`["--yes"]`), a fresh run id.
+#[cfg(test)]
+pub fn for_test(store: Arc<dyn Store>, args: &[&str]) -> Ctx {
+    use clap::Parser;
+    let argv = std::iter::once("drctl").chain(args.iter().copied()).chain(["-q", "status"]);
+    let cli = crate::cli::Cli::try_parse_from(argv).expect("test flags");
+    let config = Config::parse(
+        "[store]\nurl = \"file:///nonexistent\"\n\n[environments.x]\ndatabase_url = \"postgres://u@127.0.0.1:1/x\"\n",
+        std::path::Path::new("/test/drctl.toml"),
+    )
+    .expect("test config");
+    let run_id = new_run_id();
+    Ctx {
+        config,
+        global: cli.global.clone(),
+        aws: Aws::new(Default::default()),
+        journal: Arc::new(Journal::new(store.clone(), &run_id)),
+        store,
+        run_id,
+        run: Default::default(),
+        out: Output::new(&cli.global),
+        cancel: CancellationToken::new(),
+        signal: Default::default(),
+    }
 }

@@ -801,7 +801,7 @@ mod tests {
         let stored = read_all(&*store).await.unwrap();
         assert_eq!(verify(&stored), Ok(80));
         // The checkpoint one of them wrote on the way agrees with the chain.
-        let w = super::index::walk(&*store, false, |_| {}).await.unwrap();
+        let w = super::index::walk(&*store, false, None, |_| {}).await.unwrap();
         assert!(w.first_bad.is_none() && w.bad_checkpoint.is_none(), "{:?} {:?}", w.first_bad, w.bad_checkpoint);
         assert!(w.checkpoints_checked >= 1, "no checkpoint was written");
         let seqs: Vec<u64> = super::entries(&stored).map(|e| e.seq).collect();

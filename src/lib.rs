@@ -78,7 +78,8 @@ async fn run_async(cli: Cli, out: Output) -> u8 {
     let signal = Arc::new(AtomicI32::new(0));
     watch_signals(cancel.clone(), signal.clone());
     let journal = Arc::new(journal::Journal::new(store.clone(), &run_id));
-    let cx = ctx::Ctx { config, global: cli.global.clone(), aws, store, journal, run_id, out, cancel, signal };
+    let run = engine::runctx::RunCtx::default();
+    let cx = ctx::Ctx { config, global: cli.global.clone(), aws, store, journal, run_id, run, out, cancel, signal };
 
     let done = runbooks::dispatch(&cx, &cli.command).await;
     let (code, metrics) = render(&cx, done);

@@ -4,4 +4,8 @@ pub mod event;
 pub mod lock;
 pub mod report;
 pub mod run;
+pub mod runctx;
 pub mod step;
+
+#[cfg(test)]
+mod compose_test;

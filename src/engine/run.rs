@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{Map, Value, json};
@@ -33,13 +33,9 @@ pub struct Runbook {
     pub locks: Vec<String>,
     pub confirm: Option<Confirm>,
     pub steps: Vec<Box<dyn Step>>,
-    /// Runbook-specific report fields, filled by the steps as they run.
-    pub result: Arc<std::sync::Mutex<Map<String, Value>>>,
     /// Whether a rerun continues an unfinished run of this runbook and env (contract "Exit codes").
+    /// What the run resumes, and what it sent, reach the steps through `cx.run`.
     pub resumable: bool,
-    /// The run this one resumes, set by the engine before preflight; steps that can reuse what
-    /// that run left (sync: its stored dump) read it.
-    pub resumes: Arc<OnceLock<String>>,
 }
 
 /// The last run of a runbook and env that started and neither finished nor was abandoned.
@@ -48,6 +44,8 @@ pub struct Unfinished {
     pub run_id: String,
     pub args: String,
     pub time: String,
+    /// Step id → what it journaled as sent and not yet done (`StepLog::sent`).
+    pub sent: BTreeMap<String, Value>,
 }
 
 impl Runbook {
@@ -59,9 +57,7 @@ impl Runbook {
             locks: Vec::new(),
             confirm: None,
             steps: Vec::new(),
-            result: Arc::default(),
             resumable: false,
-            resumes: Arc::default(),
         }
     }
     /// A rerun with the same arguments journals `resumes: <old run_id>`; different arguments while
@@ -74,9 +70,44 @@ impl Runbook {
         self.locks.push(target);
         self
     }
-    pub fn step(mut self, s: impl Step + 'static) -> Self {
-        self.steps.push(Box::new(s));
+    pub fn step(self, s: impl Step + 'static) -> Self {
+        self.boxed_step(Box::new(s))
+    }
+
+    fn boxed_step(mut self, s: Box<dyn Step>) -> Self {
+        // Step ids key the journal's step-done / step-sent entries of a run, and a resumed run
+        // skips by them: two steps of one run under one id would skip or resume each other.
+        assert!(
+            self.steps.iter().all(|t| t.id() != s.id()),
+            "runbook {}: two steps have the id `{}`",
+            self.name,
+            s.id()
+        );
+        self.steps.push(s);
         self
+    }
+
+    /// Run `other`'s steps after this runbook's own, in the same run: one set of locks (both
+    /// runbooks'), one preflight, one confirmation (this runbook's, else `other`'s), one report.
+    /// `failover` is promote-replica's steps then dns-cutover's.
+    pub fn then(mut self, other: Runbook) -> Self {
+        for l in other.locks {
+            if !self.locks.contains(&l) {
+                self.locks.push(l);
+            }
+        }
+        self.confirm = self.confirm.or(other.confirm);
+        self.resumable |= other.resumable;
+        other.steps.into_iter().fold(self, Runbook::boxed_step)
+    }
+
+    /// The locks in the order they are taken: one global order (sorted), so two runs that take
+    /// several of them, waiting with --lock-wait, never each hold one the other waits for.
+    pub fn lock_order(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.locks.iter().map(String::as_str).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// Every check id this runbook can report: the engine's own and each step's.
@@ -201,7 +232,7 @@ pub async fn execute(cx: &Ctx, rb: Runbook) -> Outcome {
             cx.out.warn(&format!("could not release lock {}: {e}", l.target));
         }
     }
-    report.extra = rb.result.lock().expect("result lock").clone();
+    report.extra = cx.run.report_fields();
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(status) => {
@@ -232,7 +263,7 @@ async fn run_inner(
             ttl: cx.config.policy.lock_ttl,
             wait: cx.global.lock_wait,
         };
-        for target in &rb.locks {
+        for target in rb.lock_order() {
             let got = until_interrupted(cx, lock::acquire(cx.store.clone(), target, &who)).await;
             if got.is_err() {
                 // Locks taken before this one are released by `execute`.
@@ -293,7 +324,7 @@ async fn run_locked(
                     "unfinished-run",
                     format!("resumes run {} (started {}, same arguments)", u.run_id, u.time),
                 ));
-                let _ = rb.resumes.set(u.run_id);
+                cx.run.set_resumed(u.run_id, u.sent);
             }
             Some(u) => {
                 let mut c = Check::fail(
@@ -372,8 +403,8 @@ async fn run_locked(
         writer.append("run-abandoned", json!({ "run_id": u.run_id, "args": u.args })).await?;
     }
     let mut started = json!({ "args": rb.args, "accepted": accepted });
-    if let Some(old) = rb.resumes.get() {
-        started["resumes"] = old.clone().into();
+    if let Some(old) = cx.run.resumes() {
+        started["resumes"] = old.into();
     }
     writer.append("run-started", started).await?;
 
@@ -389,7 +420,17 @@ async fn run_locked(
             continue;
         }
         all_done = false;
-        let mut log = StepLog::new(writer.clone());
+        // (5a) An irreversible step's guards, re-checked now, waived by --accept as in preflight.
+        if let Err(e) = guard(cx, writer, s.as_ref(), report).await {
+            report.steps[i].state = StepState::Failed;
+            report.steps[i].detail = "refused by its guards at the moment of acting".into();
+            return Err(e);
+        }
+        let mut log = StepLog::new(writer.clone(), s.id());
+        // What an earlier attempt sent is part of this attempt's record too (step-done, step-failed).
+        if let Some(Value::Object(sent)) = cx.run.sent(s.id()) {
+            log.details.extend(sent.iter().filter(|(k, _)| k.as_str() != "step").map(|(k, v)| (k.clone(), v.clone())));
+        }
         cx.out.info(&format!("{}: {}", rb.name, s.id()));
         let applied = tokio::select! {
             r = async { s.apply(cx, &mut log).await?; s.verify(cx).await } => r,
@@ -417,7 +458,11 @@ async fn run_locked(
         if let Err(e) = applied {
             report.steps[i].state = StepState::Failed;
             if !matches!(e, Error::LockLost { .. }) {
-                let _ = writer.append("step-failed", json!({ "step": s.id(), "error": e.to_string() })).await;
+                // As far as it got (what it sent, what it found), not only the error's words.
+                let mut details = log.details;
+                details.insert("step".into(), s.id().into());
+                details.insert("error".into(), e.to_string().into());
+                let _ = writer.append("step-failed", Value::Object(details)).await;
             }
             return Err(e);
         }
@@ -440,7 +485,40 @@ pub async fn unfinished_run(cx: &Ctx, runbook: &str, env: Option<&str>) -> Resul
         run_id: s.run_id.clone(),
         args: s.args.clone(),
         time: s.time.clone(),
+        sent: s.sent.clone(),
     }))
+}
+
+/// Re-check a step's guards just before it acts. Failing ones not waived by --accept refuse the
+/// act (exit 3, journaled `guard-failed`); waived ones are journaled as accepted, with what they found.
+async fn guard(cx: &Ctx, writer: &JournalWriter, s: &dyn Step, report: &mut RunReport) -> Result<()> {
+    let mut checks = s.guard(cx).await;
+    if checks.is_empty() {
+        return Ok(());
+    }
+    for c in &mut checks {
+        if !c.ok && step::waivable(&c.check) && cx.global.accept.iter().any(|a| a == &c.check) {
+            c.accepted = true;
+        }
+    }
+    let refused = checks.iter().any(|c| !c.ok && !c.accepted);
+    let event = if refused { "guard-failed" } else { "guard-checked" };
+    writer.append(event, json!({ "step": s.id(), "checks": checks_json(&checks) })).await?;
+    // The report's preflight table shows what the act-time checks found too.
+    for c in &checks {
+        match report.preflight.iter_mut().find(|p| p.check == c.check) {
+            Some(p) if !c.ok => *p = c.clone(),
+            Some(_) => {}
+            None => report.preflight.push(c.clone()),
+        }
+    }
+    if refused {
+        if let Err(e) = s.refused(cx).await {
+            cx.out.warn(&format!("{}: cleaning up after the refusal: {e}", s.id()));
+        }
+        return Err(Error::preflight(&checks));
+    }
+    Ok(())
 }
 
 /// Each step `done` (already true) or `pending` (would run), as a dry run reports them.

@@ -32,18 +32,34 @@ impl Check {
     }
 }
 
-/// What a step's `apply` records: journaled with `step-done` and shown in the report. Steps that
-/// commit something to the journal themselves (backup's `backup-done`) use `journal`.
+/// What a step's `apply` records: journaled with `step-done` (or with `step-failed`, as far as it
+/// got) and shown in the report. Steps that commit something to the journal themselves (backup's
+/// `backup-done`) use `journal`.
 pub struct StepLog {
+    pub step: &'static str,
     pub details: Map<String, Value>,
     /// One line for the report's `detail` column.
     pub summary: Option<String>,
     pub journal: JournalWriter,
 }
 
+pub use crate::journal::fold::STEP_SENT;
+
 impl StepLog {
-    pub fn new(journal: JournalWriter) -> Self {
-        StepLog { details: Map::new(), summary: None, journal }
+    pub fn new(journal: JournalWriter, step: &'static str) -> Self {
+        StepLog { step, details: Map::new(), summary: None, journal }
+    }
+
+    /// Journal what this step just sent to an outside system (a Route 53 change id and the exact
+    /// record set it replaced, an RDS promotion), *before* waiting for it to take. A rerun of this
+    /// run then finds it in `cx.run.sent(step)` and resumes by waiting, never by sending again.
+    /// The same details are kept for the step's `step-done` or `step-failed`.
+    pub async fn sent(&mut self, details: Map<String, Value>) -> Result<()> {
+        let mut entry = details.clone();
+        entry.insert("step".into(), self.step.into());
+        self.journal.append(STEP_SENT, Value::Object(entry)).await?;
+        self.details.extend(details);
+        Ok(())
     }
     pub fn set(&mut self, key: &str, value: impl Into<Value>) {
         self.details.insert(key.to_string(), value.into());
@@ -86,6 +102,17 @@ pub trait Step: Send + Sync {
     }
     /// Is the world already as apply() would leave it? Then skip and report `done`.
     async fn is_done(&self, cx: &Ctx) -> Result<bool>;
+    /// For an irreversible step: its guards, re-checked by the engine just before `apply` (after
+    /// everything before it ran, maybe minutes after preflight). A failing one stops the run
+    /// (exit 3) unless `--accept` waives it, as in preflight; the ids must be in `check_ids`.
+    async fn guard(&self, _cx: &Ctx) -> Vec<Check> {
+        Vec::new()
+    }
+    /// Undo what preparing for the act left behind, when a guard refused it (sync drops the
+    /// scratch copy it restored). Errors are reported as warnings: the refusal is the outcome.
+    async fn refused(&self, _cx: &Ctx) -> Result<()> {
+        Ok(())
+    }
     /// The one change. It may find a crashed earlier attempt half-way.
     async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()>;
     /// Proof it took, by looking again, never by trusting apply.

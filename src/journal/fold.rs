@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::Entry;
 
 /// The version of what `fold` computes; part of every checkpoint.
-pub const FOLD_VERSION: u32 = 2;
+pub const FOLD_VERSION: u32 = 3;
 
 /// Anchors kept per chain, newest last.
 pub const ANCHORS_KEPT: usize = 64;
@@ -33,6 +33,9 @@ pub const BACKUPS_REMOVED: &str = "backup-removed";
 pub const CLEAN_PARTIAL: &str = "clean-partial";
 pub const CLEANED_ENV: &str = "backups_of";
 pub const CLEANED_RUNS: &str = "checked_runs";
+
+/// What a step journals when it has sent a change it then waits for (`StepLog::sent`).
+pub const STEP_SENT: &str = "step-sent";
 
 /// The last entry folded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +102,10 @@ pub struct LastStart {
     pub closed: bool,
     /// The runs this one resumed, newest first (a resumed run speaks for the runs it continues).
     pub resumed: Vec<String>,
+    /// Step id → what it journaled as sent (`step-sent`) with no `step-done` of it since, in this
+    /// run or the runs it resumed: a change out there whose outcome a rerun waits for.
+    #[serde(default)]
+    pub sent: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,10 +234,12 @@ impl State {
             ("run-started", _) => {
                 let key = run_key(&e.runbook, env);
                 let mut resumed = Vec::new();
+                let mut sent = BTreeMap::new();
                 if let Some(old) = str_of(d, "resumes") {
                     resumed.push(old.to_string());
                     if let Some(prev) = self.runs.get(&key).filter(|p| p.run_id == old) {
                         resumed.extend(prev.resumed.iter().take(MAX_RESUME_CHAIN - 1).cloned());
+                        sent = prev.sent.clone();
                     }
                 }
                 let args = str_of(d, "args").unwrap_or_default();
@@ -243,8 +252,15 @@ impl State {
                     time: e.time.clone(),
                     closed: false,
                     resumed,
+                    sent,
                 };
                 self.runs.insert(key, start);
+            }
+            (STEP_SENT, _) => {
+                let Some(step) = str_of(d, "step") else { return };
+                if let Some(s) = self.runs.get_mut(&run_key(&e.runbook, env)).filter(|s| s.run_id == e.run_id) {
+                    s.sent.insert(step.to_string(), d.clone());
+                }
             }
             ("run-done", _) => {
                 if let Some(s) = self.runs.get_mut(&run_key(&e.runbook, env)).filter(|s| s.run_id == e.run_id) {
@@ -256,7 +272,13 @@ impl State {
                     !runs.is_empty()
                 });
             }
-            ("step-done", _) if str_of(d, "step") == Some(CLEAN_PARTIAL) => {
+            ("step-done", _) if str_of(d, "step") != Some(CLEAN_PARTIAL) => {
+                let Some(step) = str_of(d, "step") else { return };
+                if let Some(s) = self.runs.get_mut(&run_key(&e.runbook, env)).filter(|s| s.run_id == e.run_id) {
+                    s.sent.remove(step);
+                }
+            }
+            ("step-done", _) => {
                 let (Some(of), Some(runs)) = (str_of(d, CLEANED_ENV), d.get(CLEANED_RUNS).and_then(Value::as_array))
                 else {
                     return;

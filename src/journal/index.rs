@@ -561,7 +561,17 @@ pub struct Walked {
 /// Verify the chain entry by entry, IN_FLIGHT reads ahead, in bounded memory: from seq 0, or
 /// (`since_verified`) from the newest good `verified-` checkpoint. Every checkpoint passed on the
 /// way is compared with the state refolded from the chain.
-pub async fn walk(store: &dyn Store, since_verified: bool, mut progress: impl FnMut(u64)) -> Result<Walked> {
+///
+/// `end` is the seq after the head as the caller knows it (`State::next_seq`, found without a
+/// listing): reads run ahead only that far, so a short journal is not answered by a hundred
+/// absent seqs; what follows (appended meanwhile, or after a gap) is found by listing after the
+/// last one. None: unknown, read ahead until a seq is absent.
+pub async fn walk(
+    store: &dyn Store,
+    since_verified: bool,
+    end: Option<u64>,
+    mut progress: impl FnMut(u64),
+) -> Result<Walked> {
     let cps = list_checkpoints(store).await?;
     let mut notes = Vec::new();
     let (mut state, mut verifier, from_seq) = match since_verified {
@@ -583,13 +593,19 @@ pub async fn walk(store: &dyn Store, since_verified: bool, mut progress: impl Fn
         state: State::default(),
         checkpoints: cps.iter().map(|(s, v, _)| (*s, *v)).collect(),
     };
-    let mut reads = stream::iter(from_seq..).map(|seq| read_one(store, entry_key(seq))).buffered(WALK_IN_FLIGHT);
-    let mut last_seq = None;
-    while let Some(stored) = reads.next().await {
-        let stored = stored?;
+    let known = from_seq..end.unwrap_or(u64::MAX).max(from_seq);
+    let mut reads = stream::iter(known).map(|seq| read_one(store, entry_key(seq))).buffered(WALK_IN_FLIGHT);
+    let mut last_seq: Option<u64> = None;
+    loop {
+        let stored = match reads.next().await {
+            Some(s) => s?,
+            // Past the known head: as if the next seq were absent, so the listing decides.
+            None => Stored { key: entry_key(last_seq.map_or(from_seq, |l| l + 1)), entry: Err("missing".into()) },
+        };
         let stored = if matches!(&stored.entry, Err(why) if why == "missing") {
             // The end, or a gap: anything listed after the missing key is the entry after the gap.
-            let after = last_seq.map_or_else(|| PREFIX.to_string(), entry_key);
+            let after = last_seq
+                .map_or_else(|| if from_seq == 0 { PREFIX.to_string() } else { entry_key(from_seq - 1) }, entry_key);
             let next = store.list_after(PREFIX, &after).await?.into_iter().find(|o| key_seq(&o.key).is_some());
             match next {
                 None => break,
@@ -729,10 +745,16 @@ mod tests {
         assert_eq!(store.lists() - lists, 0, "found without listing");
         assert_eq!(state, full_fold(&store).await);
         assert_eq!(state.head.as_ref().unwrap().seq, 3 * CHECKPOINT_EVERY + 4);
-        let w = walk(&*store, false, |_| {}).await.unwrap();
+        let w = walk(&*store, false, None, |_| {}).await.unwrap();
         assert!(w.first_bad.is_none() && w.bad_checkpoint.is_none());
         assert_eq!((w.entries, w.checkpoints_checked), (3 * CHECKPOINT_EVERY + 5, 2));
         assert_eq!(w.state, state);
+        // Told where the head is, the walk reads no absent seqs: the index listing, every entry,
+        // the two checkpoints, and one listing after the head for anything appended meanwhile.
+        let before = store.requests();
+        let w = walk(&*store, false, Some(state.next_seq()), |_| {}).await.unwrap();
+        assert_eq!(w.entries, 3 * CHECKPOINT_EVERY + 5);
+        assert_eq!(store.requests() - before, 1 + 3 * CHECKPOINT_EVERY as usize + 5 + 2 + 1);
     }
 
     #[tokio::test]
@@ -767,7 +789,7 @@ mod tests {
         let j = Journal::new(store.clone(), "r");
         assert_eq!(*j.state().await.unwrap(), truth);
         assert!(j.notes().await.iter().any(|n| n.contains("does not match its sha256")), "{:?}", j.notes().await);
-        let w = walk(&*store, false, |_| {}).await.unwrap();
+        let w = walk(&*store, false, None, |_| {}).await.unwrap();
         assert!(w.first_bad.is_none());
         let (key, why) = w.bad_checkpoint.unwrap();
         assert_eq!(key, newest);
@@ -779,14 +801,14 @@ mod tests {
             cp.state_sha256 = state_sha256(&cp.state);
         })
         .await;
-        let (key, why) = walk(&*store, false, |_| {}).await.unwrap().bad_checkpoint.unwrap();
+        let (key, why) = walk(&*store, false, None, |_| {}).await.unwrap().bad_checkpoint.unwrap();
         assert_eq!(key, newest);
         assert!(why.contains("differs from the one refolded"), "{why}");
 
         // Garbage in a checkpoint is skipped like any damage.
         store.put(&newest, Bytes::from_static(b"{\"version\": 1, trunc")).await.unwrap();
         assert_eq!(loaded(&store).await, truth);
-        assert!(walk(&*store, false, |_| {}).await.unwrap().bad_checkpoint.is_some());
+        assert!(walk(&*store, false, None, |_| {}).await.unwrap().bad_checkpoint.is_some());
     }
 
     #[tokio::test]
@@ -809,7 +831,7 @@ mod tests {
         let j = Journal::new(store.clone(), "r");
         assert_eq!(*j.state().await.unwrap(), truth);
         assert!(j.notes().await.iter().any(|n| n.contains("which the journal does not hold")), "{:?}", j.notes().await);
-        let (key, _) = walk(&*store, false, |_| {}).await.unwrap().bad_checkpoint.unwrap();
+        let (key, _) = walk(&*store, false, None, |_| {}).await.unwrap().bad_checkpoint.unwrap();
         assert_eq!(key, foreign);
 
         // A checkpoint beyond the head (the journal's newest entries were removed) is skipped
@@ -820,7 +842,7 @@ mod tests {
             store.delete(&entry_key(seq)).await.unwrap();
         }
         assert_eq!(loaded(&store).await, full_fold(&store).await);
-        let (key, why) = walk(&*store, false, |_| {}).await.unwrap().bad_checkpoint.unwrap();
+        let (key, why) = walk(&*store, false, None, |_| {}).await.unwrap().bad_checkpoint.unwrap();
         assert_eq!(key, checkpoint_key(2 * CHECKPOINT_EVERY - 1, false));
         assert!(why.contains("beyond the journal's last one"), "{why}");
     }
@@ -837,7 +859,7 @@ mod tests {
         let ea = a.append(new_entry("a", "step-done", json!({}))).await.unwrap();
         let eb = b.append(new_entry("b", "step-done", json!({}))).await.unwrap();
         assert_eq!((ea.seq + 1, eb.prev_hash.clone()), (eb.seq, ea.hash.clone()));
-        assert!(walk(&*store, false, |_| {}).await.unwrap().first_bad.is_none());
+        assert!(walk(&*store, false, None, |_| {}).await.unwrap().first_bad.is_none());
         assert_eq!(*b.state().await.unwrap(), full_fold(&store).await);
     }
 
@@ -845,20 +867,25 @@ mod tests {
     async fn since_checkpoint_walks_only_what_follows_the_verified_one() {
         let store = Arc::new(MemStore::new());
         history(&store, 100).await;
-        let w = walk(&*store, false, |_| {}).await.unwrap();
+        let w = walk(&*store, false, None, |_| {}).await.unwrap();
         super::write_checkpoint(&*store, &w.state, "v", true).await.unwrap();
         history(&store, 10).await;
-        let w2 = walk(&*store, true, |_| {}).await.unwrap();
+        let w2 = walk(&*store, true, None, |_| {}).await.unwrap();
         assert_eq!((w2.from_seq, w2.entries), (100, 10));
         assert!(w2.first_bad.is_none());
         assert_eq!(w2.state, full_fold(&store).await);
+        // Nothing new since the verified checkpoint: nothing to walk, nothing broken.
+        super::write_checkpoint(&*store, &w2.state, "v", true).await.unwrap();
+        let w3 = walk(&*store, true, Some(110), |_| {}).await.unwrap();
+        assert_eq!((w3.from_seq, w3.entries), (110, 0));
+        assert!(w3.first_bad.is_none(), "{:?}", w3.first_bad.map(|b| b.reason));
         // An edit below the verified checkpoint is the full walk's to find.
         let key = entry_key(5);
         let mut v: Value = serde_json::from_slice(&store.get(&key).await.unwrap().unwrap().data).unwrap();
         v["details"]["args"] = json!("forged");
         store.put(&key, Bytes::from(serde_json::to_vec(&v).unwrap())).await.unwrap();
-        assert!(walk(&*store, true, |_| {}).await.unwrap().first_bad.is_none());
-        assert_eq!(walk(&*store, false, |_| {}).await.unwrap().first_bad.unwrap().index, 5);
+        assert!(walk(&*store, true, None, |_| {}).await.unwrap().first_bad.is_none());
+        assert_eq!(walk(&*store, false, None, |_| {}).await.unwrap().first_bad.unwrap().index, 5);
     }
 
     /// What the pointer names, as written.
@@ -926,6 +953,6 @@ mod tests {
         let state = loaded(&store).await;
         assert_eq!(state.head.as_ref().unwrap().seq, CHECKPOINT_EVERY + 3);
         assert_eq!(store.lists() - lists, 1);
-        assert!(walk(&*store, false, |_| {}).await.unwrap().first_bad.is_some(), "and the walk reports the gap");
+        assert!(walk(&*store, false, None, |_| {}).await.unwrap().first_bad.is_some(), "and the walk reports the gap");
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod check;
+pub mod dns_cutover;
 pub mod log;
 pub mod status;
 pub mod sync;
@@ -81,6 +82,13 @@ pub async fn dispatch(cx: &Ctx, command: &Command) -> Done {
                 Err(e) => Done::doc(Err(e)),
             }
         }
+        Command::DnsCutover(a) => match cx.config.env(&a.to) {
+            Ok(to) => match dns_cutover::dns_cutover(cx, to).await {
+                Ok(rb) => Done::Run(execute(cx, rb).await),
+                Err(e) => Done::doc(Err(e)),
+            },
+            Err(e) => Done::doc(Err(e)),
+        },
         Command::Status => {
             let (json, text, error) = status::status(cx).await;
             Done::Doc { json, text, error, metrics: Some(("status".to_string(), String::new(), None, Vec::new())) }

@@ -24,9 +24,9 @@ use crate::harness::moto::Moto;
 use crate::harness::unique_name;
 
 /// us-east-1's ELB hosted zone, as a `dns_alias_zone_id` would name it.
-const ELB_ZONE: &str = "Z35SXDOTRQ7X7K";
+pub(crate) const ELB_ZONE: &str = "Z35SXDOTRQ7X7K";
 
-fn sdk() -> SdkConfig {
+pub(crate) fn sdk() -> SdkConfig {
     SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
@@ -37,7 +37,7 @@ fn sdk() -> SdkConfig {
 }
 
 /// A new hosted zone `<unique>.example.com` (its id without `/hostedzone/`, its name).
-async fn zone(r53: &aws_sdk_route53::Client, prefix: &str) -> (String, String) {
+pub(crate) async fn zone(r53: &aws_sdk_route53::Client, prefix: &str) -> (String, String) {
     let name = format!("{}.example.com", unique_name(prefix).replace('_', "-"));
     let out = r53.create_hosted_zone().name(&name).caller_reference(&name).send().await.expect("CreateHostedZone");
     let id = out.hosted_zone().expect("hosted zone").id().trim_start_matches("/hostedzone/").to_string();
@@ -46,7 +46,7 @@ async fn zone(r53: &aws_sdk_route53::Client, prefix: &str) -> (String, String) {
 
 /// Set a record up as an operator would, with the raw SDK. Names go without the trailing dot: moto
 /// matches a later DELETE against the name as it was sent here, with the dot stripped.
-async fn upsert(r53: &aws_sdk_route53::Client, zone_id: &str, set: ResourceRecordSet) {
+pub(crate) async fn upsert(r53: &aws_sdk_route53::Client, zone_id: &str, set: ResourceRecordSet) {
     let change = Change::builder().action(ChangeAction::Upsert).resource_record_set(set).build().unwrap();
     r53.change_resource_record_sets()
         .hosted_zone_id(zone_id)
@@ -56,7 +56,7 @@ async fn upsert(r53: &aws_sdk_route53::Client, zone_id: &str, set: ResourceRecor
         .expect("ChangeResourceRecordSets (setup)");
 }
 
-fn cname_set(name: &str, ttl: i64, value: &str) -> ResourceRecordSet {
+pub(crate) fn cname_set(name: &str, ttl: i64, value: &str) -> ResourceRecordSet {
     ResourceRecordSet::builder()
         .name(name)
         .r#type(RrType::Cname)
@@ -66,7 +66,7 @@ fn cname_set(name: &str, ttl: i64, value: &str) -> ResourceRecordSet {
         .unwrap()
 }
 
-fn alias_set(name: &str, dns_name: &str) -> ResourceRecordSet {
+pub(crate) fn alias_set(name: &str, dns_name: &str) -> ResourceRecordSet {
     let target =
         SdkAliasTarget::builder().dns_name(dns_name).hosted_zone_id(ELB_ZONE).evaluate_target_health(false).build();
     ResourceRecordSet::builder().name(name).r#type(RrType::A).alias_target(target.unwrap()).build().unwrap()

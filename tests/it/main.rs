@@ -5,6 +5,7 @@ mod backup;
 mod cli;
 mod clients;
 mod config;
+mod dns_cutover;
 mod docs;
 mod faults;
 mod harness;

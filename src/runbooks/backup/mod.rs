@@ -33,12 +33,11 @@ pub fn backup(cx: &Ctx, env: &EnvConfig) -> Runbook {
     let state = Arc::new(Shared { env: env.clone(), id: cx.run_id.clone(), manifest: Mutex::new(None) });
     let rb = Runbook::new("backup", Some(&env.name), format!("--env {} --type logical", env.name))
         .lock(format!("env:{}", env.name));
-    let result = rb.result.clone();
     rb
         // Partial objects and unfinished uploads of backups whose run died: never listed, removed here.
         .step(CleanPartial { env: env.name.clone(), own_id: cx.run_id.clone() })
         // pg_dump → zstd → store, sha256 and row counts taken in the dump's own snapshot.
-        .step(DumpToStore { state: state.clone(), result: result.clone() })
+        .step(DumpToStore { state: state.clone() })
         // The manifest names every object with its size and sha256: written only after them.
         .step(WriteManifest { state: state.clone() })
         // The journal entry is the commit: from here on `backup list` shows the backup.
@@ -190,7 +189,6 @@ impl Step for CleanPartial {
 
 struct DumpToStore {
     state: Arc<Shared>,
-    result: Arc<Mutex<serde_json::Map<String, Value>>>,
 }
 
 impl DumpToStore {
@@ -274,7 +272,7 @@ impl Step for DumpToStore {
         if let Some(n) = expected {
             cx.out.info(&format!("dump: about {} expected (the tables' size)", crate::output::table::bytes(n)));
             log.set("expected_bytes", n);
-            self.result.lock().expect("result").insert("expected_bytes".into(), n.into());
+            cx.run.report("expected_bytes", n);
         }
         let progress = cx.out.progress("dump", expected, true);
         let upload = dump::compress_to_store(stdout, cx.store.clone(), &base, dump::SPLIT_BYTES, progress.clone());
@@ -314,13 +312,11 @@ impl Step for DumpToStore {
             count(manifest.objects.len() as u64, "object"),
             count(manifest.tables.len() as u64, "table")
         ));
-        let mut r = self.result.lock().expect("result");
-        r.insert("id".into(), manifest.id.clone().into());
-        r.insert("bytes".into(), manifest.bytes.into());
-        r.insert("dump_bytes".into(), manifest.dump_bytes.into());
-        r.insert("sha256".into(), manifest.sha256.clone().into());
-        r.insert("objects".into(), json!(manifest.objects.iter().map(|o| o.key.clone()).collect::<Vec<_>>()));
-        drop(r);
+        cx.run.report("id", manifest.id.clone());
+        cx.run.report("bytes", manifest.bytes);
+        cx.run.report("dump_bytes", manifest.dump_bytes);
+        cx.run.report("sha256", manifest.sha256.clone());
+        cx.run.report("objects", json!(manifest.objects.iter().map(|o| o.key.clone()).collect::<Vec<_>>()));
         *self.state.manifest.lock().expect("manifest") = Some(manifest);
         Ok(())
     }

@@ -8,11 +8,10 @@
 //! backup without objects.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::catalog::Committed;
 use super::{CleanPartial, live_run_ids};
@@ -27,12 +26,8 @@ use crate::output::table::count;
 pub fn prune(cx: &Ctx, env: &EnvConfig) -> Runbook {
     let rb =
         Runbook::new("backup-prune", Some(&env.name), format!("--env {}", env.name)).lock(format!("env:{}", env.name));
-    let result = rb.result.clone();
-    rb.step(CleanPartial { env: env.name.clone(), own_id: cx.run_id.clone() }).step(Expire {
-        env: env.name.clone(),
-        retention: cx.config.retention.clone(),
-        result,
-    })
+    rb.step(CleanPartial { env: env.name.clone(), own_id: cx.run_id.clone() })
+        .step(Expire { env: env.name.clone(), retention: cx.config.retention.clone() })
 }
 
 /// Which committed backups (oldest first) expire under `r`. The newest always stays.
@@ -72,7 +67,6 @@ fn unix_secs(t: &str) -> u64 {
 struct Expire {
     env: String,
     retention: Retention,
-    result: Arc<std::sync::Mutex<serde_json::Map<String, Value>>>,
 }
 
 /// What one expire pass finds.
@@ -112,9 +106,8 @@ impl Expire {
         for b in &expire {
             leftover.insert(b.id.clone(), objects.remove(&b.id).unwrap_or_default());
         }
-        let mut r = self.result.lock().expect("result");
-        r.insert("would_prune".into(), json!(expire.iter().map(|b| b.id.clone()).collect::<Vec<_>>()));
-        r.insert("kept".into(), json!(committed.len() - expire.len()));
+        cx.run.report("would_prune", json!(expire.iter().map(|b| b.id.clone()).collect::<Vec<_>>()));
+        cx.run.report("kept", json!(committed.len() - expire.len()));
         Ok(Plan { expire, leftover, gone })
     }
 }
@@ -151,7 +144,7 @@ impl Step for Expire {
         log.set("pruned", json!(ids));
         log.set("deleted_objects", deleted);
         log.summary(format!("pruned {}, deleted {}", count(ids.len() as u64, "backup"), count(deleted, "object")));
-        self.result.lock().expect("result").insert("pruned".into(), json!(ids));
+        cx.run.report("pruned", json!(ids));
         Ok(())
     }
     async fn verify(&self, cx: &Ctx) -> Result<()> {

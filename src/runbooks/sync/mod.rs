@@ -38,13 +38,7 @@ pub fn sync(cx: &Ctx, from: &EnvConfig, to: &EnvConfig) -> Result<Runbook> {
         // Only TO changes; FROM is only read (contract: sync locks env:TO only).
         .lock(format!("env:{}", to.name))
         .resumable();
-    let state = Arc::new(State {
-        from: from.clone(),
-        to: to.clone(),
-        backup: backup.clone(),
-        resumes: rb.resumes.clone(),
-        done: Mutex::new(None),
-    });
+    let state = Arc::new(State { from: from.clone(), to: to.clone(), backup: backup.clone(), done: Mutex::new(None) });
     if to.sync_from.as_deref() != Some(from.name.as_str()) {
         // TO does not declare itself FROM's standby: its data may matter to someone.
         rb.confirm = Some(Confirm {
@@ -55,7 +49,6 @@ pub fn sync(cx: &Ctx, from: &EnvConfig, to: &EnvConfig) -> Result<Runbook> {
             ),
         });
     }
-    let result = rb.result.clone();
     Ok(rb
         // Objects of FROM backups whose run died (this dump is stored as one): never listed, removed.
         .step(CleanPartial { env: from.name.clone(), own_id: cx.run_id.clone() })
@@ -69,15 +62,13 @@ pub fn sync(cx: &Ctx, from: &EnvConfig, to: &EnvConfig) -> Result<Runbook> {
         .step(UnlessStored { inner: WriteManifest { state: backup.clone() }, state: state.clone() })
         .step(UnlessStored { inner: Commit { state: backup }, state: state.clone() })
         // Guards re-checked, locks confirmed, then both renames in one transaction.
-        .step(Swap { state, result }))
+        .step(Swap { state }))
 }
 
 struct State {
     from: EnvConfig,
     to: EnvConfig,
     backup: Arc<Shared>,
-    /// The unfinished sync this run resumes (set by the engine before preflight).
-    resumes: Arc<std::sync::OnceLock<String>>,
     /// What the restore produced, for the swap's journal entry.
     done: Mutex<Option<Restored>>,
 }
@@ -330,7 +321,7 @@ impl Step for RestoreScratch {
         Ok(false)
     }
     async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
-        let stored = match self.state.resumes.get() {
+        let stored = match cx.run.resumes() {
             Some(old) => match stored_dump(cx, &self.state, old).await? {
                 Ok(m) => Some(m),
                 Err(why) => {
@@ -466,7 +457,6 @@ impl<S: Step> Step for UnlessStored<S> {
 
 struct Swap {
     state: Arc<State>,
-    result: Arc<Mutex<serde_json::Map<String, serde_json::Value>>>,
 }
 
 /// How often the swap is tried when a session slipped into TO's database between the terminate
@@ -481,18 +471,24 @@ impl Step for Swap {
     async fn is_done(&self, _cx: &Ctx) -> Result<bool> {
         Ok(false)
     }
+    /// The irreversible step: the engine re-checks these just before it acts (contract "Global"),
+    /// since DNS may have moved to TO, or TO become a replica, while the copy was restored.
+    async fn guard(&self, cx: &Ctx) -> Vec<Check> {
+        let st = &self.state;
+        let not_replica = match pg::connect(&st.to.database_url).await {
+            Ok(c) => target::check_not_replica(&st.to, &c).await,
+            Err(e) => Check::fail("target-not-replica", format!("{} could not be asked: {e}", st.to.name)),
+        };
+        vec![target::check_not_live(cx, &st.to).await, not_replica]
+    }
+    async fn refused(&self, _cx: &Ctx) -> Result<()> {
+        // TO stays as it was; the scratch copy of FROM's data must not linger on TO's server.
+        self.state.drop_scratch().await
+    }
     async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
         let st = &self.state;
         let restored =
             st.done.lock().expect("done").clone().ok_or_else(|| Error::step("swap", "no restored copy to swap in"))?;
-        // The irreversible step re-checks its guards just before it acts (contract "Global").
-        let to_client = pg::connect(&st.to.database_url).await?;
-        let guards = [target::check_not_live(cx, &st.to).await, target::check_not_replica(&st.to, &to_client).await];
-        drop(to_client);
-        if guards.iter().any(|c| !c.ok) {
-            st.drop_scratch().await?;
-            return Err(Error::preflight(&guards));
-        }
         // A run whose lock was taken over must not swap (exit 5).
         log.journal.confirm_locks().await?;
 
@@ -555,17 +551,17 @@ impl Step for Swap {
             st.from.name,
             st.prev()
         ));
-        let mut r = self.result.lock().expect("result");
-        r.insert("from".into(), st.from.name.clone().into());
-        r.insert("to".into(), st.to.name.clone().into());
-        r.insert("snapshot_time".into(), snapshot.into());
-        r.insert("rows".into(), restored.rows.into());
-        r.insert("bytes".into(), restored.bytes.into());
-        r.insert("dump_bytes".into(), restored.dump_bytes.into());
-        r.insert("backup_id".into(), restored.backup_id.clone().into());
-        r.insert("source".into(), restored.source.into());
+        let r = &cx.run;
+        r.report("from", st.from.name.clone());
+        r.report("to", st.to.name.clone());
+        r.report("snapshot_time", snapshot);
+        r.report("rows", restored.rows);
+        r.report("bytes", restored.bytes);
+        r.report("dump_bytes", restored.dump_bytes);
+        r.report("backup_id", restored.backup_id.clone());
+        r.report("source", restored.source);
         if let Some(n) = restored.expected_bytes {
-            r.insert("expected_bytes".into(), n.into());
+            r.report("expected_bytes", n);
         }
         Ok(())
     }

@@ -10,6 +10,7 @@
 
 pub mod drctl;
 pub mod fault_proxy;
+pub mod http;
 pub mod moto;
 pub mod pg;
 

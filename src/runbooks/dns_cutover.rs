@@ -1,0 +1,413 @@
+//! dns-cutover --to ENV: point `[dns].record` at ENV's `dns_target`.
+//!
+//! Replaces the seed ADR's procedure: curl the standby's health URL, open the Route 53 console,
+//! edit the `app` record by hand, sleep 60, nslookup, post in Slack. Here the target is checked
+//! first (healthy, CORS, TLS for the record's name, data fresh enough), the record is changed by
+//! one batch that fails if anyone touched it since it was read, the exact previous record set and
+//! the change id are journaled *before* the wait (so `rollback` can put it back, and a rerun after
+//! a crash waits on the same change instead of sending another), and the run ends when Route 53
+//! says INSYNC and the record reads back as the target.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde_json::{Map, Value, json};
+
+use crate::clients::dns::{
+    AliasTarget, ChangeId, ChangeStatus, Dns, RecordSet, RecordType, Route53Dns, record_changed,
+};
+use crate::config::{DnsConfig, EnvConfig};
+use crate::ctx::Ctx;
+use crate::engine::run::{Confirm, Runbook};
+use crate::engine::runctx::wait_for;
+use crate::engine::step::{Check, Step, StepLog};
+use crate::error::{Error, Result};
+use crate::runbooks::check::health;
+
+/// How often GetChange is asked while waiting for INSYNC (Route 53 takes about a minute).
+const POLL_EVERY: Duration = Duration::from_secs(2);
+
+pub async fn dns_cutover(cx: &Ctx, to: &EnvConfig) -> Result<Runbook> {
+    let dns = cx.config.dns.clone().ok_or_else(|| {
+        Error::config(cx.config.file.display(), "dns-cutover needs a [dns] section: zone_id, record, type")
+    })?;
+    let api: Arc<dyn Dns> = Arc::new(Route53Dns::new(cx.aws.route53().await));
+    let step = PointRecord::new(cx, &dns, to, api)?;
+    let mut rb = Runbook::new("dns-cutover", Some(&to.name), format!("--to {}", to.name))
+        // `dns` for the record; `env:TO` so no sync replaces TO's data while traffic moves to it.
+        .lock("dns".into())
+        .lock(format!("env:{}", to.name))
+        .resumable();
+    rb.confirm = Some(Confirm {
+        env: to.name.clone(),
+        question: format!("point {} {} at {} ({})", dns.kind, dns.record, to.name, step.create.target().unwrap_or("")),
+    });
+    Ok(rb.step(step))
+}
+
+/// The one step: read, check, change, wait, read back.
+pub struct PointRecord {
+    dns: DnsConfig,
+    to: EnvConfig,
+    create: RecordSet,
+    api: Arc<dyn Dns>,
+    /// The record as preflight read it: the batch DELETEs exactly this.
+    read: Mutex<Option<Option<RecordSet>>>,
+    rpo: Duration,
+    max_lag: u64,
+    health_timeout: Duration,
+    cors_origin: Option<String>,
+    timeout: Duration,
+}
+
+impl PointRecord {
+    pub fn new(cx: &Ctx, dns: &DnsConfig, to: &EnvConfig, api: Arc<dyn Dns>) -> Result<PointRecord> {
+        let file = cx.config.file.display().to_string();
+        let target = to.dns_target.clone().ok_or_else(|| {
+            Error::config(
+                &file,
+                format!(
+                    "[environments.{}] dns_target: not set, so there is nothing to point {} at",
+                    to.name, dns.record
+                ),
+            )
+        })?;
+        let rtype = RecordType::parse(&dns.kind)
+            .ok_or_else(|| Error::config(&file, format!("[dns] type: `{}` is not CNAME or A", dns.kind)))?;
+        let create = match rtype {
+            RecordType::Cname => RecordSet::cname(dns.record.clone(), dns.ttl, target),
+            RecordType::A => {
+                let zone = to.dns_alias_zone_id.clone().ok_or_else(|| {
+                    Error::config(
+                        &file,
+                        format!(
+                            "[environments.{}] dns_alias_zone_id: an A record is an alias, which needs the \
+                             target's own hosted zone (the load balancer's)",
+                            to.name
+                        ),
+                    )
+                })?;
+                let alias = AliasTarget { dns_name: target, hosted_zone_id: zone, evaluate_target_health: false };
+                RecordSet::alias(dns.record.clone(), RecordType::A, alias)
+            }
+        };
+        let p = &cx.config.policy;
+        Ok(PointRecord {
+            dns: dns.clone(),
+            to: to.clone(),
+            create,
+            api,
+            read: Mutex::new(None),
+            rpo: p.rpo,
+            max_lag: p.max_replica_lag_bytes,
+            health_timeout: p.health_timeout,
+            cors_origin: p.cors_origin.clone(),
+            timeout: p.dns_timeout,
+        })
+    }
+
+    fn target(&self) -> &str {
+        self.create.target().expect("a CNAME or an alias always has a target")
+    }
+
+    async fn current(&self) -> Result<Option<RecordSet>> {
+        let rtype = self.create.rtype;
+        self.api.current(&self.dns.zone_id, &self.dns.record, rtype).await
+    }
+
+    fn describe(r: &Option<RecordSet>) -> String {
+        match r {
+            None => "no such record".into(),
+            Some(r) => match r.target() {
+                Some(t) => format!("{} {} -> {t}", r.rtype, r.name),
+                None => format!("{} {} (addresses, not an alias)", r.rtype, r.name),
+            },
+        }
+    }
+
+    /// `standby-fresh`: the data ENV would serve is recent enough to send users to.
+    async fn standby_fresh(&self, cx: &Ctx) -> Check {
+        const ID: &str = "standby-fresh";
+        let to = &self.to;
+        if let Some(from) = &to.sync_from {
+            let state = match cx.journal.state().await {
+                Ok(s) => s,
+                Err(e) => return Check::fail(ID, format!("cannot read the journal: {e}")),
+            };
+            let Some(last) = state.syncs.get(&to.name) else {
+                return Check::fail(ID, format!("{} was never synced from {from}", to.name));
+            };
+            let age = humantime::parse_rfc3339(&last.snapshot_time)
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .unwrap_or_default();
+            let shown = humantime::format_duration(Duration::from_secs(age.as_secs()));
+            return if age <= self.rpo {
+                Check::pass(
+                    ID,
+                    format!("{}'s data is {shown} old (snapshot {}), within policy.rpo", to.name, last.snapshot_time),
+                )
+            } else {
+                Check::fail(
+                    ID,
+                    format!(
+                        "{}'s data is {shown} old (last sync's snapshot {}), beyond policy.rpo {}: users would lose \
+                         the writes since",
+                        to.name,
+                        last.snapshot_time,
+                        humantime::format_duration(self.rpo)
+                    ),
+                )
+            };
+        }
+        if to.replica_of.is_some() {
+            let lag = async {
+                let c = crate::clients::pg::connect(&to.database_url).await?;
+                let row = c
+                    .query_one(
+                        "SELECT pg_is_in_recovery(), \
+                         pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| crate::clients::pg::db_error(&to.database_url, &e))?;
+                Ok::<_, Error>((row.get::<_, bool>(0), row.get::<_, Option<i64>>(1)))
+            };
+            return match lag.await {
+                Ok((false, _)) => Check::pass(ID, format!("{} is promoted: it holds everything it replayed", to.name)),
+                Ok((true, lag)) if lag.unwrap_or(0) as u64 <= self.max_lag => Check::pass(
+                    ID,
+                    format!("{} is a replica {} bytes behind what it received", to.name, lag.unwrap_or(0)),
+                ),
+                Ok((true, lag)) => Check::fail(
+                    ID,
+                    format!(
+                        "{} is a replica {} bytes behind, beyond policy.max_replica_lag_bytes {}",
+                        to.name,
+                        lag.unwrap_or(0),
+                        self.max_lag
+                    ),
+                ),
+                Err(e) => Check::fail(ID, format!("{} could not be asked for its lag: {e}", to.name)),
+            };
+        }
+        Check::pass(ID, format!("{} declares neither sync_from nor replica_of: its data is its own", to.name))
+    }
+
+    /// `target-healthy`: ENV's health_url answers 2xx twice in a row.
+    async fn target_healthy(&self) -> Check {
+        const ID: &str = "target-healthy";
+        let Some(url) = &self.to.health_url else {
+            return Check::pass(ID, format!("{} has no health_url: not checked", self.to.name));
+        };
+        for attempt in 1..=2 {
+            let c = health(url, self.health_timeout).await;
+            if !c.ok {
+                return Check::fail(ID, c.detail);
+            }
+            if attempt == 1 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        Check::pass(ID, format!("{url}: 2xx twice in a row"))
+    }
+
+    /// `cors`: with policy.cors_origin set, the browser app's origin is allowed by ENV.
+    async fn cors(&self) -> Check {
+        const ID: &str = "cors";
+        let (Some(origin), Some(url)) = (&self.cors_origin, &self.to.health_url) else {
+            return Check::pass(ID, "no policy.cors_origin (or no health_url): not checked");
+        };
+        let client = match reqwest::Client::builder().timeout(self.health_timeout).build() {
+            Ok(c) => c,
+            Err(e) => return Check::fail(ID, e.to_string()),
+        };
+        match client.get(url.clone()).header("Origin", origin).send().await {
+            Ok(r) => {
+                let allowed = r.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok());
+                match allowed {
+                    Some(a) if a == origin || a == "*" => Check::pass(ID, format!("{url} allows origin {origin}")),
+                    Some(a) => Check::fail(ID, format!("{url} allows origin {a}, not {origin}")),
+                    None => Check::fail(ID, format!("{url} sent no Access-Control-Allow-Origin for {origin}")),
+                }
+            }
+            Err(e) => Check::fail(ID, format!("{url}: {e}")),
+        }
+    }
+
+    /// `tls`: with an https health_url, ENV serves a certificate valid for the record's name (what
+    /// users' browsers will check after the cutover), found by connecting to ENV's health host
+    /// while asking for the record's name.
+    async fn tls(&self) -> Check {
+        const ID: &str = "tls";
+        let Some(url) = self.to.health_url.as_ref().filter(|u| u.scheme() == "https") else {
+            return Check::pass(ID, "no https health_url: not checked");
+        };
+        let name = self.dns.record.trim_end_matches('.').to_string();
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return Check::fail(ID, format!("{url} names no host"));
+        };
+        let addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host, port)).await {
+            Ok(a) => a.collect(),
+            Err(e) => return Check::fail(ID, format!("{host}: {e}")),
+        };
+        let mut as_record = url.clone();
+        if as_record.set_host(Some(&name)).is_err() {
+            return Check::fail(ID, format!("{name} is not a host name"));
+        }
+        let client =
+            match reqwest::Client::builder().timeout(self.health_timeout).resolve_to_addrs(&name, &addrs).build() {
+                Ok(c) => c,
+                Err(e) => return Check::fail(ID, e.to_string()),
+            };
+        match client.get(as_record).send().await {
+            Ok(_) => Check::pass(ID, format!("{host} serves a certificate valid for {name}")),
+            Err(e) => Check::fail(ID, format!("{host} asked for {name}: {}", error_chain(&e))),
+        }
+    }
+}
+
+#[async_trait]
+impl Step for PointRecord {
+    fn id(&self) -> &'static str {
+        "point-record"
+    }
+    fn check_ids(&self) -> &'static [&'static str] {
+        &["record-exists", "target-healthy", "cors", "tls", "standby-fresh"]
+    }
+    async fn preflight(&self, cx: &Ctx) -> Vec<Check> {
+        let current = self.current().await;
+        let exists = match &current {
+            Ok(Some(r)) => Check::pass("record-exists", Self::describe(&Some(r.clone()))),
+            Ok(None) => Check::fail(
+                "record-exists",
+                format!(
+                    "{} {} does not exist in zone {}: --accept record-exists creates it",
+                    self.dns.kind, self.dns.record, self.dns.zone_id
+                ),
+            ),
+            Err(e) => Check::fail("record-exists", e.to_string()),
+        };
+        if let Ok(r) = current {
+            *self.read.lock().expect("read") = Some(r);
+        }
+        let (healthy, cors, tls, fresh) =
+            tokio::join!(self.target_healthy(), self.cors(), self.tls(), self.standby_fresh(cx));
+        vec![exists, healthy, cors, tls, fresh]
+    }
+    async fn is_done(&self, cx: &Ctx) -> Result<bool> {
+        // A change this run (or the one it resumes) sent is done only once INSYNC: apply waits on it.
+        if cx.run.sent(self.id()).is_some() {
+            return Ok(false);
+        }
+        Ok(self.current().await?.is_some_and(|r| r.points_at(self.target())))
+    }
+    async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
+        let (id, previous): (ChangeId, Option<RecordSet>) = match cx.run.sent(self.id()) {
+            Some(sent) => {
+                let id = serde_json::from_value(sent["change_id"].clone())
+                    .map_err(|e| Error::step(self.id(), format!("the journaled change id is unreadable: {e}")))?;
+                let previous = serde_json::from_value(sent["previous"].clone())
+                    .map_err(|e| Error::step(self.id(), format!("the journaled previous record is unreadable: {e}")))?;
+                cx.out.info(&format!("dns-cutover: waiting on change {id} sent by the run this one resumes"));
+                (id, previous)
+            }
+            None => {
+                let read = self.read.lock().expect("read").clone();
+                let previous = match read {
+                    Some(r) => r,
+                    // Preflight could not read it (and record-exists was waived): read now.
+                    None => self.current().await?,
+                };
+                let comment = format!("drctl dns-cutover --to {} (run {})", self.to.name, cx.run_id);
+                let id = match self.api.change(&self.dns.zone_id, previous.as_ref(), &self.create, &comment).await {
+                    Ok(id) => id,
+                    Err(e) if record_changed(&e) => {
+                        // The SDK retries a request whose answer was lost; if the lost one was
+                        // applied, its retry is refused like a concurrent edit. Look again.
+                        if self.current().await?.as_ref() == Some(&self.create) {
+                            return Err(Error::OutcomeUnknown {
+                                sent: format!(
+                                    "the change of {} to {} (its answer, and so its id, was lost)",
+                                    self.dns.record,
+                                    self.target()
+                                ),
+                                waited: "0s".into(),
+                            });
+                        }
+                        return Err(Error::step(
+                            self.id(),
+                            format!(
+                                "{} {} changed after drctl read it ({}): nothing was changed; rerun to read it again",
+                                self.dns.kind,
+                                self.dns.record,
+                                Self::describe(&previous)
+                            ),
+                        ));
+                    }
+                    Err(e) => return Err(e),
+                };
+                let mut sent = Map::new();
+                sent.insert("change_id".into(), json!(id));
+                sent.insert("previous".into(), json!(previous));
+                sent.insert("new".into(), json!(self.create));
+                log.sent(sent).await?;
+                (id, previous)
+            }
+        };
+        let api = self.api.clone();
+        wait_for(&format!("Route 53 change {id}"), self.timeout, POLL_EVERY, || {
+            let (api, id) = (api.clone(), id.clone());
+            async move { Ok((api.status(&id).await? == ChangeStatus::InSync).then_some(())) }
+        })
+        .await?;
+        let previous_ttl = match previous.as_ref().map(|p| &p.data) {
+            Some(crate::clients::dns::RecordData::Values { ttl, .. }) => Some(*ttl),
+            _ => None,
+        };
+        // Resolvers that cached the old answer keep it for its TTL after the change is served.
+        let expires = SystemTime::now() + Duration::from_secs(previous_ttl.unwrap_or(0).max(0) as u64);
+        let expires = humantime::format_rfc3339_seconds(expires).to_string();
+        log.set("previous_ttl", json!(previous_ttl));
+        log.set("cached_answers_expire_by", expires.clone());
+        log.summary(format!(
+            "{} -> {} (was {}); INSYNC; cached answers expire by {expires}",
+            self.dns.record,
+            self.target(),
+            Self::describe(&previous)
+        ));
+        cx.run.report("record", self.dns.record.clone());
+        cx.run.report("target", self.target().to_string());
+        cx.run.report("previous", json!(previous));
+        cx.run.report("previous_ttl", json!(previous_ttl));
+        cx.run.report("change_id", json!(id));
+        cx.run.report("cached_answers_expire_by", expires);
+        Ok(())
+    }
+    async fn verify(&self, _cx: &Ctx) -> Result<()> {
+        let now = self.current().await?;
+        if now.as_ref().is_some_and(|r| r.points_at(self.target())) {
+            Ok(())
+        } else {
+            Err(Error::step(self.id(), format!("after the change the record reads {}", Self::describe(&now))))
+        }
+    }
+}
+
+/// What the previous record was, as dns-cutover journaled it: for `rollback`.
+pub fn journaled_previous(details: &Value) -> Option<Option<RecordSet>> {
+    serde_json::from_value(details.get("previous")?.clone()).ok()
+}
+
+/// An error with its causes (reqwest's own line hides why a TLS handshake failed).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
