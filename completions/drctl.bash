@@ -25,6 +25,9 @@ _drctl() {
             drctl,completions)
                 cmd="drctl__subcmd__completions"
                 ;;
+            drctl,dns-cutover)
+                cmd="drctl__subcmd__dns__subcmd__cutover"
+                ;;
             drctl,help)
                 cmd="drctl__subcmd__help"
                 ;;
@@ -33,6 +36,9 @@ _drctl() {
                 ;;
             drctl,man)
                 cmd="drctl__subcmd__man"
+                ;;
+            drctl,promote-replica)
+                cmd="drctl__subcmd__promote__subcmd__replica"
                 ;;
             drctl,status)
                 cmd="drctl__subcmd__status"
@@ -70,6 +76,9 @@ _drctl() {
             drctl__subcmd__help,completions)
                 cmd="drctl__subcmd__help__subcmd__completions"
                 ;;
+            drctl__subcmd__help,dns-cutover)
+                cmd="drctl__subcmd__help__subcmd__dns__subcmd__cutover"
+                ;;
             drctl__subcmd__help,help)
                 cmd="drctl__subcmd__help__subcmd__help"
                 ;;
@@ -78,6 +87,9 @@ _drctl() {
                 ;;
             drctl__subcmd__help,man)
                 cmd="drctl__subcmd__help__subcmd__man"
+                ;;
+            drctl__subcmd__help,promote-replica)
+                cmd="drctl__subcmd__help__subcmd__promote__subcmd__replica"
                 ;;
             drctl__subcmd__help,status)
                 cmd="drctl__subcmd__help__subcmd__status"
@@ -101,7 +113,7 @@ _drctl() {
 
     case "${cmd}" in
         drctl)
-            opts="-c -o -y -v -q -h -V --config --output --dry-run --yes --accept --lock-wait --verbose --quiet --no-progress --log-format --metrics-file --help --version check backup verify-chain sync status log completions man help"
+            opts="-c -o -y -v -q -h -V --config --output --dry-run --yes --accept --lock-wait --verbose --quiet --no-progress --log-format --metrics-file --help --version check backup verify-chain sync promote-replica dns-cutover status log completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -468,8 +480,58 @@ _drctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        drctl__subcmd__dns__subcmd__cutover)
+            opts="-c -o -y -v -q -h -V --to --config --output --dry-run --yes --accept --lock-wait --verbose --quiet --no-progress --log-format --metrics-file --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --to)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --accept)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         drctl__subcmd__help)
-            opts="check backup verify-chain sync status log completions man help"
+            opts="check backup verify-chain sync promote-replica dns-cutover status log completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -552,6 +614,20 @@ _drctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        drctl__subcmd__help__subcmd__dns__subcmd__cutover)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         drctl__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -581,6 +657,20 @@ _drctl() {
             return 0
             ;;
         drctl__subcmd__help__subcmd__man)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        drctl__subcmd__help__subcmd__promote__subcmd__replica)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -701,6 +791,60 @@ _drctl() {
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --accept)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        drctl__subcmd__promote__subcmd__replica)
+            opts="-e -c -o -y -v -q -h -V --env --config --output --dry-run --yes --accept --lock-wait --verbose --quiet --no-progress --log-format --metrics-file --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --env)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -e)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

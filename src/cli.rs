@@ -162,6 +162,22 @@ pub enum Command {
     /// it streams; exit 4 on a mismatch) instead of dumping FROM again.
     Sync(SyncArgs),
 
+    /// Promote a streaming replica (an env declaring replica_of) to a primary, fencing the old one
+    ///
+    /// Preflight: declared-role (ENV is in recovery, or drctl promoted it already: then "already
+    /// done"), replica-lag (when the old primary answers: its current LSN minus ENV's replay LSN
+    /// must be within policy.max_replica_lag_bytes; waivable with --accept replica-lag).
+    /// Steps: fence-primary (when the old primary answers: ALLOW_CONNECTIONS false on its app
+    /// database and its sessions ended, journaled with its final LSN before anything waits on it;
+    /// an old primary that does not answer is reported "not fenced" and never refuses the run),
+    /// wait-replay (ENV, asked through its maintenance_db, replays up to that LSN; past
+    /// policy.promote_timeout exit 6), promote (pg_promote), unfence-target (the fence replicated
+    /// to ENV: its app database allows connections again, and ENV must accept a write).
+    ///
+    /// Locks env:ENV. Asks for the env's name on a TTY; off a TTY it needs --yes. Not built yet:
+    /// RDS read replicas (rds_instance) and stopping the old primary's server (data_dir).
+    PromoteReplica(EnvArg),
+
     /// Point [dns].record at ENV's dns_target: checked, one atomic change, INSYNC, read back
     ///
     /// Preflight (each waivable with --accept ID, the waiver journaled with what it found):
@@ -185,8 +201,9 @@ pub enum Command {
 
     /// Readiness of every env: reachable, role, replication lag, live, healthy, data age vs RPO
     ///
-    /// role is `replica` for a server in recovery, `standby` for an env declared sync_from (a warm
-    /// standby: a primary server, but not the one to write to), and `primary` otherwise.
+    /// role is `replica` for a server in recovery, `promoted` for a replica_of env drctl promoted
+    /// (journaled), `standby` for an env declared sync_from (a warm standby: a primary server, but
+    /// not the one to write to), and `primary` otherwise.
     ///
     /// Read-only: takes no lock and writes nothing. Exit 3 when an env's last sync or last backup
     /// is older than policy.rpo, or a live env is unhealthy.

@@ -29,6 +29,30 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Route 53, through the process's one AWS config.
+    pub async fn dns_api(&self) -> crate::clients::dns::Route53Dns {
+        crate::clients::dns::Route53Dns::new(self.aws.route53().await)
+    }
+
+    /// `live`: `None` without `[dns]`; otherwise whether `[dns].record` points at `env`'s
+    /// dns_target now, and what it points at (for messages).
+    pub async fn is_live(&self, env: &crate::config::EnvConfig) -> crate::error::Result<Option<(bool, String)>> {
+        use crate::clients::dns::{Dns, RecordType};
+        let Some(dns) = &self.config.dns else { return Ok(None) };
+        let rtype = RecordType::parse(&dns.kind).unwrap_or(RecordType::Cname);
+        let current = self.dns_api().await.current(&dns.zone_id, &dns.record, rtype).await?;
+        let live = match (&current, &env.dns_target) {
+            (Some(c), Some(t)) => c.points_at(t),
+            _ => false,
+        };
+        let shown = match current.as_ref().map(|c| c.target()) {
+            None => "(no such record)".to_string(),
+            Some(None) => "(addresses, not an alias)".to_string(),
+            Some(Some(t)) => t.to_string(),
+        };
+        Ok(Some((live, format!("{} {} -> {shown}", dns.kind, dns.record))))
+    }
+
     pub fn interrupted_by(&self) -> Option<i32> {
         match self.signal.load(Ordering::SeqCst) {
             0 => None,
@@ -49,11 +73,17 @@ pub fn new_run_id() -> String {
 /// parsed from `args` as on a command line (`["--yes"]`), a fresh run id.
 #[cfg(test)]
 pub fn for_test(store: Arc<dyn Store>, args: &[&str]) -> Ctx {
+    for_test_with(store, args, "[environments.x]\ndatabase_url = \"postgres://u@127.0.0.1:1/x\"\n")
+}
+
+/// The same with `config` (TOML, `[store]` excluded) as the config's sections.
+#[cfg(test)]
+pub fn for_test_with(store: Arc<dyn Store>, args: &[&str], config: &str) -> Ctx {
     use clap::Parser;
     let argv = std::iter::once("drctl").chain(args.iter().copied()).chain(["-q", "status"]);
     let cli = crate::cli::Cli::try_parse_from(argv).expect("test flags");
     let config = Config::parse(
-        "[store]\nurl = \"file:///nonexistent\"\n\n[environments.x]\ndatabase_url = \"postgres://u@127.0.0.1:1/x\"\n",
+        &format!("[store]\nurl = \"file:///nonexistent\"\n\n{config}"),
         std::path::Path::new("/test/drctl.toml"),
     )
     .expect("test config");

@@ -78,6 +78,7 @@ pub const NOT_WAIVABLE: &[&str] = &[
     "source-reachable",
     "target-reachable",
     "target-not-replica",
+    "declared-role",
     "name-length",
     "pg-dump-version",
     "pg-restore-version",

@@ -130,6 +130,10 @@ pub struct State {
     /// only their objects can be partial, so with none a clean-partial has nothing to list.
     #[serde(default)]
     pub unclean: BTreeMap<String, BTreeSet<String>>,
+    /// Envs drctl promoted (promote-replica's `promote` step done), so a primary that declares
+    /// `replica_of` is known to be one drctl made, not a misdeclared env.
+    #[serde(default)]
+    pub promoted: BTreeSet<String>,
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -274,6 +278,9 @@ impl State {
             }
             ("step-done", _) if str_of(d, "step") != Some(CLEAN_PARTIAL) => {
                 let Some(step) = str_of(d, "step") else { return };
+                if let ("promote", Some(env)) = (step, str_of(d, "promoted")) {
+                    self.promoted.insert(env.to_string());
+                }
                 if let Some(s) = self.runs.get_mut(&run_key(&e.runbook, env)).filter(|s| s.run_id == e.run_id) {
                     s.sent.remove(step);
                 }

@@ -142,9 +142,13 @@ async fn check_env(cx: &Ctx, e: &EnvConfig) -> Vec<Check> {
                 });
             }
             let in_recovery = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map(|r| r.get::<_, bool>(0));
+            let promoted = cx.journal.state().await.map(|s| s.promoted.contains(&e.name)).unwrap_or(false);
             out.push(match (in_recovery, e.replica_of.is_some()) {
                 (Ok(r), declared) if r == declared => {
                     Check::pass("declared-role", if r { "a replica, as declared" } else { "a primary, as declared" })
+                }
+                (Ok(false), true) if promoted => {
+                    Check::pass("declared-role", "promoted: declared replica_of, and drctl promoted it (journaled)")
                 }
                 (Ok(r), _) => Check::fail(
                     "declared-role",

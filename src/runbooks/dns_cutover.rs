@@ -14,9 +14,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use crate::clients::dns::{
-    AliasTarget, ChangeId, ChangeStatus, Dns, RecordSet, RecordType, Route53Dns, record_changed,
-};
+use crate::clients::dns::{AliasTarget, ChangeId, ChangeStatus, Dns, RecordSet, RecordType, record_changed};
 use crate::config::{DnsConfig, EnvConfig};
 use crate::ctx::Ctx;
 use crate::engine::run::{Confirm, Runbook};
@@ -32,7 +30,7 @@ pub async fn dns_cutover(cx: &Ctx, to: &EnvConfig) -> Result<Runbook> {
     let dns = cx.config.dns.clone().ok_or_else(|| {
         Error::config(cx.config.file.display(), "dns-cutover needs a [dns] section: zone_id, record, type")
     })?;
-    let api: Arc<dyn Dns> = Arc::new(Route53Dns::new(cx.aws.route53().await));
+    let api: Arc<dyn Dns> = Arc::new(cx.dns_api().await);
     let step = PointRecord::new(cx, &dns, to, api)?;
     let mut rb = Runbook::new("dns-cutover", Some(&to.name), format!("--to {}", to.name))
         // `dns` for the record; `env:TO` so no sync replaces TO's data while traffic moves to it.
@@ -207,7 +205,7 @@ impl PointRecord {
                 return Check::fail(ID, c.detail);
             }
             if attempt == 1 {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
         Check::pass(ID, format!("{url}: 2xx twice in a row"))
@@ -326,7 +324,7 @@ impl Step for PointRecord {
                     Err(e) if record_changed(&e) => {
                         // The SDK retries a request whose answer was lost; if the lost one was
                         // applied, its retry is refused like a concurrent edit. Look again.
-                        if self.current().await?.as_ref() == Some(&self.create) {
+                        if self.current().await?.is_some_and(|r| r.points_at(self.target())) {
                             return Err(Error::OutcomeUnknown {
                                 sent: format!(
                                     "the change of {} to {} (its answer, and so its id, was lost)",
@@ -410,4 +408,105 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+
+    use super::PointRecord;
+    use crate::clients::dns::{FakeDns, RecordSet, RecordType};
+    use crate::ctx::{Ctx, for_test_with};
+    use crate::engine::run::{Runbook, execute};
+    use crate::engine::step::{Step, StepLog};
+    use crate::error::{Result, exit};
+    use crate::journal::test_store::MemStore;
+
+    const ZONE: &str = "Z0FAKE";
+    const CONFIG: &str = "[policy]\ndns_timeout = \"1s\"\n\n[dns]\nzone_id = \"Z0FAKE\"\nrecord = \"app.example.com\"\n\
+        type = \"CNAME\"\nttl = 60\n\n[environments.prod]\ndatabase_url = \"postgres://u@127.0.0.1:1/x\"\n\
+        dns_target = \"prod-alb.example.net\"\n\n[environments.staging]\ndatabase_url = \"postgres://u@127.0.0.1:1/x\"\n\
+        dns_target = \"stg-alb.example.net\"\n";
+
+    /// An operator editing the record in the console after drctl's preflight read it.
+    struct ConsoleEdit(Arc<FakeDns>);
+
+    #[async_trait]
+    impl Step for ConsoleEdit {
+        fn id(&self) -> &'static str {
+            "console-edit"
+        }
+        async fn is_done(&self, _cx: &Ctx) -> Result<bool> {
+            Ok(false)
+        }
+        async fn apply(&self, _cx: &Ctx, _log: &mut StepLog) -> Result<()> {
+            self.0.put(ZONE, RecordSet::cname("app.example.com", 60, "hotfix-alb.example.net"));
+            Ok(())
+        }
+        async fn verify(&self, _cx: &Ctx) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn runbook(cx: &Ctx, fake: &Arc<FakeDns>, edit: bool) -> Runbook {
+        let to = cx.config.env("staging").unwrap();
+        let step = PointRecord::new(cx, cx.config.dns.as_ref().unwrap(), to, fake.clone()).unwrap();
+        let rb = Runbook::new("dns-cutover", Some("staging"), "--to staging".into()).lock("dns".into()).resumable();
+        let rb = if edit { rb.step(ConsoleEdit(fake.clone())) } else { rb };
+        rb.step(step)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_edit_between_the_read_and_the_change_fails_the_batch_and_overwrites_nothing() {
+        let store = Arc::new(MemStore::new());
+        let fake = Arc::new(FakeDns::new());
+        fake.put(ZONE, RecordSet::cname("app.example.com", 300, "prod-alb.example.net"));
+        let cx = for_test_with(store.clone(), &["--yes"], CONFIG);
+        let out = execute(&cx, runbook(&cx, &fake, true)).await;
+        let e = out.error.expect("refused");
+        assert_eq!(e.exit_code(), exit::STEP_FAILED, "{e}");
+        assert!(e.to_string().contains("changed after drctl read it"), "{e}");
+        let now = fake.record(ZONE, "app.example.com", RecordType::Cname).unwrap();
+        assert!(now.points_at("hotfix-alb.example.net"), "the operator's edit stands: {now:?}");
+        assert_eq!(fake.calls().change, 1);
+        assert_eq!(fake.calls().status, 0, "nothing sent, nothing waited for");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_whose_answer_was_lost_is_outcome_unknown_then_already_done() {
+        let store = Arc::new(MemStore::new());
+        let fake = Arc::new(FakeDns::new());
+        fake.put(ZONE, RecordSet::cname("app.example.com", 300, "prod-alb.example.net"));
+        fake.lose_answer(1);
+        let cx = for_test_with(store.clone(), &["--yes"], CONFIG);
+        let out = execute(&cx, runbook(&cx, &fake, false)).await;
+        let e = out.error.expect("not known to have taken");
+        assert_eq!(e.exit_code(), exit::UNKNOWN_OUTCOME, "{e}");
+        // The record holds what drctl asked for: the rerun sees it done and sends nothing.
+        let cx = for_test_with(store.clone(), &["--yes"], CONFIG);
+        let out = execute(&cx, runbook(&cx, &fake, false)).await;
+        assert!(out.error.is_none(), "{:?}", out.error.map(|e| e.to_string()));
+        assert_eq!(out.report.steps[0].state, crate::engine::report::StepState::Done);
+        assert_eq!(fake.calls().change, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pending_past_the_deadline_is_exit_6_and_the_rerun_waits_on_the_same_change() {
+        let store = Arc::new(MemStore::new());
+        let fake = Arc::new(FakeDns::new());
+        fake.put(ZONE, RecordSet::cname("app.example.com", 300, "prod-alb.example.net"));
+        fake.pending_polls(1_000);
+        let cx = for_test_with(store.clone(), &["--yes"], CONFIG);
+        let out = execute(&cx, runbook(&cx, &fake, false)).await;
+        assert_eq!(out.error.expect("pending").exit_code(), exit::UNKNOWN_OUTCOME);
+        let polls = fake.calls().status;
+        assert!(polls >= 1);
+        let cx = for_test_with(store.clone(), &["--yes"], CONFIG);
+        let out = execute(&cx, runbook(&cx, &fake, false)).await;
+        assert_eq!(out.error.expect("still pending").exit_code(), exit::UNKNOWN_OUTCOME);
+        assert_eq!(fake.calls().change, 1, "waited, never sent again");
+        assert!(fake.calls().status > polls);
+    }
 }

@@ -4,6 +4,7 @@ pub mod backup;
 pub mod check;
 pub mod dns_cutover;
 pub mod log;
+pub mod promote_replica;
 pub mod status;
 pub mod sync;
 pub mod verify_chain;
@@ -78,6 +79,12 @@ pub async fn dispatch(cx: &Ctx, command: &Command) -> Done {
         Command::Sync(a) => {
             let rb = cx.config.env(&a.from).and_then(|f| cx.config.env(&a.to).and_then(|t| sync::sync(cx, f, t)));
             match rb {
+                Ok(rb) => Done::Run(execute(cx, rb).await),
+                Err(e) => Done::doc(Err(e)),
+            }
+        }
+        Command::PromoteReplica(a) => {
+            match cx.config.resolve_env(a.env.as_deref()).and_then(|env| promote_replica::promote_replica(cx, env)) {
                 Ok(rb) => Done::Run(execute(cx, rb).await),
                 Err(e) => Done::doc(Err(e)),
             }

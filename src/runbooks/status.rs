@@ -13,7 +13,6 @@ use crate::error::Error;
 use crate::journal::fold::State;
 use crate::runbooks::backup::catalog;
 use crate::runbooks::check::health;
-use crate::runbooks::sync::target;
 
 struct Row {
     name: String,
@@ -110,9 +109,10 @@ async fn row(cx: &Ctx, env: &EnvConfig, state: &State, now: SystemTime, rpo: Dur
             r.reachable = true;
             match role_and_lag(&c).await {
                 Ok((in_recovery, lag)) => {
-                    r.role = Some(declared_role(env, in_recovery));
+                    let promoted = state.promoted.contains(&env.name);
+                    r.role = Some(declared_role(env, in_recovery, promoted));
                     r.lag_bytes = lag;
-                    if let (Some(p), false) = (&env.replica_of, in_recovery) {
+                    if let (Some(p), false, false) = (&env.replica_of, in_recovery, promoted) {
                         r.notes.push(format!("declared replica_of = \"{p}\" but not in recovery"));
                     }
                 }
@@ -121,7 +121,7 @@ async fn row(cx: &Ctx, env: &EnvConfig, state: &State, now: SystemTime, rpo: Dur
         }
         Err(e) => r.notes.push(e.to_string()),
     }
-    match target::is_live(cx, env).await {
+    match cx.is_live(env).await {
         Ok(l) => r.live = l.map(|(live, _)| live),
         Err(e) => r.notes.push(e.to_string()),
     }
@@ -173,12 +173,14 @@ async fn row(cx: &Ctx, env: &EnvConfig, state: &State, now: SystemTime, rpo: Dur
     r
 }
 
-/// What `status` calls an env: `replica` when its server is in recovery; otherwise `standby` for a
-/// warm standby that sync refreshes (`sync_from`), which is a primary server but not the primary
-/// anyone should write to, and `primary` for the rest.
-fn declared_role(env: &EnvConfig, in_recovery: bool) -> &'static str {
+/// What `status` calls an env: `replica` when its server is in recovery; `promoted` for a
+/// `replica_of` env drctl promoted (journaled); otherwise `standby` for a warm standby that sync
+/// refreshes (`sync_from`), which is a primary server but not the primary anyone should write to,
+/// and `primary` for the rest.
+fn declared_role(env: &EnvConfig, in_recovery: bool, promoted: bool) -> &'static str {
     match (in_recovery, &env.sync_from) {
         (true, _) => "replica",
+        (false, _) if promoted && env.replica_of.is_some() => "promoted",
         (false, Some(_)) => "standby",
         (false, None) => "primary",
     }

@@ -20,10 +20,21 @@ fn checked_in_completions_and_man_page_match_the_binary() {
 #[test]
 fn help_lists_only_working_commands() {
     let r = Drctl::new().args(["--help"]).run().expect_code(0);
-    for c in ["check", "backup", "sync", "status", "verify-chain", "log", "completions", "man"] {
+    for c in [
+        "check",
+        "backup",
+        "sync",
+        "promote-replica",
+        "dns-cutover",
+        "status",
+        "verify-chain",
+        "log",
+        "completions",
+        "man",
+    ] {
         assert!(r.stdout.contains(c), "{c} missing from --help");
     }
-    for c in ["failover", "pitr-restore", "wal-push", "dns-cutover"] {
+    for c in ["failover", "pitr-restore", "wal-push", "rollback"] {
         assert!(!r.stdout.contains(c), "{c} is not built yet but shows in --help");
     }
 }

@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::clients::{ELB_ZONE, alias_set, cname_set, sdk, upsert, zone};
 use crate::harness::TestDir;
 use crate::harness::drctl::{Drctl, RunResult};
+use crate::harness::fault_proxy::FaultProxy;
 use crate::harness::http::Health;
 use crate::harness::moto::Moto;
 
@@ -33,6 +34,11 @@ struct Setup {
 /// A zone with `app.<zone>` pointing at prod (a CNAME, or with `alias` an A alias), and a config
 /// whose staging env is served by `health`; `staging_extra` is added to staging's section.
 fn setup(prefix: &str, alias: bool, staging_extra: &str) -> Setup {
+    setup_at(prefix, alias, staging_extra, &Moto::shared().endpoint(), "20s")
+}
+
+/// The same, with drctl's AWS endpoint `endpoint` (a proxy in front of moto) and `dns_timeout`.
+fn setup_at(prefix: &str, alias: bool, staging_extra: &str, endpoint: &str, dns_timeout: &str) -> Setup {
     let r53 = aws_sdk_route53::Client::new(&sdk());
     let (zone_id, zone_name, record) = rt().block_on(async {
         let (zone_id, zone_name) = zone(&r53, prefix).await;
@@ -47,14 +53,14 @@ fn setup(prefix: &str, alias: bool, staging_extra: &str) -> Setup {
     let kind = if alias { "A" } else { "CNAME" };
     let config = dir.write_config(&format!(
         "[store]\nurl = \"file://{store}\"\n\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{moto}\"\n\n\
-         [policy]\ndns_timeout = \"20s\"\n\n\
+         [policy]\ndns_timeout = \"{dns_timeout}\"\n\n\
          [dns]\nzone_id = \"{zone_id}\"\nrecord = \"{record}\"\ntype = \"{kind}\"\nttl = 60\n\n\
          [environments.prod]\ndatabase_url = \"postgres://app@127.0.0.1:1/app\"\ndns_target = \"{PROD_ALB}\"\n\
          dns_alias_zone_id = \"{ELB_ZONE}\"\n\n\
          [environments.staging]\ndatabase_url = \"postgres://app@127.0.0.1:1/app\"\ndns_target = \"{STG_ALB}\"\n\
          dns_alias_zone_id = \"{ELB_ZONE}\"\nhealth_url = \"{health}\"\n{staging_extra}\n",
         store = dir.path().join("store").display(),
-        moto = Moto::shared().endpoint(),
+        moto = endpoint,
         health = health.url(),
     ));
     Setup { dir, config, zone_id, record, health }
@@ -196,4 +202,91 @@ fn a_stale_standby_is_refused_unless_accepted_and_the_waiver_is_journaled() {
     assert_eq!(started["details"]["accepted"][0]["check"], "standby-fresh", "{started}");
     assert!(started["details"]["accepted"][0]["found"].as_str().unwrap().contains("never synced"), "{started}");
     let _ = &s.dir;
+}
+
+#[test]
+fn a_change_still_pending_past_the_deadline_is_exit_6_and_reruns_wait_on_it_even_after_kill_9() {
+    // Route 53 through a proxy that answers GetChange PENDING while told to, and counts changes.
+    let proxy = FaultProxy::start(Moto::shared().port, 0);
+    let s = setup_at("cut_pending", false, "", &proxy.endpoint(), "3s");
+    proxy.route53_pending(true);
+    let r = s.drctl().args(["dns-cutover", "--to", "staging", "--yes", "-o", "json"]).run();
+    assert_eq!(r.code, 6, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["status"], "outcome_unknown", "{}", r.stdout);
+    assert!(r.stderr.contains("never by sending again"), "the hint says what a rerun does: {}", r.stderr);
+    assert_eq!(proxy.stats().route53_changes, 1);
+    let failed = s.journal().into_iter().rev().find(|e| e["event"] == "step-failed").expect("step-failed");
+    assert!(failed["details"]["change_id"].is_string(), "what was sent is in the failure too: {failed}");
+
+    // A rerun waits on the journaled change; killed with -9 while waiting, it leaves nothing half-done.
+    let polled = proxy.stats().route53_pending_answers;
+    let mut child = s.drctl().args(["dns-cutover", "--to", "staging", "--yes"]).spawn();
+    assert!(
+        crate::harness::wait_until(std::time::Duration::from_secs(20), || {
+            proxy.stats().route53_pending_answers >= polled + 2
+        }),
+        "the rerun polls GetChange: {:?}",
+        proxy.stats()
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(proxy.stats().route53_changes, 1, "the rerun sent nothing: it waited");
+
+    // The change propagates: the next rerun waits on the same change, finds it INSYNC, verifies.
+    proxy.route53_pending(false);
+    let r = s.drctl().args(["dns-cutover", "--to", "staging", "--yes", "-o", "json"]).run();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["status"], "ok", "{}", r.stdout);
+    assert_eq!(proxy.stats().route53_changes, 1, "one change in three runs");
+    assert_eq!(s.target(RrType::Cname).as_deref(), Some(STG_ALB));
+    let j = s.journal();
+    let starts: Vec<&Value> = j.iter().filter(|e| e["event"] == "run-started").collect();
+    assert_eq!(starts.len(), 3);
+    assert!(starts[2]["details"]["resumes"].is_string(), "{}", starts[2]);
+    let done = j.iter().rev().find(|e| e["event"] == "step-done").unwrap();
+    assert_eq!(done["details"]["step"], "point-record");
+    assert!(done["details"]["previous"]["values"][0] == PROD_ALB, "{done}");
+}
+
+#[test]
+fn on_a_tty_the_checks_and_the_plan_come_before_the_prompt_and_the_typed_name_proceeds() {
+    use std::io::{Read, Write};
+    let s = setup("cut_tty", false, "");
+    let cmd = format!(
+        "stty cols 160 rows 50; {} -c {} dns-cutover --to staging --no-progress",
+        env!("CARGO_BIN_EXE_drctl"),
+        s.config.display()
+    );
+    // `script` gives drctl a pseudo-terminal for stdin and stderr, as an operator's shell would.
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn script");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        out
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    // Answer once the prompt is there (the checks take well under this).
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert_eq!(s.target(RrType::Cname).as_deref(), Some(PROD_ALB), "nothing sent before the answer");
+    let _ = stdin.write_all(b"staging\n");
+    let _ = stdin.flush();
+    let status = child.wait().unwrap();
+    drop(stdin);
+    let screen = reader.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{screen}");
+    let prompt = screen.find("Type the env name").unwrap_or_else(|| panic!("no prompt:\n{screen}"));
+    let checks = screen.find("target-healthy").unwrap_or_else(|| panic!("no checks:\n{screen}"));
+    let plan = screen.find("pending").unwrap_or_else(|| panic!("no plan:\n{screen}"));
+    assert!(checks < prompt && plan < prompt, "the checks and the plan come first:\n{screen}");
+    assert_eq!(s.target(RrType::Cname).as_deref(), Some(STG_ALB));
 }

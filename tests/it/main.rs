@@ -10,6 +10,7 @@ mod docs;
 mod faults;
 mod harness;
 mod journal;
+mod promote_replica;
 mod smoke;
 mod sync;
 mod verify_chain;

@@ -2,16 +2,13 @@
 //! copy from, ours to replace (privileges, roles, name length), and the database properties the
 //! scratch copy must carry.
 
-use aws_sdk_route53::types::RrType;
-
 use crate::clients::pg;
-use crate::config::{DnsConfig, EnvConfig};
+use crate::config::EnvConfig;
 use crate::ctx::Ctx;
 use crate::dburl::DbUrl;
 use crate::engine::step::Check;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::runbooks::backup::quote_ident;
-use crate::runbooks::check::aws_err;
 
 /// `<db>__drctl_new` and `<db>__drctl_prev`: 51 + 12 bytes = PostgreSQL's 63-byte name limit.
 pub const NEW_SUFFIX: &str = "__drctl_new";
@@ -22,51 +19,10 @@ pub fn maintenance_url(env: &EnvConfig) -> DbUrl {
     env.database_url.with_dbname(&env.maintenance_db)
 }
 
-/// Names compare case-insensitively, without the trailing dot or a `dualstack.` prefix (contract).
-pub fn normalize_name(s: &str) -> String {
-    let s = s.trim().trim_end_matches('.').to_ascii_lowercase();
-    s.strip_prefix("dualstack.").map(str::to_string).unwrap_or(s)
-}
-
-/// The value `[dns].record` serves now (CNAME target or alias DNS name), `None` if there is no such record.
-pub async fn current_record(cx: &Ctx, dns: &DnsConfig) -> Result<Option<String>> {
-    let r53 = cx.aws.route53().await;
-    let out = r53
-        .list_resource_record_sets()
-        .hosted_zone_id(&dns.zone_id)
-        .start_record_name(&dns.record)
-        .start_record_type(RrType::from(dns.kind.as_str()))
-        .max_items(1)
-        .send()
-        .await
-        .map_err(|e| Error::Unreachable { what: format!("Route 53 zone {}", dns.zone_id), problem: aws_err(&e) })?;
-    let want = normalize_name(&dns.record);
-    Ok(out
-        .resource_record_sets()
-        .iter()
-        .find(|rs| normalize_name(rs.name()) == want && rs.r#type().as_str() == dns.kind)
-        .and_then(|rs| match rs.alias_target() {
-            Some(a) => Some(a.dns_name().to_string()),
-            None => rs.resource_records().first().map(|r| r.value().to_string()),
-        }))
-}
-
-/// `live`: `None` without `[dns]`; otherwise whether the record points at `env`'s dns_target.
-pub async fn is_live(cx: &Ctx, env: &EnvConfig) -> Result<Option<(bool, String)>> {
-    let Some(dns) = &cx.config.dns else { return Ok(None) };
-    let current = current_record(cx, dns).await?;
-    let live = match (&current, &env.dns_target) {
-        (Some(c), Some(t)) => normalize_name(c) == normalize_name(t),
-        _ => false,
-    };
-    let shown = current.unwrap_or_else(|| "(no such record)".into());
-    Ok(Some((live, format!("{} {} -> {shown}", dns.kind, dns.record))))
-}
-
 /// `target-not-live`: refuse a TO that DNS points at: it is serving traffic (say, after a failover).
 pub async fn check_not_live(cx: &Ctx, to: &EnvConfig) -> Check {
     const ID: &str = "target-not-live";
-    match is_live(cx, to).await {
+    match cx.is_live(to).await {
         Ok(None) => Check::pass(ID, "no [dns] configured: nothing points at an env"),
         Ok(Some((false, what))) => Check::pass(ID, format!("{what}, not {}", to.name)),
         Ok(Some((true, what))) => Check::fail(
@@ -335,15 +291,6 @@ pub async fn missing_roles(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn record_names_compare_like_route53_serves_them() {
-        assert_eq!(
-            normalize_name("Dualstack.Stg-ALB-456.us-west-1.elb.amazonaws.com."),
-            "stg-alb-456.us-west-1.elb.amazonaws.com"
-        );
-        assert_eq!(normalize_name("app.example.com."), normalize_name("APP.example.com"));
-    }
 
     #[test]
     fn the_scratch_database_copies_owner_encoding_and_locale() {

@@ -68,12 +68,18 @@ pub struct Stats {
     pub connections: u64,
     /// Forwarding failures (moto unreachable or answering garbage): never expected in a test.
     pub upstream_errors: u64,
+    /// Route 53 ChangeResourceRecordSets requests seen (forwarded or failed).
+    pub route53_changes: u64,
+    /// Route 53 GetChange requests the proxy answered PENDING itself.
+    pub route53_pending_answers: u64,
 }
 
 struct Shared {
     upstream: SocketAddr,
     /// Fail every `every`th request; 0 never fails one (a pass-through, for captures).
     every: u64,
+    /// Answer Route 53 GetChange with PENDING instead of moto's immediate INSYNC.
+    route53_pending: AtomicBool,
     seen: AtomicU64,
     stats: Mutex<Stats>,
     /// One line per request, for a failing test's message.
@@ -99,6 +105,7 @@ impl FaultProxy {
         let shared = Arc::new(Shared {
             upstream: SocketAddr::from(([127, 0, 0, 1], upstream_port)),
             every,
+            route53_pending: AtomicBool::new(false),
             seen: AtomicU64::new(0),
             stats: Mutex::new(Stats::default()),
             log: Mutex::new(Vec::new()),
@@ -126,6 +133,12 @@ impl FaultProxy {
 
     pub fn stats(&self) -> Stats {
         lock(&self.shared.stats).clone()
+    }
+
+    /// While on, every Route 53 GetChange is answered PENDING by the proxy (moto says INSYNC at
+    /// once): a change that never finishes propagating, for exit 6 and resume-by-waiting tests.
+    pub fn route53_pending(&self, on: bool) {
+        self.shared.route53_pending.store(on, Ordering::SeqCst);
     }
 
     /// The last `n` request lines (`#seq METHOD path -> outcome`).
@@ -371,6 +384,28 @@ fn serve(shared: &Shared, client: TcpStream) -> io::Result<()> {
         let path = req.start.split(' ').nth(1).unwrap_or("?").to_string();
         let expect = req.has_token("expect", "100-continue");
         let seq = shared.seen.fetch_add(1, Ordering::SeqCst) + 1;
+        if method == "POST" && path.starts_with("/2013-04-01/hostedzone/") && path.contains("/rrset") {
+            lock(&shared.stats).route53_changes += 1;
+        }
+        if method == "GET" && path.starts_with("/2013-04-01/change/") && shared.route53_pending.load(Ordering::SeqCst) {
+            lock(&shared.stats).route53_pending_answers += 1;
+            shared.note(format!("#{seq} {method} {path} -> PENDING"));
+            copy_body(&mut reader, &mut None, &req)?;
+            let id = path.trim_start_matches("/2013-04-01/change/");
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<GetChangeResponse \
+                 xmlns=\"https://route53.amazonaws.com/doc/2013-04-01/\"><ChangeInfo><Id>/change/{id}</Id>\
+                 <Status>PENDING</Status><SubmittedAt>2026-01-01T00:00:00.000Z</SubmittedAt></ChangeInfo>\
+                 </GetChangeResponse>"
+            );
+            write!(
+                writer,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nx-amzn-RequestId: PENDING{seq:012}\r\n\r\n{body}",
+                body.len()
+            )?;
+            writer.flush()?;
+            continue;
+        }
         let fault = (shared.every > 0 && seq.is_multiple_of(shared.every))
             .then(|| ROTATION[((seq / shared.every - 1) % ROTATION.len() as u64) as usize]);
         {

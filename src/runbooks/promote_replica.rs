@@ -1,0 +1,386 @@
+//! promote-replica --env ENV: make a streaming replica (`replica_of = "P"`) the primary.
+//!
+//! Replaces "promote it in the console" and the half-remembered psql steps around it. Before the
+//! promotion the old primary P is fenced when it answers — connections to its app database
+//! disallowed and its sessions ended — so nothing more is written there, then drctl waits until ENV
+//! has replayed everything P wrote, so the promotion loses nothing; an old primary that does not
+//! answer (the usual case in an incident) is reported "not fenced" and never blocks the run. The
+//! fence is a catalog change, so it replicates: right after `pg_promote` drctl allows connections
+//! to ENV's app database again and proves ENV accepts a write.
+//!
+//! Not built yet: RDS read replicas (`rds_instance`: PromoteReadReplica and its wait), and stopping
+//! the old primary's server instead (`data_dir`); an env with `rds_instance` is refused.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Map, json};
+
+use crate::clients::pg;
+use crate::config::EnvConfig;
+use crate::ctx::Ctx;
+use crate::engine::run::{Confirm, Runbook};
+use crate::engine::runctx::wait_for;
+use crate::engine::step::{Check, Step, StepLog};
+use crate::error::{Error, Result};
+use crate::runbooks::backup::quote_ident;
+use crate::runbooks::sync::target::maintenance_url;
+
+/// How often ENV is asked how far it replayed while it catches up with the fenced primary.
+const POLL_EVERY: Duration = Duration::from_millis(500);
+
+pub fn promote_replica(cx: &Ctx, env: &EnvConfig) -> Result<Runbook> {
+    let file = cx.config.file.display().to_string();
+    let Some(primary) = &env.replica_of else {
+        return Err(Error::config(
+            &file,
+            format!(
+                "[environments.{}] replica_of: not set, so {} is not a replica drctl may promote",
+                env.name, env.name
+            ),
+        ));
+    };
+    if env.rds_instance.is_some() {
+        return Err(Error::usage(format!(
+            "promote-replica of an RDS read replica ({}: rds_instance) is not built yet",
+            env.name
+        ))
+        .with_hint("promote it with `aws rds promote-read-replica` and wait until it is available"));
+    }
+    let primary = cx.config.env(primary)?.clone();
+    let pair = Pair { env: env.clone(), primary, max_lag: cx.config.policy.max_replica_lag_bytes };
+    let mut rb = Runbook::new("promote-replica", Some(&env.name), format!("--env {}", env.name))
+        .lock(format!("env:{}", env.name))
+        .resumable();
+    rb.confirm = Some(Confirm {
+        env: env.name.clone(),
+        question: format!("promote {} to a primary, fencing {} if it answers", env.name, pair.primary.name),
+    });
+    let timeout = cx.config.policy.promote_timeout;
+    Ok(rb
+        // Nothing more is written on the old primary (when it answers), and its last LSN is known.
+        .step(FencePrimary { pair: pair.clone() })
+        // ENV has replayed everything the fenced primary wrote: the promotion loses nothing.
+        .step(WaitReplay { pair: pair.clone(), timeout })
+        .step(Promote { pair: pair.clone() })
+        // The fence replicated to ENV with everything else: lift it there, then prove ENV writes.
+        .step(Unfence { pair }))
+}
+
+#[derive(Clone)]
+struct Pair {
+    env: EnvConfig,
+    primary: EnvConfig,
+    max_lag: u64,
+}
+
+impl Pair {
+    fn db(&self) -> &str {
+        &self.env.database_url.dbname
+    }
+    async fn env_maint(&self) -> Result<tokio_postgres::Client> {
+        pg::connect(&maintenance_url(&self.env)).await
+    }
+    /// The old primary's maintenance database, or why it cannot be reached.
+    async fn primary_maint(&self) -> std::result::Result<tokio_postgres::Client, String> {
+        pg::connect(&maintenance_url(&self.primary)).await.map_err(|e| e.to_string())
+    }
+    fn env_err(&self) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
+        move |e| pg::db_error(&maintenance_url(&self.env), &e)
+    }
+    async fn in_recovery(&self, c: &tokio_postgres::Client) -> Result<bool> {
+        Ok(c.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(self.env_err())?.get(0))
+    }
+    /// Whether the promotion is done: ENV out of recovery and this drctl's journal says it did it
+    /// (a primary not in recovery that drctl never promoted is a misdeclared env, not "done").
+    async fn promoted(&self, cx: &Ctx) -> Result<bool> {
+        let c = self.env_maint().await?;
+        Ok(!self.in_recovery(&c).await? && promoted_by_drctl(cx, &self.env.name).await?)
+    }
+}
+
+/// Whether a promote step of this env is in the journal as done (this run or an earlier one).
+async fn promoted_by_drctl(cx: &Ctx, env: &str) -> Result<bool> {
+    if cx.run.report_field("promoted").is_some() {
+        return Ok(true);
+    }
+    let state = cx.journal.state().await?;
+    Ok(state.promoted.contains(env))
+}
+
+/// `SELECT pg_wal_lsn_diff(a, b)` in bytes, computed by the server that answers.
+async fn lsn_diff(c: &tokio_postgres::Client, a: &str, b: &str) -> std::result::Result<i64, tokio_postgres::Error> {
+    Ok(c.query_one("SELECT pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn)::bigint", &[&a, &b]).await?.get(0))
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct FencePrimary {
+    pair: Pair,
+}
+
+#[async_trait]
+impl Step for FencePrimary {
+    fn id(&self) -> &'static str {
+        "fence-primary"
+    }
+    fn check_ids(&self) -> &'static [&'static str] {
+        &["declared-role", "replica-lag"]
+    }
+    async fn preflight(&self, cx: &Ctx) -> Vec<Check> {
+        let p = &self.pair;
+        let env = match p.env_maint().await {
+            Ok(c) => c,
+            Err(e) => return vec![Check::fail("db-reachable", e.to_string())],
+        };
+        let in_recovery = match p.in_recovery(&env).await {
+            Ok(r) => r,
+            Err(e) => return vec![Check::fail("declared-role", e.to_string())],
+        };
+        if !in_recovery {
+            return vec![match promoted_by_drctl(cx, &p.env.name).await {
+                Ok(true) => Check::pass("declared-role", format!("{} is promoted (by drctl, journaled)", p.env.name)),
+                Ok(false) => Check::fail(
+                    "declared-role",
+                    format!(
+                        "{} declares replica_of = \"{}\" but is not in recovery, and drctl never promoted it: \
+                         fix the declaration",
+                        p.env.name, p.primary.name
+                    ),
+                ),
+                Err(e) => Check::fail("declared-role", e.to_string()),
+            }];
+        }
+        let role =
+            Check::pass("declared-role", format!("{} is in recovery: a replica of {}", p.env.name, p.primary.name));
+        let replay: Option<String> = match env.query_one("SELECT pg_last_wal_replay_lsn()::text", &[]).await {
+            Ok(r) => r.get(0),
+            Err(e) => return vec![role, Check::fail("replica-lag", pg::describe(&e))],
+        };
+        let lag = match p.primary_maint().await {
+            Err(why) => Check::pass(
+                "replica-lag",
+                format!(
+                    "{} does not answer ({why}): lag unknown; {} replayed up to {}",
+                    p.primary.name,
+                    p.env.name,
+                    replay.as_deref().unwrap_or("?")
+                ),
+            ),
+            Ok(primary) => {
+                let current: std::result::Result<String, _> =
+                    primary.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map(|r| r.get(0));
+                match (current, replay) {
+                    (Ok(cur), Some(rep)) => match lsn_diff(&primary, &cur, &rep).await {
+                        Ok(bytes) if bytes.max(0) as u64 <= p.max_lag => Check::pass(
+                            "replica-lag",
+                            format!("{} is {bytes} bytes behind {} ({rep} of {cur})", p.env.name, p.primary.name),
+                        ),
+                        Ok(bytes) => Check::fail(
+                            "replica-lag",
+                            format!(
+                                "{} is {bytes} bytes behind {} ({rep} of {cur}), beyond policy.max_replica_lag_bytes \
+                                 {}: promoting now would wait for, or lose, that much",
+                                p.env.name, p.primary.name, p.max_lag
+                            ),
+                        ),
+                        Err(e) => Check::fail("replica-lag", pg::describe(&e)),
+                    },
+                    (Ok(_), None) => Check::fail("replica-lag", format!("{} reports no replay position", p.env.name)),
+                    (Err(e), _) => Check::fail("replica-lag", pg::describe(&e)),
+                }
+            }
+        };
+        vec![role, lag]
+    }
+    async fn is_done(&self, cx: &Ctx) -> Result<bool> {
+        // Once ENV is promoted the fence has done its work (and rollback's to undo).
+        self.pair.promoted(cx).await
+    }
+    async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
+        let p = &self.pair;
+        let primary = match p.primary_maint().await {
+            Ok(c) => c,
+            Err(why) => {
+                log.set("fenced", false);
+                log.set("why_not", why.clone());
+                log.summary(format!("{} not fenced: it does not answer ({why})", p.primary.name));
+                cx.run.report("primary_fenced", false);
+                return Ok(());
+            }
+        };
+        let db = quote_ident(&p.primary.database_url.dbname);
+        let lit = crate::runbooks::sync::target::quote_literal(&p.primary.database_url.dbname);
+        let err = |e: tokio_postgres::Error| pg::db_error(&maintenance_url(&p.primary), &e);
+        // New connections refused first, then the sessions there ended: nothing more is written.
+        primary.batch_execute(&format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false")).await.map_err(err)?;
+        let ended: i64 = primary
+            .query_one(
+                &format!(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE datname = {lit} AND pid <> pg_backend_pid()"
+                ),
+                &[],
+            )
+            .await
+            .map_err(err)?
+            .get(0);
+        let lsn: String = primary.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(err)?.get(0);
+        let mut d = Map::new();
+        d.insert("fenced".into(), true.into());
+        d.insert("primary".into(), p.primary.name.clone().into());
+        d.insert("database".into(), p.primary.database_url.dbname.clone().into());
+        d.insert("sessions_ended".into(), ended.into());
+        d.insert("primary_lsn".into(), lsn.clone().into());
+        // Journaled at once: rollback unfences what this says was fenced, even if the run dies now.
+        log.sent(d).await?;
+        log.summary(format!(
+            "{}: connections to {} disallowed, {ended} sessions ended, final LSN {lsn}",
+            p.primary.name, p.primary.database_url.dbname
+        ));
+        cx.run.report("primary_fenced", true);
+        cx.run.report("primary_lsn", lsn);
+        Ok(())
+    }
+    async fn verify(&self, _cx: &Ctx) -> Result<()> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct WaitReplay {
+    pair: Pair,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl Step for WaitReplay {
+    fn id(&self) -> &'static str {
+        "wait-replay"
+    }
+    async fn is_done(&self, cx: &Ctx) -> Result<bool> {
+        self.pair.promoted(cx).await
+    }
+    async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
+        let p = &self.pair;
+        let Some(target) = cx
+            .run
+            .report_field("primary_lsn")
+            .and_then(|v| v.as_str().map(str::to_string))
+            .or_else(|| cx.run.sent("fence-primary").and_then(|s| s["primary_lsn"].as_str().map(str::to_string)))
+        else {
+            log.summary("the old primary was not fenced: nothing known to wait for");
+            return Ok(());
+        };
+        let env = p.env_maint().await?;
+        let replayed = wait_for(
+            &format!("the fence of {} (final LSN {target})", p.primary.name),
+            self.timeout,
+            POLL_EVERY,
+            || async {
+                let r: Option<String> =
+                    env.query_one("SELECT pg_last_wal_replay_lsn()::text", &[]).await.map_err(p.env_err())?.get(0);
+                let Some(r) = r else { return Ok(None) };
+                let behind = lsn_diff(&env, &target, &r).await.map_err(p.env_err())?;
+                Ok((behind <= 0).then_some(r))
+            },
+        )
+        .await?;
+        log.set("replayed_lsn", replayed.clone());
+        log.summary(format!("{} replayed up to {replayed}, the fenced primary's end {target}", p.env.name));
+        Ok(())
+    }
+    async fn verify(&self, _cx: &Ctx) -> Result<()> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Promote {
+    pair: Pair,
+}
+
+#[async_trait]
+impl Step for Promote {
+    fn id(&self) -> &'static str {
+        "promote"
+    }
+    async fn is_done(&self, cx: &Ctx) -> Result<bool> {
+        self.pair.promoted(cx).await
+    }
+    async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
+        let p = &self.pair;
+        let env = p.env_maint().await?;
+        if p.in_recovery(&env).await? {
+            let ok: bool = env.query_one("SELECT pg_promote(true, 60)", &[]).await.map_err(p.env_err())?.get(0);
+            if !ok {
+                return Err(Error::step(self.id(), format!("pg_promote on {} did not finish within 60 s", p.env.name)));
+            }
+        }
+        // The journal's record that drctl promoted it (the fold keeps it: `declared-role`).
+        log.set("promoted", p.env.name.clone());
+        let lsn: String = env.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(p.env_err())?.get(0);
+        log.set("lsn_at_promotion", lsn.clone());
+        log.summary(format!("{} is a primary (LSN {lsn})", p.env.name));
+        cx.run.report("promoted", json!(p.env.name));
+        cx.run.report("lsn_at_promotion", lsn);
+        Ok(())
+    }
+    async fn verify(&self, _cx: &Ctx) -> Result<()> {
+        let p = &self.pair;
+        let env = p.env_maint().await?;
+        if p.in_recovery(&env).await? {
+            return Err(Error::step(self.id(), format!("{} is still in recovery after pg_promote", p.env.name)));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Unfence {
+    pair: Pair,
+}
+
+impl Unfence {
+    async fn allows_connections(&self) -> Result<bool> {
+        let p = &self.pair;
+        let env = p.env_maint().await?;
+        Ok(env
+            .query_one("SELECT datallowconn FROM pg_database WHERE datname = $1", &[&p.db()])
+            .await
+            .map_err(p.env_err())?
+            .get(0))
+    }
+}
+
+#[async_trait]
+impl Step for Unfence {
+    fn id(&self) -> &'static str {
+        "unfence-target"
+    }
+    async fn is_done(&self, _cx: &Ctx) -> Result<bool> {
+        self.allows_connections().await
+    }
+    async fn apply(&self, _cx: &Ctx, log: &mut StepLog) -> Result<()> {
+        let p = &self.pair;
+        let env = p.env_maint().await?;
+        env.batch_execute(&format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(p.db())))
+            .await
+            .map_err(p.env_err())?;
+        log.summary(format!("connections to {} on {} allowed again (the fence had replicated)", p.db(), p.env.name));
+        Ok(())
+    }
+    async fn verify(&self, cx: &Ctx) -> Result<()> {
+        // ENV accepts a write in its app database: a temp table in a transaction rolled back.
+        let p = &self.pair;
+        let c = pg::connect(&p.env.database_url).await?;
+        c.batch_execute("BEGIN; CREATE TEMP TABLE drctl_probe (x int); INSERT INTO drctl_probe VALUES (1); ROLLBACK")
+            .await
+            .map_err(|e| pg::db_error(&p.env.database_url, &e))?;
+        cx.run.report("writable", true);
+        Ok(())
+    }
+}
