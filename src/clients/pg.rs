@@ -16,6 +16,8 @@
 //! retry in plain text after a failed handshake: tokio-postgres falls back only when the server
 //! declines TLS.
 
+pub mod replication;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

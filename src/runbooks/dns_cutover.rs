@@ -162,15 +162,9 @@ impl PointRecord {
         if to.replica_of.is_some() {
             let lag = async {
                 let c = crate::clients::pg::connect(&to.database_url).await?;
-                let row = c
-                    .query_one(
-                        "SELECT pg_is_in_recovery(), \
-                         pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint",
-                        &[],
-                    )
+                crate::clients::pg::replication::role_and_lag(&c)
                     .await
-                    .map_err(|e| crate::clients::pg::db_error(&to.database_url, &e))?;
-                Ok::<_, Error>((row.get::<_, bool>(0), row.get::<_, Option<i64>>(1)))
+                    .map_err(|e| crate::clients::pg::db_error(&to.database_url, &e))
             };
             return match lag.await {
                 Ok((false, _)) => Check::pass(ID, format!("{} is promoted: it holds everything it replayed", to.name)),

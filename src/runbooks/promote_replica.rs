@@ -17,13 +17,13 @@ use async_trait::async_trait;
 use serde_json::{Map, json};
 
 use crate::clients::pg;
+use crate::clients::pg::replication as repl;
 use crate::config::EnvConfig;
 use crate::ctx::Ctx;
 use crate::engine::run::{Confirm, Runbook};
 use crate::engine::runctx::wait_for;
 use crate::engine::step::{Check, Step, StepLog};
 use crate::error::{Error, Result};
-use crate::runbooks::backup::quote_ident;
 use crate::runbooks::sync::target::maintenance_url;
 
 /// How often ENV is asked how far it replayed while it catches up with the fenced primary.
@@ -89,7 +89,7 @@ impl Pair {
         move |e| pg::db_error(&maintenance_url(&self.env), &e)
     }
     async fn in_recovery(&self, c: &tokio_postgres::Client) -> Result<bool> {
-        Ok(c.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(self.env_err())?.get(0))
+        repl::in_recovery(c).await.map_err(self.env_err())
     }
     /// Whether the promotion is done: ENV out of recovery and this drctl's journal says it did it
     /// (a primary not in recovery that drctl never promoted is a misdeclared env, not "done").
@@ -106,11 +106,6 @@ async fn promoted_by_drctl(cx: &Ctx, env: &str) -> Result<bool> {
     }
     let state = cx.journal.state().await?;
     Ok(state.promoted.contains(env))
-}
-
-/// `SELECT pg_wal_lsn_diff(a, b)` in bytes, computed by the server that answers.
-async fn lsn_diff(c: &tokio_postgres::Client, a: &str, b: &str) -> std::result::Result<i64, tokio_postgres::Error> {
-    Ok(c.query_one("SELECT pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn)::bigint", &[&a, &b]).await?.get(0))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -153,8 +148,8 @@ impl Step for FencePrimary {
         }
         let role =
             Check::pass("declared-role", format!("{} is in recovery: a replica of {}", p.env.name, p.primary.name));
-        let replay: Option<String> = match env.query_one("SELECT pg_last_wal_replay_lsn()::text", &[]).await {
-            Ok(r) => r.get(0),
+        let replay = match repl::replay_lsn(&env).await {
+            Ok(r) => r,
             Err(e) => return vec![role, Check::fail("replica-lag", pg::describe(&e))],
         };
         let lag = match p.primary_maint().await {
@@ -167,29 +162,25 @@ impl Step for FencePrimary {
                     replay.as_deref().unwrap_or("?")
                 ),
             ),
-            Ok(primary) => {
-                let current: std::result::Result<String, _> =
-                    primary.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map(|r| r.get(0));
-                match (current, replay) {
-                    (Ok(cur), Some(rep)) => match lsn_diff(&primary, &cur, &rep).await {
-                        Ok(bytes) if bytes.max(0) as u64 <= p.max_lag => Check::pass(
-                            "replica-lag",
-                            format!("{} is {bytes} bytes behind {} ({rep} of {cur})", p.env.name, p.primary.name),
-                        ),
-                        Ok(bytes) => Check::fail(
-                            "replica-lag",
-                            format!(
-                                "{} is {bytes} bytes behind {} ({rep} of {cur}), beyond policy.max_replica_lag_bytes \
+            Ok(primary) => match (repl::current_lsn(&primary).await, replay) {
+                (Ok(cur), Some(rep)) => match repl::lsn_diff(&primary, &cur, &rep).await {
+                    Ok(bytes) if bytes.max(0) as u64 <= p.max_lag => Check::pass(
+                        "replica-lag",
+                        format!("{} is {bytes} bytes behind {} ({rep} of {cur})", p.env.name, p.primary.name),
+                    ),
+                    Ok(bytes) => Check::fail(
+                        "replica-lag",
+                        format!(
+                            "{} is {bytes} bytes behind {} ({rep} of {cur}), beyond policy.max_replica_lag_bytes \
                                  {}: promoting now would wait for, or lose, that much",
-                                p.env.name, p.primary.name, p.max_lag
-                            ),
+                            p.env.name, p.primary.name, p.max_lag
                         ),
-                        Err(e) => Check::fail("replica-lag", pg::describe(&e)),
-                    },
-                    (Ok(_), None) => Check::fail("replica-lag", format!("{} reports no replay position", p.env.name)),
-                    (Err(e), _) => Check::fail("replica-lag", pg::describe(&e)),
-                }
-            }
+                    ),
+                    Err(e) => Check::fail("replica-lag", pg::describe(&e)),
+                },
+                (Ok(_), None) => Check::fail("replica-lag", format!("{} reports no replay position", p.env.name)),
+                (Err(e), _) => Check::fail("replica-lag", pg::describe(&e)),
+            },
         };
         vec![role, lag]
     }
@@ -209,23 +200,10 @@ impl Step for FencePrimary {
                 return Ok(());
             }
         };
-        let db = quote_ident(&p.primary.database_url.dbname);
-        let lit = crate::runbooks::sync::target::quote_literal(&p.primary.database_url.dbname);
         let err = |e: tokio_postgres::Error| pg::db_error(&maintenance_url(&p.primary), &e);
         // New connections refused first, then the sessions there ended: nothing more is written.
-        primary.batch_execute(&format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false")).await.map_err(err)?;
-        let ended: i64 = primary
-            .query_one(
-                &format!(
-                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
-                     WHERE datname = {lit} AND pid <> pg_backend_pid()"
-                ),
-                &[],
-            )
-            .await
-            .map_err(err)?
-            .get(0);
-        let lsn: String = primary.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(err)?.get(0);
+        let ended = repl::fence(&primary, &p.primary.database_url.dbname).await.map_err(err)?;
+        let lsn = repl::current_lsn(&primary).await.map_err(err)?;
         let mut d = Map::new();
         d.insert("fenced".into(), true.into());
         d.insert("primary".into(), p.primary.name.clone().into());
@@ -279,10 +257,8 @@ impl Step for WaitReplay {
             self.timeout,
             POLL_EVERY,
             || async {
-                let r: Option<String> =
-                    env.query_one("SELECT pg_last_wal_replay_lsn()::text", &[]).await.map_err(p.env_err())?.get(0);
-                let Some(r) = r else { return Ok(None) };
-                let behind = lsn_diff(&env, &target, &r).await.map_err(p.env_err())?;
+                let Some(r) = repl::replay_lsn(&env).await.map_err(p.env_err())? else { return Ok(None) };
+                let behind = repl::lsn_diff(&env, &target, &r).await.map_err(p.env_err())?;
                 Ok((behind <= 0).then_some(r))
             },
         )
@@ -314,14 +290,13 @@ impl Step for Promote {
         let p = &self.pair;
         let env = p.env_maint().await?;
         if p.in_recovery(&env).await? {
-            let ok: bool = env.query_one("SELECT pg_promote(true, 60)", &[]).await.map_err(p.env_err())?.get(0);
-            if !ok {
+            if !repl::promote(&env, 60).await.map_err(p.env_err())? {
                 return Err(Error::step(self.id(), format!("pg_promote on {} did not finish within 60 s", p.env.name)));
             }
         }
         // The journal's record that drctl promoted it (the fold keeps it: `declared-role`).
         log.set("promoted", p.env.name.clone());
-        let lsn: String = env.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(p.env_err())?.get(0);
+        let lsn = repl::current_lsn(&env).await.map_err(p.env_err())?;
         log.set("lsn_at_promotion", lsn.clone());
         log.summary(format!("{} is a primary (LSN {lsn})", p.env.name));
         cx.run.report("promoted", json!(p.env.name));
@@ -348,11 +323,7 @@ impl Unfence {
     async fn allows_connections(&self) -> Result<bool> {
         let p = &self.pair;
         let env = p.env_maint().await?;
-        Ok(env
-            .query_one("SELECT datallowconn FROM pg_database WHERE datname = $1", &[&p.db()])
-            .await
-            .map_err(p.env_err())?
-            .get(0))
+        Ok(repl::allows_connections(&env, p.db()).await.map_err(p.env_err())?.unwrap_or(false))
     }
 }
 
@@ -367,9 +338,7 @@ impl Step for Unfence {
     async fn apply(&self, _cx: &Ctx, log: &mut StepLog) -> Result<()> {
         let p = &self.pair;
         let env = p.env_maint().await?;
-        env.batch_execute(&format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(p.db())))
-            .await
-            .map_err(p.env_err())?;
+        repl::unfence(&env, p.db()).await.map_err(p.env_err())?;
         log.summary(format!("connections to {} on {} allowed again (the fence had replicated)", p.db(), p.env.name));
         Ok(())
     }
@@ -377,9 +346,7 @@ impl Step for Unfence {
         // ENV accepts a write in its app database: a temp table in a transaction rolled back.
         let p = &self.pair;
         let c = pg::connect(&p.env.database_url).await?;
-        c.batch_execute("BEGIN; CREATE TEMP TABLE drctl_probe (x int); INSERT INTO drctl_probe VALUES (1); ROLLBACK")
-            .await
-            .map_err(|e| pg::db_error(&p.env.database_url, &e))?;
+        repl::write_probe(&c).await.map_err(|e| pg::db_error(&p.env.database_url, &e))?;
         cx.run.report("writable", true);
         Ok(())
     }

@@ -107,7 +107,7 @@ async fn row(cx: &Ctx, env: &EnvConfig, state: &State, now: SystemTime, rpo: Dur
     match pg::connect(&env.database_url).await {
         Ok(c) => {
             r.reachable = true;
-            match role_and_lag(&c).await {
+            match pg::replication::role_and_lag(&c).await {
                 Ok((in_recovery, lag)) => {
                     let promoted = state.promoted.contains(&env.name);
                     r.role = Some(declared_role(env, in_recovery, promoted));
@@ -183,27 +183,5 @@ fn declared_role(env: &EnvConfig, in_recovery: bool, promoted: bool) -> &'static
         (false, _) if promoted && env.replica_of.is_some() => "promoted",
         (false, Some(_)) => "standby",
         (false, None) => "primary",
-    }
-}
-
-/// Whether the server is in recovery, and replication lag in bytes: the largest replay lag among
-/// a primary's streaming replicas (none: null), or a replica's received-but-not-replayed WAL.
-async fn role_and_lag(c: &tokio_postgres::Client) -> Result<(bool, Option<i64>), tokio_postgres::Error> {
-    let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0);
-    if in_recovery {
-        let lag: Option<i64> = c
-            .query_one("SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint", &[])
-            .await?
-            .get(0);
-        Ok((true, lag))
-    } else {
-        let lag: Option<i64> = c
-            .query_one(
-                "SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn))::bigint FROM pg_stat_replication",
-                &[],
-            )
-            .await?
-            .get(0);
-        Ok((false, lag))
     }
 }
