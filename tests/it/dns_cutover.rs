@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::clients::{ELB_ZONE, alias_set, cname_set, sdk, upsert, zone};
 use crate::harness::TestDir;
-use crate::harness::drctl::{Drctl, RunResult};
+use crate::harness::drctl::Drctl;
 use crate::harness::fault_proxy::FaultProxy;
 use crate::harness::http::Health;
 use crate::harness::moto::Moto;
@@ -102,18 +102,6 @@ impl Setup {
     }
 }
 
-/// The preflight check `id` of a run's report.
-fn check(r: &RunResult, id: &str) -> Value {
-    let doc = r.json();
-    doc["preflight"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == id)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {id}: {doc}"))
-}
-
 #[test]
 fn a_cname_moves_to_the_target_with_the_previous_record_journaled_and_a_rerun_is_already_done() {
     let s = setup("cut_cname", false, "");
@@ -126,7 +114,7 @@ fn a_cname_moves_to_the_target_with_the_previous_record_journaled_and_a_rerun_is
     assert_eq!(doc["target"], STG_ALB);
     assert!(doc["cached_answers_expire_by"].is_string(), "{doc}");
     for id in ["record-exists", "target-healthy", "cors", "tls", "standby-fresh"] {
-        assert_eq!(check(&r, id)["ok"], true, "{id}: {doc}");
+        assert_eq!(r.check(id)["ok"], true, "{id}: {doc}");
     }
     assert!(s.health.requests() >= 2, "the health URL was asked twice in a row");
 
@@ -165,8 +153,8 @@ fn an_unhealthy_target_or_a_refused_confirmation_changes_nothing() {
     let s = setup("cut_refuse", false, "");
     s.health.set_status(503);
     let r = s.drctl().args(["dns-cutover", "--to", "staging", "--yes", "-o", "json"]).run().expect_code(3);
-    assert_eq!(check(&r, "target-healthy")["ok"], false);
-    assert!(check(&r, "target-healthy")["detail"].as_str().unwrap().contains("503"), "{}", r.stdout);
+    assert_eq!(r.check("target-healthy")["ok"], false);
+    assert!(r.check("target-healthy")["detail"].as_str().unwrap().contains("503"), "{}", r.stdout);
     assert_eq!(s.target(RrType::Cname).as_deref(), Some(PROD_ALB));
     assert!(s.journal().iter().any(|e| e["event"] == "preflight-failed"));
 
@@ -188,7 +176,7 @@ fn a_stale_standby_is_refused_unless_accepted_and_the_waiver_is_journaled() {
     // Declared a warm standby of prod and never synced: its data age is unknown, so not fresh.
     let s = setup("cut_stale", false, "sync_from = \"prod\"\n");
     let r = s.drctl().args(["dns-cutover", "--to", "staging", "--yes", "-o", "json"]).run().expect_code(3);
-    let c = check(&r, "standby-fresh");
+    let c = r.check("standby-fresh");
     assert_eq!(c["ok"], false);
     assert!(c["detail"].as_str().unwrap().contains("never synced"), "{c}");
     assert_eq!(s.target(RrType::Cname).as_deref(), Some(PROD_ALB));
@@ -250,40 +238,19 @@ fn a_change_still_pending_past_the_deadline_is_exit_6_and_reruns_wait_on_it_even
 
 #[test]
 fn on_a_tty_the_checks_and_the_plan_come_before_the_prompt_and_the_typed_name_proceeds() {
-    use std::io::{Read, Write};
     let s = setup("cut_tty", false, "");
     let cmd = format!(
         "stty cols 160 rows 50; {} -c {} dns-cutover --to staging --no-progress",
         env!("CARGO_BIN_EXE_drctl"),
         s.config.display()
     );
-    // `script` gives drctl a pseudo-terminal for stdin and stderr, as an operator's shell would.
-    let mut child = std::process::Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn script");
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out);
-        out
+    let envs =
+        [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_EC2_METADATA_DISABLED", "true")];
+    // Answered once the prompt is there (the checks take well under 5 s); nothing sent before.
+    let (status, screen) = crate::harness::on_tty(&cmd, &envs, std::time::Duration::from_secs(5), b"staging\n", || {
+        assert_eq!(s.target(RrType::Cname).as_deref(), Some(PROD_ALB), "nothing sent before the answer");
     });
-    let mut stdin = child.stdin.take().unwrap();
-    // Answer once the prompt is there (the checks take well under this).
-    std::thread::sleep(std::time::Duration::from_secs(5));
-    assert_eq!(s.target(RrType::Cname).as_deref(), Some(PROD_ALB), "nothing sent before the answer");
-    let _ = stdin.write_all(b"staging\n");
-    let _ = stdin.flush();
-    let status = child.wait().unwrap();
-    drop(stdin);
-    let screen = reader.join().unwrap();
-    assert_eq!(status.code(), Some(0), "{screen}");
+    assert_eq!(status, Some(0), "{screen}");
     let prompt = screen.find("Type the env name").unwrap_or_else(|| panic!("no prompt:\n{screen}"));
     let checks = screen.find("target-healthy").unwrap_or_else(|| panic!("no checks:\n{screen}"));
     let plan = screen.find("pending").unwrap_or_else(|| panic!("no plan:\n{screen}"));

@@ -48,17 +48,6 @@ impl Pair {
     }
 }
 
-fn check(r: &RunResult, id: &str) -> serde_json::Value {
-    let doc = r.json();
-    doc["preflight"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == id)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {id}: {doc}"))
-}
-
 #[test]
 fn with_the_primary_up_it_is_fenced_the_replica_catches_up_is_promoted_and_writable() {
     let p = pair("");
@@ -70,7 +59,7 @@ fn with_the_primary_up_it_is_fenced_the_replica_catches_up_is_promoted_and_writa
     assert_eq!(doc["status"], "ok", "{doc}");
     assert_eq!(doc["primary_fenced"], true, "{doc}");
     assert_eq!(doc["writable"], true, "{doc}");
-    assert_eq!(check(&r, "replica-lag")["ok"], true);
+    assert_eq!(r.check("replica-lag")["ok"], true);
     assert_eq!(p.replica.psql("app", "SELECT pg_is_in_recovery()"), "f");
     assert_eq!(p.replica.psql("app", "SELECT count(*) FROM t"), "5000", "every row written before the fence");
     p.replica.psql("app", "INSERT INTO t VALUES (5001)");
@@ -101,7 +90,7 @@ fn with_the_primary_down_it_is_promoted_and_reported_not_fenced() {
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let doc = r.json();
     assert_eq!(doc["primary_fenced"], false, "{doc}");
-    let lag = check(&r, "replica-lag");
+    let lag = r.check("replica-lag");
     assert_eq!(lag["ok"], true, "an unreachable primary never refuses the run: {lag}");
     assert!(lag["detail"].as_str().unwrap().contains("does not answer"), "{lag}");
     let fence = doc["steps"].as_array().unwrap().iter().find(|s| s["step"] == "fence-primary").unwrap().clone();
@@ -118,7 +107,7 @@ fn lag_beyond_the_limit_is_refused_with_the_figure_unless_accepted() {
     p.primary.psql("app", "INSERT INTO t SELECT generate_series(101, 2000);");
     let r = p.promote(&[]);
     assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
-    let lag = check(&r, "replica-lag");
+    let lag = r.check("replica-lag");
     assert!(lag["detail"].as_str().unwrap().contains("bytes behind"), "{lag}");
     assert_eq!(p.replica.psql("postgres", "SELECT pg_is_in_recovery()"), "t", "nothing changed");
     assert!(p.primary.try_psql("app", "SELECT 1").is_ok(), "the primary was not fenced");
@@ -133,7 +122,7 @@ fn lag_beyond_the_limit_is_refused_with_the_figure_unless_accepted() {
         p.promote(&["--accept", "replica-lag"])
     });
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert_eq!(check(&r, "replica-lag")["accepted"], true);
+    assert_eq!(r.check("replica-lag")["accepted"], true);
     assert_eq!(p.replica.psql("app", "SELECT count(*) FROM t"), "2000", "it waited for the replay");
     let log = p.drctl().args(["log", "-o", "json"]).run().expect_code(0).json();
     let started = log["entries"].as_array().unwrap().iter().find(|e| e["event"] == "run-started").unwrap().clone();

@@ -619,30 +619,15 @@ fn on_a_tty_the_checks_and_the_plan_come_before_the_prompt() {
         env!("CARGO_BIN_EXE_drctl"),
         p.config.display()
     );
-    // `script` gives drctl a pseudo-terminal for stdin and stderr, as an operator's shell would.
-    let mut child = std::process::Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .env("TEST_PG_PASSWORD", pg().password())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn script");
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    // Answer only once the prompt is there; a wrong name refuses (exit 2) and changes nothing.
-    let mut stdin = child.stdin.take().unwrap();
-    std::thread::sleep(Duration::from_secs(8));
-    let _ = stdin.write_all(b"not-staging\n");
-    let _ = stdin.flush();
-    let status = child.wait().unwrap();
-    drop(stdin);
-    let screen = reader.join().unwrap();
-    assert_eq!(status.code(), Some(2), "{screen}");
+    // Answered only once the prompt is there; a wrong name refuses (exit 2) and changes nothing.
+    let (status, screen) = crate::harness::on_tty(
+        &cmd,
+        &[("TEST_PG_PASSWORD", pg().password())],
+        Duration::from_secs(8),
+        b"not-staging\n",
+        || {},
+    );
+    assert_eq!(status, Some(2), "{screen}");
     let prompt = screen.find("Type the env name").unwrap_or_else(|| panic!("no prompt:\n{screen}"));
     let checks = screen.find("target-reachable").unwrap_or_else(|| panic!("no checks:\n{screen}"));
     let plan = screen.find("pending").unwrap_or_else(|| panic!("no plan:\n{screen}"));

@@ -187,6 +187,16 @@ impl RunResult {
             .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e})\n{}", self.dump()))
     }
 
+    /// The preflight check `id` of the run's JSON report; panics naming it when it is not there.
+    pub fn check(&self, id: &str) -> serde_json::Value {
+        let doc = self.json();
+        doc["preflight"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["check"] == id))
+            .unwrap_or_else(|| panic!("no check {id} in {doc}"))
+            .clone()
+    }
+
     fn dump(&self) -> String {
         format!("--- stdout ---\n{}\n--- stderr ---\n{}", self.stdout, self.stderr)
     }

@@ -87,3 +87,38 @@ pub fn wait_until(timeout: std::time::Duration, mut ready: impl FnMut() -> bool)
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Run `cmd` (a shell command line) with a pseudo-terminal for its stdin and stderr, as an
+/// operator's shell would give it (`script`), with `envs` added; after `wait`, call `before` (what
+/// must hold while the prompt waits) and type `answer`. Returns the exit code and the whole screen.
+pub fn on_tty(
+    cmd: &str,
+    envs: &[(&str, &str)],
+    wait: std::time::Duration,
+    answer: &[u8],
+    before: impl FnOnce(),
+) -> (Option<i32>, String) {
+    use std::io::{Read, Write};
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", cmd, "/dev/null"])
+        .envs(envs.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn script");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(wait);
+    before();
+    let _ = stdin.write_all(answer);
+    let _ = stdin.flush();
+    let status = child.wait().unwrap();
+    drop(stdin);
+    (status.code(), reader.join().unwrap())
+}
