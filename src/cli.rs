@@ -174,8 +174,11 @@ pub enum Command {
     /// policy.promote_timeout exit 6), promote (pg_promote), unfence-target (the fence replicated
     /// to ENV: its app database allows connections again, and ENV must accept a write).
     ///
+    /// With data_dir set for the old primary (drctl runs on its host), the fence is its server
+    /// stopped instead (pg_ctl stop -m fast, as the data directory's owner when drctl runs as root).
+    ///
     /// Locks env:ENV. Asks for the env's name on a TTY; off a TTY it needs --yes. Not built yet:
-    /// RDS read replicas (rds_instance) and stopping the old primary's server (data_dir).
+    /// RDS read replicas (rds_instance; refused).
     PromoteReplica(EnvArg),
 
     /// Point [dns].record at ENV's dns_target: checked, one atomic change, INSYNC, read back

@@ -45,6 +45,41 @@ impl PgTools {
         }
     }
 
+    /// `pg_ctl stop -m fast -w` of the server in `data_dir` (on this host): sessions are ended,
+    /// the WAL is flushed to the streaming replicas, and the server exits. pg_ctl refuses to run
+    /// as root, so as root it runs as the data directory's owner (`runuser`), as an operator would.
+    pub async fn stop_server(&self, data_dir: &Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let pg_ctl = self.path("pg_ctl");
+        let meta = std::fs::metadata(data_dir).map_err(|e| Error::io(data_dir.display(), e))?;
+        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+            let owner = user_name(meta.uid()).ok_or_else(|| {
+                Error::step(
+                    "pg_ctl stop",
+                    format!("{}: its owner (uid {}) has no user name", data_dir.display(), meta.uid()),
+                )
+            })?;
+            let mut c = tokio::process::Command::new("runuser");
+            c.args(["-u", &owner, "--"]).arg(&pg_ctl);
+            c
+        } else {
+            tokio::process::Command::new(&pg_ctl)
+        };
+        cmd.args(["stop", "-m", "fast", "-w", "-t", "60", "-D"]).arg(data_dir);
+        for (key, _) in std::env::vars_os() {
+            if key.to_str().is_some_and(|k| k.starts_with("PG")) {
+                cmd.env_remove(key);
+            }
+        }
+        let out =
+            cmd.stdin(Stdio::null()).kill_on_drop(true).output().await.map_err(|e| Error::io(pg_ctl.display(), e))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(Error::step("pg_ctl stop", format!("{} stop -D {}: {}", pg_ctl.display(), data_dir.display(), err.trim())))
+    }
+
     /// Major version of `tool` from `tool --version` (e.g. 15 from "pg_dump (PostgreSQL) 15.18").
     pub async fn major_version(&self, tool: &str) -> Result<u32> {
         let mut run = self.spawn(tool, &["--version"], None, false)?;
@@ -191,6 +226,21 @@ fn parse_major(version_output: &str) -> Option<u32> {
     let token = version_output.split_whitespace().find(|t| t.starts_with(|c: char| c.is_ascii_digit()))?;
     let digits: String = token.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
+}
+
+/// The user name of `uid` (getpwuid_r), for running a tool as a data directory's owner.
+fn user_name(uid: u32) -> Option<String> {
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes only into `pwd` and `buf`, whose sizes it is given.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc != 0 || result.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name points at a NUL-terminated string inside `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@
 //! fence is a catalog change, so it replicates: right after `pg_promote` drctl allows connections
 //! to ENV's app database again and proves ENV accepts a write.
 //!
-//! Not built yet: RDS read replicas (`rds_instance`: PromoteReadReplica and its wait), and stopping
-//! the old primary's server instead (`data_dir`); an env with `rds_instance` is refused.
+//! With `data_dir` set for the old primary (drctl runs on its host and manages its server), the
+//! fence is `pg_ctl stop -m fast` instead. Not built yet: RDS read replicas (`rds_instance`:
+//! PromoteReadReplica and its wait); such an env is refused.
 
 use std::time::Duration;
 
@@ -201,21 +202,45 @@ impl Step for FencePrimary {
             }
         };
         let err = |e: tokio_postgres::Error| pg::db_error(&maintenance_url(&p.primary), &e);
-        // New connections refused first, then the sessions there ended: nothing more is written.
-        let ended = repl::fence(&primary, &p.primary.database_url.dbname).await.map_err(err)?;
-        let lsn = repl::current_lsn(&primary).await.map_err(err)?;
         let mut d = Map::new();
         d.insert("fenced".into(), true.into());
         d.insert("primary".into(), p.primary.name.clone().into());
         d.insert("database".into(), p.primary.database_url.dbname.clone().into());
-        d.insert("sessions_ended".into(), ended.into());
+        let (lsn, summary) = match &p.primary.data_dir {
+            // drctl manages the old primary's server: stopping it is the surest fence. A fast
+            // shutdown ends the sessions and sends the replicas all WAL before it exits.
+            Some(dir) => {
+                let lsn = repl::current_lsn(&primary).await.map_err(err)?;
+                drop(primary);
+                crate::clients::pgtools::PgTools::new(p.primary.pg_bin.as_deref()).stop_server(dir).await?;
+                d.insert("how".into(), "server stopped".into());
+                d.insert("data_dir".into(), dir.display().to_string().into());
+                (
+                    lsn.clone(),
+                    format!(
+                        "{}: server stopped (pg_ctl stop -m fast -D {}), final LSN {lsn}",
+                        p.primary.name,
+                        dir.display()
+                    ),
+                )
+            }
+            None => {
+                // New connections refused first, then the sessions there ended: nothing more is written.
+                let ended = repl::fence(&primary, &p.primary.database_url.dbname).await.map_err(err)?;
+                let lsn = repl::current_lsn(&primary).await.map_err(err)?;
+                d.insert("how".into(), "connections disallowed".into());
+                d.insert("sessions_ended".into(), ended.into());
+                let summary = format!(
+                    "{}: connections to {} disallowed, {ended} sessions ended, final LSN {lsn}",
+                    p.primary.name, p.primary.database_url.dbname
+                );
+                (lsn, summary)
+            }
+        };
         d.insert("primary_lsn".into(), lsn.clone().into());
         // Journaled at once: rollback unfences what this says was fenced, even if the run dies now.
         log.sent(d).await?;
-        log.summary(format!(
-            "{}: connections to {} disallowed, {ended} sessions ended, final LSN {lsn}",
-            p.primary.name, p.primary.database_url.dbname
-        ));
+        log.summary(summary);
         cx.run.report("primary_fenced", true);
         cx.run.report("primary_lsn", lsn);
         Ok(())

@@ -18,6 +18,11 @@ struct Pair {
 /// A primary with database `app` (table `t`, 100 rows), a streaming replica of it, and a config
 /// naming them `prod` and `rep` (`replica_of = "prod"`); `policy` goes into `[policy]`.
 fn pair(policy: &str) -> Pair {
+    pair_with(policy, false)
+}
+
+/// The same; with `managed`, prod declares its `data_dir` (drctl manages its server).
+fn pair_with(policy: &str, managed: bool) -> Pair {
     let primary = Cluster::start_new();
     primary.create_db("app");
     primary.psql("app", "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100);");
@@ -27,11 +32,16 @@ fn pair(policy: &str) -> Pair {
     let dir = TestDir::new();
     let config = dir.write_config(&format!(
         "[store]\nurl = \"file://{}/store\"\n\n[policy]\npromote_timeout = \"30s\"\n{policy}\n\n\
-         [environments.prod]\ndatabase_url = \"postgres://postgres:${{PAIR_PG_PASSWORD}}@127.0.0.1:{}/app?sslmode=disable\"\n\n\
+         [environments.prod]\ndatabase_url = \"postgres://postgres:${{PAIR_PG_PASSWORD}}@127.0.0.1:{}/app?sslmode=disable\"\n{}\n\
          [environments.rep]\ndatabase_url = \"postgres://postgres:${{PAIR_PG_PASSWORD}}@127.0.0.1:{}/app?sslmode=disable\"\n\
          replica_of = \"prod\"\n",
         dir.path().display(),
         primary.port,
+        if managed {
+            format!("data_dir = \"{}\"\npg_bin = \"{}\"\n", primary.data_dir.display(), primary.bin_dir().display())
+        } else {
+            String::new()
+        },
         replica.port
     ));
     Pair { primary, replica, dir, config }
@@ -127,4 +137,20 @@ fn lag_beyond_the_limit_is_refused_with_the_figure_unless_accepted() {
     let log = p.drctl().args(["log", "-o", "json"]).run().expect_code(0).json();
     let started = log["entries"].as_array().unwrap().iter().find(|e| e["event"] == "run-started").unwrap().clone();
     assert_eq!(started["details"]["accepted"][0]["check"], "replica-lag", "{started}");
+}
+
+#[test]
+fn with_data_dir_declared_the_old_primary_is_fenced_by_stopping_its_server() {
+    let p = pair_with("", true);
+    p.primary.psql("app", "INSERT INTO t SELECT generate_series(101, 3000);");
+    let r = p.promote(&[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["primary_fenced"], true, "{}", r.stdout);
+    let gone = p.primary.try_psql("postgres", "SELECT 1").unwrap_err();
+    assert!(gone.contains("Connection refused") || gone.contains("connection refused"), "the server is down: {gone}");
+    assert_eq!(p.replica.psql("app", "SELECT count(*) FROM t"), "3000", "everything before the stop");
+    let log = p.drctl().args(["log", "-o", "json"]).run().expect_code(0).json();
+    let sent = log["entries"].as_array().unwrap().iter().find(|e| e["event"] == "step-sent").unwrap().clone();
+    assert_eq!(sent["details"]["how"], "server stopped", "{sent}");
+    assert_eq!(sent["details"]["data_dir"], p.primary.data_dir.display().to_string());
 }
