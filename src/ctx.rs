@@ -34,6 +34,11 @@ impl Ctx {
         crate::clients::dns::Route53Dns::new(self.aws.route53().await)
     }
 
+    /// RDS, through the process's one AWS config.
+    pub async fn rds_api(&self) -> crate::clients::rds::SdkRds {
+        crate::clients::rds::SdkRds::new(self.aws.rds().await)
+    }
+
     /// `live`: `None` without `[dns]`; otherwise whether `[dns].record` points at `env`'s
     /// dns_target now, and what it points at (for messages).
     pub async fn is_live(&self, env: &crate::config::EnvConfig) -> crate::error::Result<Option<(bool, String)>> {

@@ -1,6 +1,7 @@
 //! drctl: disaster-recovery runbooks for PostgreSQL on AWS, as idempotent, preflight-checked steps.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod catalog;
 pub mod cli;
 pub mod clients;
 pub mod config;

@@ -28,7 +28,7 @@ use std::fmt;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use aws_sdk_route53::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_route53::error::ProvideErrorMetadata;
 use aws_sdk_route53::operation::change_resource_record_sets::ChangeResourceRecordSetsError;
 use aws_sdk_route53::types::{
     AliasTarget as SdkAliasTarget, Change, ChangeAction, ChangeBatch, ChangeStatus as SdkChangeStatus, ResourceRecord,
@@ -37,6 +37,10 @@ use aws_sdk_route53::types::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+// `pub(crate)` only because rds.rs still imports it from here: make this a plain `use` once rds.rs
+// names `crate::clients::aws_problem`.
+pub(crate) use super::aws_problem;
 
 /// The record types `[dns] type` allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -478,30 +482,6 @@ fn record_changed_error(zone_id: &str, rs: &RecordSet, detail: &str) -> Error {
 
 fn status_error(id: &ChangeId, problem: String) -> Error {
     Error::Unreachable { what: format!("Route 53 change {id}"), problem }
-}
-
-/// An SDK error as one line: the service's code and message (`NoSuchHostedZone: No hosted zone
-/// found with ID: Z1`), or for a request that got no answer, why. Shared with rds.rs. Never a
-/// secret: a signature error's message quotes the canonical request, which holds the session token
-/// of temporary credentials, so only its code is kept.
-pub(crate) fn aws_problem<E, R>(service: &str, e: &SdkError<E, R>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: fmt::Debug,
-{
-    match (e.code(), e.message()) {
-        (Some(c @ ("SignatureDoesNotMatch" | "IncompleteSignature")), _) => {
-            format!("{c}: {service} refused the request's signature (check this host's clock and AWS credentials)")
-        }
-        (Some(c), Some(m)) => format!("{c}: {m}"),
-        (Some(c), None) => c.to_string(),
-        (None, _) => match e {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-                format!("{service} could not be reached: {}", DisplayErrorContext(e))
-            }
-            _ => DisplayErrorContext(e).to_string(),
-        },
-    }
 }
 
 /// A test double for [`Dns`], for the runbooks' tests of what moto cannot stage: changes that stay

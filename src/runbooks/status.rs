@@ -6,12 +6,12 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
+use crate::catalog;
 use crate::clients::pg;
 use crate::config::EnvConfig;
 use crate::ctx::Ctx;
 use crate::error::Error;
 use crate::journal::fold::State;
-use crate::runbooks::backup::catalog;
 use crate::runbooks::check::health;
 
 struct Row {

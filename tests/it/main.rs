@@ -2,6 +2,7 @@
 //! and moto_server, started once per process by `harness`.
 
 mod backup;
+mod check;
 mod cli;
 mod clients;
 mod config;

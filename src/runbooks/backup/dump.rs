@@ -17,7 +17,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::catalog::ObjectRef;
+use crate::catalog::ObjectRef;
 use crate::error::{Error, Result};
 use crate::output::progress::Progress;
 use crate::store::Store;

@@ -3,7 +3,7 @@
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use super::catalog;
+use crate::catalog;
 use crate::ctx::Ctx;
 use crate::error::Result;
 use crate::output::table::{bytes, ms, new_table};

@@ -4,7 +4,6 @@
 //! failures went unnoticed and whose half-written dumps looked like good ones. Here a backup exists
 //! only once its commit entry is in the journal; everything before that is invisible and cleaned up.
 
-pub mod catalog;
 pub mod dump;
 pub mod list;
 pub mod prune;
@@ -17,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use self::catalog::{Manifest, TableCount, backup_prefix, manifest_key, sha256_hex};
+use crate::catalog::{self, Manifest, TableCount, backup_prefix, manifest_key, sha256_hex};
 use crate::clients::{pg, pgtools::PgTools};
 use crate::config::EnvConfig;
 use crate::ctx::Ctx;

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::catalog::Committed;
 use super::{CleanPartial, live_run_ids};
+use crate::catalog::Committed;
 use crate::config::{EnvConfig, Retention};
 use crate::ctx::Ctx;
 use crate::engine::run::Runbook;

@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use self::target::{MAX_DB_NAME, NEW_SUFFIX, PREV_SUFFIX, maintenance_url};
-use super::backup::catalog::{self, Manifest, manifest_key};
 use super::backup::{self, CleanPartial, Commit, Shared, WriteManifest, quote_ident};
+use crate::catalog::{self, Manifest, manifest_key};
 use crate::clients::{pg, pgtools::PgTools};
 use crate::config::EnvConfig;
 use crate::ctx::Ctx;

@@ -18,10 +18,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::toc::{self, Parsed, SeqValue};
 use super::{Restored, State};
+use crate::catalog::{LogicalDump, Manifest, TableCount, backup_prefix};
 use crate::clients::{pg, pgtools::PgTools};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::runbooks::backup::catalog::{LogicalDump, Manifest, TableCount, backup_prefix};
 use crate::runbooks::backup::{DumpSnapshot, count_rows, dump, export_snapshot, leaf_tables};
 
 const CHUNK: usize = 1 << 20;

@@ -19,7 +19,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::backup::catalog;
+use crate::catalog;
 use crate::cli::VerifyChainArgs;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};

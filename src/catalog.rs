@@ -1,6 +1,12 @@
-//! Which backups exist: the journal's `backup-done` entries (the commit) without a later
-//! `backup-pruned` (folded into `journal::fold::State`), and their manifests. Read by backup
-//! list, prune, verify-chain, status and sync.
+//! The backups' format in the store: where a backup's objects and `manifest.json` live
+//! (`backups/<env>/<id>/`), what a manifest holds, and reading a committed manifest back with the
+//! sha256 the journal pinned it to. Which backups exist is the journal's to say: its `backup-done`
+//! entries (the commit) without a later `backup-pruned`, folded into `journal::fold::State`.
+//!
+//! It sits beside journal.rs, not in the backup runbook, because it is on-store format shared by
+//! the runbooks (backup and sync write it; backup list and prune, verify-chain, status and sync read
+//! it), and with the journal it defines what a committed backup is. The commands stay apart from
+//! the format they store, as pgBackRest keeps `src/info/` apart from `src/command/`.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -62,7 +68,7 @@ pub struct LogicalDump<'a> {
     pub run_id: &'a str,
     pub started: std::time::SystemTime,
     pub elapsed: std::time::Duration,
-    pub stored: super::dump::Stored,
+    pub stored: crate::runbooks::backup::dump::Stored,
     pub tables: Vec<TableCount>,
 }
 
