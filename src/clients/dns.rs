@@ -38,9 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-// `pub(crate)` only because rds.rs still imports it from here: make this a plain `use` once rds.rs
-// names `crate::clients::aws_problem`.
-pub(crate) use super::aws_problem;
+use super::aws_problem;
 
 /// The record types `[dns] type` allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

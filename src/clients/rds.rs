@@ -18,7 +18,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::clients::dns::aws_problem;
+use crate::clients::aws_problem;
 use crate::error::{Error, Result};
 
 /// An RDS DB instance as promote-replica needs to see it.
