@@ -177,8 +177,12 @@ pub enum Command {
     /// With data_dir set for the old primary (drctl runs on its host), the fence is its server
     /// stopped instead (pg_ctl stop -m fast, as the data directory's owner when drctl runs as root).
     ///
-    /// Locks env:ENV. Asks for the env's name on a TTY; off a TTY it needs --yes. Not built yet:
-    /// RDS read replicas (rds_instance; refused).
+    /// An RDS read replica (rds_instance set) is promoted by PromoteReadReplica instead of
+    /// pg_promote, journaled as sent before the wait; drctl then polls every 2 s until RDS shows it
+    /// available with no source instance (policy.promote_timeout; past it exit 6, and a rerun waits
+    /// on the same promotion without sending another). declared-role asks RDS whether it is a replica.
+    ///
+    /// Locks env:ENV. Asks for the env's name on a TTY; off a TTY it needs --yes.
     PromoteReplica(EnvArg),
 
     /// Point [dns].record at ENV's dns_target: checked, one atomic change, INSYNC, read back

@@ -84,7 +84,11 @@ pub async fn dispatch(cx: &Ctx, command: &Command) -> Done {
             }
         }
         Command::PromoteReplica(a) => {
-            match cx.config.resolve_env(a.env.as_deref()).and_then(|env| promote_replica::promote_replica(cx, env)) {
+            let rb = match cx.config.resolve_env(a.env.as_deref()) {
+                Ok(env) => promote_replica::promote_replica(cx, env).await,
+                Err(e) => Err(e),
+            };
+            match rb {
                 Ok(rb) => Done::Run(execute(cx, rb).await),
                 Err(e) => Done::doc(Err(e)),
             }

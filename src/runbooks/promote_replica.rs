@@ -9,8 +9,12 @@
 //! to ENV's app database again and proves ENV accepts a write.
 //!
 //! With `data_dir` set for the old primary (drctl runs on its host and manages its server), the
-//! fence is `pg_ctl stop -m fast` instead. Not built yet: RDS read replicas (`rds_instance`:
-//! PromoteReadReplica and its wait); such an env is refused.
+//! fence is `pg_ctl stop -m fast` instead. An RDS read replica (`rds_instance`) is promoted by
+//! PromoteReadReplica, journaled as sent before the wait, then waited for until RDS shows it
+//! `available` with no source instance (a status read right after the call still says
+//! `available`, so both are required); a rerun waits on the same promotion, never sends it again.
+
+use std::sync::Arc;
 
 use std::time::Duration;
 
@@ -19,6 +23,7 @@ use serde_json::{Map, json};
 
 use crate::clients::pg;
 use crate::clients::pg::replication as repl;
+use crate::clients::rds::{InstanceInfo, Rds};
 use crate::config::EnvConfig;
 use crate::ctx::Ctx;
 use crate::engine::run::{Confirm, Runbook};
@@ -29,8 +34,10 @@ use crate::runbooks::sync::target::maintenance_url;
 
 /// How often ENV is asked how far it replayed while it catches up with the fenced primary.
 const POLL_EVERY: Duration = Duration::from_millis(500);
+/// How often RDS is asked whether the promotion finished (it takes minutes).
+const POLL_RDS: Duration = Duration::from_secs(2);
 
-pub fn promote_replica(cx: &Ctx, env: &EnvConfig) -> Result<Runbook> {
+pub async fn promote_replica(cx: &Ctx, env: &EnvConfig) -> Result<Runbook> {
     let file = cx.config.file.display().to_string();
     let Some(primary) = &env.replica_of else {
         return Err(Error::config(
@@ -41,15 +48,12 @@ pub fn promote_replica(cx: &Ctx, env: &EnvConfig) -> Result<Runbook> {
             ),
         ));
     };
-    if env.rds_instance.is_some() {
-        return Err(Error::usage(format!(
-            "promote-replica of an RDS read replica ({}: rds_instance) is not built yet",
-            env.name
-        ))
-        .with_hint("promote it with `aws rds promote-read-replica` and wait until it is available"));
-    }
     let primary = cx.config.env(primary)?.clone();
-    let pair = Pair { env: env.clone(), primary, max_lag: cx.config.policy.max_replica_lag_bytes };
+    let rds = match &env.rds_instance {
+        Some(id) => Some(RdsTarget { id: id.clone(), api: Arc::new(cx.rds_api().await) }),
+        None => None,
+    };
+    let pair = Pair { env: env.clone(), primary, max_lag: cx.config.policy.max_replica_lag_bytes, rds };
     let mut rb = Runbook::new("promote-replica", Some(&env.name), format!("--env {}", env.name))
         .lock(format!("env:{}", env.name))
         .resumable();
@@ -63,7 +67,7 @@ pub fn promote_replica(cx: &Ctx, env: &EnvConfig) -> Result<Runbook> {
         .step(FencePrimary { pair: pair.clone() })
         // ENV has replayed everything the fenced primary wrote: the promotion loses nothing.
         .step(WaitReplay { pair: pair.clone(), timeout })
-        .step(Promote { pair: pair.clone() })
+        .step(Promote { pair: pair.clone(), timeout })
         // The fence replicated to ENV with everything else: lift it there, then prove ENV writes.
         .step(Unfence { pair }))
 }
@@ -73,6 +77,23 @@ struct Pair {
     env: EnvConfig,
     primary: EnvConfig,
     max_lag: u64,
+    /// ENV's RDS instance, when RDS manages it: its role and promotion go through the RDS API.
+    rds: Option<RdsTarget>,
+}
+
+#[derive(Clone)]
+struct RdsTarget {
+    id: String,
+    api: Arc<dyn Rds>,
+}
+
+impl RdsTarget {
+    async fn describe(&self) -> Result<InstanceInfo> {
+        self.api.describe(&self.id).await?.ok_or_else(|| Error::Unreachable {
+            what: format!("RDS instance {}", self.id),
+            problem: "RDS has no such instance (rds_instance)".into(),
+        })
+    }
 }
 
 impl Pair {
@@ -92,11 +113,25 @@ impl Pair {
     async fn in_recovery(&self, c: &tokio_postgres::Client) -> Result<bool> {
         repl::in_recovery(c).await.map_err(self.env_err())
     }
-    /// Whether the promotion is done: ENV out of recovery and this drctl's journal says it did it
-    /// (a primary not in recovery that drctl never promoted is a misdeclared env, not "done").
+    /// Whether ENV is a replica now: RDS's word for an RDS instance, else `pg_is_in_recovery()`.
+    async fn is_replica(&self) -> Result<bool> {
+        match &self.rds {
+            Some(r) => Ok(r.describe().await?.is_replica()),
+            None => {
+                let c = self.env_maint().await?;
+                self.in_recovery(&c).await
+            }
+        }
+    }
+    /// Whether the promotion is done: ENV no replica (an RDS instance also `available` again) and
+    /// this drctl's journal says it did it (a primary that drctl never promoted is a misdeclared
+    /// env, not "done").
     async fn promoted(&self, cx: &Ctx) -> Result<bool> {
-        let c = self.env_maint().await?;
-        Ok(!self.in_recovery(&c).await? && promoted_by_drctl(cx, &self.env.name).await?)
+        let done = match &self.rds {
+            Some(r) => r.describe().await.map(|i| !i.is_replica() && i.is_available())?,
+            None => !self.is_replica().await?,
+        };
+        Ok(done && promoted_by_drctl(cx, &self.env.name).await?)
     }
 }
 
@@ -129,11 +164,17 @@ impl Step for FencePrimary {
             Ok(c) => c,
             Err(e) => return vec![Check::fail("db-reachable", e.to_string())],
         };
-        let in_recovery = match p.in_recovery(&env).await {
+        let in_recovery = match p.is_replica().await {
             Ok(r) => r,
             Err(e) => return vec![Check::fail("declared-role", e.to_string())],
         };
         if !in_recovery {
+            if let (Some(old), Some(_)) = (cx.run.resumes(), cx.run.sent("promote")) {
+                return vec![Check::pass(
+                    "declared-role",
+                    format!("{} is being promoted by run {old}, which this run resumes", p.env.name),
+                )];
+            }
             return vec![match promoted_by_drctl(cx, &p.env.name).await {
                 Ok(true) => Check::pass("declared-role", format!("{} is promoted (by drctl, journaled)", p.env.name)),
                 Ok(false) => Check::fail(
@@ -186,8 +227,9 @@ impl Step for FencePrimary {
         vec![role, lag]
     }
     async fn is_done(&self, cx: &Ctx) -> Result<bool> {
-        // Once ENV is promoted the fence has done its work (and rollback's to undo).
-        self.pair.promoted(cx).await
+        // Once ENV is promoted, or its promotion sent, the fence has done its work (and rollback's
+        // to undo): fencing again would write WAL that ENV, no longer replicating, never gets.
+        Ok(cx.run.sent("promote").is_some() || self.pair.promoted(cx).await?)
     }
     async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
         let p = &self.pair;
@@ -263,7 +305,7 @@ impl Step for WaitReplay {
         "wait-replay"
     }
     async fn is_done(&self, cx: &Ctx) -> Result<bool> {
-        self.pair.promoted(cx).await
+        Ok(cx.run.sent("promote").is_some() || self.pair.promoted(cx).await?)
     }
     async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
         let p = &self.pair;
@@ -301,6 +343,35 @@ impl Step for WaitReplay {
 
 struct Promote {
     pair: Pair,
+    timeout: Duration,
+}
+
+impl Promote {
+    /// PromoteReadReplica, journaled as sent before the wait; a rerun finds it and only waits.
+    async fn promote_rds(&self, cx: &Ctx, r: &RdsTarget, log: &mut StepLog) -> Result<()> {
+        if cx.run.sent(self.id()).is_none() {
+            if r.describe().await?.is_replica()
+                && let Err(e) = r.api.promote_read_replica(&r.id).await
+            {
+                // The SDK retries a call whose answer was lost; if the lost one took, RDS
+                // refuses the retry. A replica still `available` means it did not take.
+                let now = r.describe().await?;
+                if now.is_replica() && now.is_available() {
+                    return Err(e);
+                }
+            }
+            let mut d = Map::new();
+            d.insert("rds_instance".into(), r.id.clone().into());
+            log.sent(d).await?;
+        }
+        let info = wait_for(&format!("RDS PromoteReadReplica of {}", r.id), self.timeout, POLL_RDS, || async {
+            let i = r.describe().await?;
+            Ok((!i.is_replica() && i.is_available()).then_some(i))
+        })
+        .await?;
+        log.set("rds_status", info.status);
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -309,12 +380,26 @@ impl Step for Promote {
         "promote"
     }
     async fn is_done(&self, cx: &Ctx) -> Result<bool> {
+        // A promotion sent by the run this one resumes is done only once RDS says so: apply waits.
+        if cx.run.sent(self.id()).is_some() {
+            return Ok(false);
+        }
         self.pair.promoted(cx).await
     }
     async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
         let p = &self.pair;
+        if let Some(r) = &p.rds {
+            self.promote_rds(cx, r, log).await?;
+        }
         let env = p.env_maint().await?;
-        if p.in_recovery(&env).await? {
+        if p.rds.is_none() && p.in_recovery(&env).await? {
+            // Journaled first: a rerun after a crash right after pg_promote finds ENV out of
+            // recovery, and must know that was this run, not a misdeclared env.
+            if cx.run.sent(self.id()).is_none() {
+                let mut d = Map::new();
+                d.insert("pg_promote".into(), p.env.name.clone().into());
+                log.sent(d).await?;
+            }
             if !repl::promote(&env, 60).await.map_err(p.env_err())? {
                 return Err(Error::step(self.id(), format!("pg_promote on {} did not finish within 60 s", p.env.name)));
             }
@@ -330,9 +415,8 @@ impl Step for Promote {
     }
     async fn verify(&self, _cx: &Ctx) -> Result<()> {
         let p = &self.pair;
-        let env = p.env_maint().await?;
-        if p.in_recovery(&env).await? {
-            return Err(Error::step(self.id(), format!("{} is still in recovery after pg_promote", p.env.name)));
+        if p.is_replica().await? {
+            return Err(Error::step(self.id(), format!("{} is still a replica after its promotion", p.env.name)));
         }
         Ok(())
     }

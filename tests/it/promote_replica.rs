@@ -81,7 +81,10 @@ fn with_the_primary_up_it_is_fenced_the_replica_catches_up_is_promoted_and_writa
     // Journaled: the fence (with the primary's final LSN) before the wait, then the promotion.
     let log = p.drctl().args(["log", "-o", "json"]).run().expect_code(0).json();
     let entries = log["entries"].as_array().unwrap();
-    let sent = entries.iter().find(|e| e["event"] == "step-sent").expect("the fence journaled");
+    let sent = entries
+        .iter()
+        .find(|e| e["event"] == "step-sent" && e["details"]["step"] == "fence-primary")
+        .expect("the fence journaled");
     assert_eq!(sent["details"]["step"], "fence-primary");
     assert!(sent["details"]["primary_lsn"].is_string(), "{sent}");
 
@@ -150,7 +153,119 @@ fn with_data_dir_declared_the_old_primary_is_fenced_by_stopping_its_server() {
     assert!(gone.contains("Connection refused") || gone.contains("connection refused"), "the server is down: {gone}");
     assert_eq!(p.replica.psql("app", "SELECT count(*) FROM t"), "3000", "everything before the stop");
     let log = p.drctl().args(["log", "-o", "json"]).run().expect_code(0).json();
-    let sent = log["entries"].as_array().unwrap().iter().find(|e| e["event"] == "step-sent").unwrap().clone();
+    let sent = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "step-sent" && e["details"]["step"] == "fence-primary")
+        .unwrap()
+        .clone();
     assert_eq!(sent["details"]["how"], "server stopped", "{sent}");
     assert_eq!(sent["details"]["data_dir"], p.primary.data_dir.display().to_string());
+}
+
+/// A primary and a read replica in moto's RDS, standing for the local pair: ids (primary, replica).
+fn rds_pair() -> (String, String) {
+    let client = aws_sdk_rds::Client::new(&crate::clients::sdk());
+    let primary = crate::harness::unique_name("rdsp").replace('_', "-");
+    let replica = crate::harness::unique_name("rdsr").replace('_', "-");
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        client
+            .create_db_instance()
+            .db_instance_identifier(&primary)
+            .engine("postgres")
+            .db_instance_class("db.t3.micro")
+            .allocated_storage(20)
+            .master_username("app")
+            .master_user_password("not-a-secret-1")
+            .send()
+            .await
+            .expect("CreateDBInstance");
+        client
+            .create_db_instance_read_replica()
+            .db_instance_identifier(&replica)
+            .source_db_instance_identifier(&primary)
+            .send()
+            .await
+            .expect("CreateDBInstanceReadReplica");
+    });
+    (primary, replica)
+}
+
+#[test]
+fn an_rds_read_replica_is_promoted_through_the_api_waited_for_and_never_promoted_twice() {
+    use crate::harness::fault_proxy::{FaultProxy, RdsSim};
+    let p = pair("");
+    let (rds_primary, rds_replica) = rds_pair();
+    // RDS's states in front of moto: `modifying` for a while after PromoteReadReplica, then
+    // `available` with no source; the promotion itself is the local replica's pg_promote.
+    let proxy = FaultProxy::start(crate::harness::moto::Moto::shared().port, 0);
+    let (psql, port, pw) = (p.replica.bin_dir().join("psql"), p.replica.port, p.primary.password().to_string());
+    proxy.simulate_rds(RdsSim {
+        modifying_describes: 1_000,
+        on_promote: Box::new(move |_| {
+            let out = std::process::Command::new(&psql)
+                .args([
+                    "-X",
+                    "-A",
+                    "-t",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-p",
+                    &port.to_string(),
+                    "-d",
+                    "postgres",
+                ])
+                .args(["-c", "SELECT pg_promote()"])
+                .env("PGPASSWORD", &pw)
+                .env("PGSSLMODE", "disable")
+                .output()
+                .expect("psql");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }),
+    });
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    let text = text
+        .replace("[policy]\npromote_timeout = \"30s\"", "[policy]\npromote_timeout = \"3s\"")
+        .replace("[environments.prod]\n", &format!("[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n[environments.prod]\nrds_instance = \"{rds_primary}\"\n", proxy.endpoint()))
+        .replace("replica_of = \"prod\"\n", &format!("replica_of = \"prod\"\nrds_instance = \"{rds_replica}\"\n"));
+    // An instance RDS says is no replica, and drctl never promoted: refused, nothing sent.
+    let bad = p.dir.write(
+        "bad.toml",
+        &text.replace(&format!("rds_instance = \"{rds_replica}\""), &format!("rds_instance = \"{rds_primary}\"")),
+    );
+    let r = Drctl::new()
+        .config(&bad)
+        .env("PAIR_PG_PASSWORD", p.primary.password())
+        .args(["promote-replica", "--env", "rep", "--yes", "-o", "json"])
+        .run();
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.check("declared-role")["ok"], false, "{}", r.stdout);
+    assert_eq!(proxy.stats().rds_promotes, 0);
+    std::fs::write(&p.config, text).unwrap();
+
+    // Still modifying past promote_timeout: exit 6, the promotion journaled as sent.
+    let r = p.promote(&[]);
+    assert_eq!(r.code, 6, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(proxy.stats().rds_promotes, 1);
+    let log = p.drctl().args(["log", "-o", "json"]).run().expect_code(0).json();
+    let sent: Vec<serde_json::Value> =
+        log["entries"].as_array().unwrap().iter().filter(|e| e["event"] == "step-sent").cloned().collect();
+    assert!(
+        sent.iter().any(|e| e["details"]["step"] == "promote" && e["details"]["rds_instance"] == rds_replica.as_str()),
+        "{sent:?}"
+    );
+
+    // RDS finishes: the rerun waits on the same promotion, never sends another, and completes.
+    proxy.rds_finish_promotions();
+    let r = p.promote(&[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["writable"], true, "{}", r.stdout);
+    assert_eq!(proxy.stats().rds_promotes, 1, "PromoteReadReplica once in two runs");
+    assert_eq!(p.replica.psql("app", "SELECT pg_is_in_recovery()"), "f");
+    let again = p.promote(&[]);
+    assert_eq!(again.json()["status"], "already_done", "{}", again.stdout);
+    assert_eq!(proxy.stats().rds_promotes, 1);
 }

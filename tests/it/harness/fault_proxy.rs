@@ -72,6 +72,24 @@ pub struct Stats {
     pub route53_changes: u64,
     /// Route 53 GetChange requests the proxy answered PENDING itself.
     pub route53_pending_answers: u64,
+    /// RDS PromoteReadReplica requests seen (with `simulate_rds`).
+    pub rds_promotes: u64,
+}
+
+/// RDS's promotion as moto does not model it (moto promotes at once and keeps reporting the
+/// replica's source): after PromoteReadReplica of an instance, DescribeDBInstances of it answers
+/// `modifying` for `modifying_describes` calls, then `available` with no source instance.
+/// `on_promote` runs once per instance, on the proxy's thread, when its first PromoteReadReplica
+/// arrives: the test promotes the PostgreSQL replica that stands in for the instance.
+pub struct RdsSim {
+    pub modifying_describes: u32,
+    pub on_promote: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+struct RdsState {
+    sim: RdsSim,
+    /// Promoted instance → describes still answering `modifying`.
+    remaining: HashMap<String, u32>,
 }
 
 struct Shared {
@@ -80,6 +98,7 @@ struct Shared {
     every: u64,
     /// Answer Route 53 GetChange with PENDING instead of moto's immediate INSYNC.
     route53_pending: AtomicBool,
+    rds: Mutex<Option<RdsState>>,
     seen: AtomicU64,
     stats: Mutex<Stats>,
     /// One line per request, for a failing test's message.
@@ -106,6 +125,7 @@ impl FaultProxy {
             upstream: SocketAddr::from(([127, 0, 0, 1], upstream_port)),
             every,
             route53_pending: AtomicBool::new(false),
+            rds: Mutex::new(None),
             seen: AtomicU64::new(0),
             stats: Mutex::new(Stats::default()),
             log: Mutex::new(Vec::new()),
@@ -139,6 +159,18 @@ impl FaultProxy {
     /// once): a change that never finishes propagating, for exit 6 and resume-by-waiting tests.
     pub fn route53_pending(&self, on: bool) {
         self.shared.route53_pending.store(on, Ordering::SeqCst);
+    }
+
+    /// Model RDS's promotion states in front of moto (see `RdsSim`).
+    pub fn simulate_rds(&self, sim: RdsSim) {
+        *lock(&self.shared.rds) = Some(RdsState { sim, remaining: HashMap::new() });
+    }
+
+    /// Every promotion in progress finishes: the next describe shows it available, no source.
+    pub fn rds_finish_promotions(&self) {
+        if let Some(st) = lock(&self.shared.rds).as_mut() {
+            st.remaining.values_mut().for_each(|n| *n = 0);
+        }
     }
 
     /// The last `n` request lines (`#seq METHOD path -> outcome`).
@@ -406,6 +438,12 @@ fn serve(shared: &Shared, client: TcpStream) -> io::Result<()> {
             writer.flush()?;
             continue;
         }
+        if method == "POST" && (path == "/" || path.starts_with("/?")) && lock(&shared.rds).is_some() {
+            rds_exchange(shared, &req, &mut reader, &mut writer)?;
+            lock(&shared.stats).forwarded += 1;
+            shared.note(format!("#{seq} {method} {path} -> RDS (simulated states)"));
+            continue;
+        }
         let fault = (shared.every > 0 && seq.is_multiple_of(shared.every))
             .then(|| ROTATION[((seq / shared.every - 1) % ROTATION.len() as u64) as usize]);
         {
@@ -566,6 +604,110 @@ fn exchange(
         client_w.flush()?;
         return Ok(framed);
     }
+}
+
+/// `application/x-www-form-urlencoded` decoding of one value.
+fn form_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = (b[i] == b'%' && i + 2 < b.len())
+            .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .flatten();
+        match (b[i], hex) {
+            (_, Some(x)) => {
+                out.push(x);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, None) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One RDS Query API request with `simulate_rds` on: read whole (the action is in the form body),
+/// forwarded to moto, and its answer rewritten where moto does not model RDS's promotion states.
+fn rds_exchange(
+    shared: &Shared,
+    req: &Head,
+    client_r: &mut BufReader<TcpStream>,
+    client_w: &mut TcpStream,
+) -> io::Result<()> {
+    let mut body = Vec::new();
+    {
+        let mut sink: Option<&mut dyn Write> = Some(&mut body);
+        copy_body(client_r, &mut sink, req)?;
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let field = |name: &str| {
+        text.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| form_decode(v)))
+    };
+    let (action, id) = (field("Action").unwrap_or_default(), field("DBInstanceIdentifier").unwrap_or_default());
+    if action == "PromoteReadReplica" {
+        lock(&shared.stats).rds_promotes += 1;
+        let mut g = lock(&shared.rds);
+        let st = g.as_mut().expect("simulate_rds is on");
+        if !st.remaining.contains_key(&id) {
+            st.remaining.insert(id.clone(), st.sim.modifying_describes);
+            (st.sim.on_promote)(&id);
+        }
+    }
+    // To moto, on a fresh connection, with the body as read.
+    let up = TcpStream::connect_timeout(&shared.upstream, Duration::from_secs(5))?;
+    up.set_read_timeout(Some(IDLE_TIMEOUT))?;
+    let mut up_w = up.try_clone()?;
+    let mut up_r = BufReader::new(up.try_clone()?);
+    let len = format!("Content-Length: {}", body.len());
+    up_w.write_all(&req.encode(
+        &["connection", "keep-alive", "expect", "content-length", "transfer-encoding"],
+        &["Connection: close", &len],
+    ))?;
+    up_w.write_all(&body)?;
+    up_w.flush()?;
+    let resp = read_head(&mut up_r)?.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "moto closed"))?;
+    let mut answer = Vec::new();
+    match resp.content_length()? {
+        Some(n) => {
+            let mut sink: Option<&mut dyn Write> = Some(&mut answer);
+            copy_exact(&mut up_r, &mut sink, n)?;
+        }
+        None => {
+            up_r.read_to_end(&mut answer)?;
+        }
+    }
+    let _ = up.shutdown(Shutdown::Both);
+    if action == "DescribeDBInstances" {
+        let mut g = lock(&shared.rds);
+        let st = g.as_mut().expect("simulate_rds is on");
+        if let Some(left) = st.remaining.get_mut(&id) {
+            let mut xml = String::from_utf8_lossy(&answer).into_owned();
+            if *left > 0 {
+                *left -= 1;
+                xml = xml.replace(
+                    "<DBInstanceStatus>available</DBInstanceStatus>",
+                    "<DBInstanceStatus>modifying</DBInstanceStatus>",
+                );
+            } else if let (Some(a), Some(b)) = (
+                xml.find("<ReadReplicaSourceDBInstanceIdentifier>"),
+                xml.find("</ReadReplicaSourceDBInstanceIdentifier>"),
+            ) {
+                xml.replace_range(a..b + "</ReadReplicaSourceDBInstanceIdentifier>".len(), "");
+            }
+            answer = xml.into_bytes();
+        }
+    }
+    let len = format!("Content-Length: {}", answer.len());
+    client_w.write_all(&resp.encode(&["connection", "keep-alive", "content-length", "transfer-encoding"], &[&len]))?;
+    client_w.write_all(&answer)?;
+    client_w.flush()
 }
 
 #[cfg(test)]
