@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 
 use crate::clients::dns::{AliasTarget, ChangeId, ChangeStatus, Dns, RecordSet, RecordType, record_changed};
 use crate::config::{DnsConfig, EnvConfig};
@@ -24,6 +24,8 @@ use crate::error::{Error, Result};
 use crate::runbooks::check::health;
 
 /// How often GetChange is asked while waiting for INSYNC (Route 53 takes about a minute).
+/// Throttling and PriorRequestNotComplete answers are retried with backoff by the SDK itself
+/// (aws-runtime classifies both as throttling; clients/aws.rs allows 10 attempts).
 const POLL_EVERY: Duration = Duration::from_secs(2);
 
 pub async fn dns_cutover(cx: &Ctx, to: &EnvConfig) -> Result<Runbook> {
@@ -387,10 +389,6 @@ impl Step for PointRecord {
     }
 }
 
-/// What the previous record was, as dns-cutover journaled it: for `rollback`.
-pub fn journaled_previous(details: &Value) -> Option<Option<RecordSet>> {
-    serde_json::from_value(details.get("previous")?.clone()).ok()
-}
 
 /// An error with its causes (reqwest's own line hides why a TLS handshake failed).
 fn error_chain(e: &dyn std::error::Error) -> String {
