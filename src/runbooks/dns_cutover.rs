@@ -389,7 +389,6 @@ impl Step for PointRecord {
     }
 }
 
-
 /// An error with its causes (reqwest's own line hides why a TLS handshake failed).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

@@ -4,9 +4,9 @@
 use serde_json::Value;
 
 use crate::clients::{cname_set, sdk, upsert, zone};
+use crate::harness::TestDir;
 use crate::harness::drctl::{Drctl, RunResult};
 use crate::harness::moto::Moto;
-use crate::harness::{TestDir, unique_name};
 
 const PROD_ALB: &str = "prod-alb-123.us-east-1.elb.amazonaws.com";
 
@@ -25,24 +25,13 @@ fn check(r: &RunResult, target: &str, id: &str) -> Value {
 #[test]
 fn dns_zone_and_rds_instance_pass_on_what_exists_and_name_what_does_not() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let instance = unique_name("chk-rds").replace('_', "-");
-    let (zone_id, record) = rt.block_on(async {
+    let (zone_id, record, instance) = rt.block_on(async {
         let r53 = aws_sdk_route53::Client::new(&sdk());
         let (zone_id, zone_name) = zone(&r53, "chk").await;
         let record = format!("app.{zone_name}");
         upsert(&r53, &zone_id, cname_set(&record, 300, PROD_ALB)).await;
-        aws_sdk_rds::Client::new(&sdk())
-            .create_db_instance()
-            .db_instance_identifier(&instance)
-            .engine("postgres")
-            .db_instance_class("db.t3.micro")
-            .allocated_storage(20)
-            .master_username("app")
-            .master_user_password("not-a-secret-1")
-            .send()
-            .await
-            .expect("CreateDBInstance");
-        (zone_id, record)
+        let instance = crate::clients::rds_instance(&aws_sdk_rds::Client::new(&sdk()), "chk-rds").await;
+        (zone_id, record, instance)
     });
     let dir = TestDir::new();
     // The databases do not answer (db-reachable fails, exit 3): only the AWS checks are looked at.

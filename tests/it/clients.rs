@@ -186,14 +186,12 @@ async fn a_change_whose_delete_no_longer_matches_is_refused_as_a_concurrent_edit
 
 // --- RDS --------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn rds_describes_a_primary_and_its_replica_and_promotes_the_replica() {
-    let client = aws_sdk_rds::Client::new(&sdk());
-    let primary = unique_name("rds-p").replace('_', "-");
-    let replica = unique_name("rds-r").replace('_', "-");
+/// A PostgreSQL RDS instance in moto, `<prefix>-<unique>`; its id.
+pub(crate) async fn rds_instance(client: &aws_sdk_rds::Client, prefix: &str) -> String {
+    let id = unique_name(prefix).replace('_', "-");
     client
         .create_db_instance()
-        .db_instance_identifier(&primary)
+        .db_instance_identifier(&id)
         .engine("postgres")
         .db_instance_class("db.t3.micro")
         .allocated_storage(20)
@@ -202,6 +200,13 @@ async fn rds_describes_a_primary_and_its_replica_and_promotes_the_replica() {
         .send()
         .await
         .expect("CreateDBInstance");
+    id
+}
+
+/// A primary and its read replica in moto's RDS: (primary id, replica id).
+pub(crate) async fn rds_pair(client: &aws_sdk_rds::Client, prefix: &str) -> (String, String) {
+    let primary = rds_instance(client, &format!("{prefix}-p")).await;
+    let replica = unique_name(&format!("{prefix}-r")).replace('_', "-");
     client
         .create_db_instance_read_replica()
         .db_instance_identifier(&replica)
@@ -209,6 +214,13 @@ async fn rds_describes_a_primary_and_its_replica_and_promotes_the_replica() {
         .send()
         .await
         .expect("CreateDBInstanceReadReplica");
+    (primary, replica)
+}
+
+#[tokio::test]
+async fn rds_describes_a_primary_and_its_replica_and_promotes_the_replica() {
+    let client = aws_sdk_rds::Client::new(&sdk());
+    let (primary, replica) = rds_pair(&client, "rds").await;
     let rds = SdkRds::new(client);
 
     let p = rds.describe(&primary).await.unwrap().expect("the primary");

@@ -164,39 +164,13 @@ fn with_data_dir_declared_the_old_primary_is_fenced_by_stopping_its_server() {
     assert_eq!(sent["details"]["data_dir"], p.primary.data_dir.display().to_string());
 }
 
-/// A primary and a read replica in moto's RDS, standing for the local pair: ids (primary, replica).
-fn rds_pair() -> (String, String) {
-    let client = aws_sdk_rds::Client::new(&crate::clients::sdk());
-    let primary = crate::harness::unique_name("rdsp").replace('_', "-");
-    let replica = crate::harness::unique_name("rdsr").replace('_', "-");
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-        client
-            .create_db_instance()
-            .db_instance_identifier(&primary)
-            .engine("postgres")
-            .db_instance_class("db.t3.micro")
-            .allocated_storage(20)
-            .master_username("app")
-            .master_user_password("not-a-secret-1")
-            .send()
-            .await
-            .expect("CreateDBInstance");
-        client
-            .create_db_instance_read_replica()
-            .db_instance_identifier(&replica)
-            .source_db_instance_identifier(&primary)
-            .send()
-            .await
-            .expect("CreateDBInstanceReadReplica");
-    });
-    (primary, replica)
-}
-
 #[test]
 fn an_rds_read_replica_is_promoted_through_the_api_waited_for_and_never_promoted_twice() {
     use crate::harness::fault_proxy::{FaultProxy, RdsSim};
     let p = pair("");
-    let (rds_primary, rds_replica) = rds_pair();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (rds_primary, rds_replica) =
+        rt.block_on(crate::clients::rds_pair(&aws_sdk_rds::Client::new(&crate::clients::sdk()), "prm"));
     // RDS's states in front of moto: `modifying` for a while after PromoteReadReplica, then
     // `available` with no source; the promotion itself is the local replica's pg_promote.
     let proxy = FaultProxy::start(crate::harness::moto::Moto::shared().port, 0);
