@@ -257,3 +257,35 @@ fn on_a_tty_the_checks_and_the_plan_come_before_the_prompt_and_the_typed_name_pr
     assert!(checks < prompt && plan < prompt, "the checks and the plan come first:\n{screen}");
     assert_eq!(s.target(RrType::Cname).as_deref(), Some(STG_ALB));
 }
+
+#[test]
+fn tls_passes_for_a_certificate_valid_for_the_record_name_and_fails_naming_it_otherwise() {
+    let s = setup("cut_tls", false, "");
+    let record = s.record.clone();
+    for (names, ok) in [(vec!["localhost", record.as_str()], true), (vec!["localhost"], false)] {
+        let pki = TestDir::new();
+        let (ca, cert, key) = crate::harness::http::test_pki(pki.path(), &names);
+        let port = crate::harness::http::start_https(&cert, &key);
+        // staging's health URL is https on localhost (the certificate's other name).
+        let text = std::fs::read_to_string(&s.config)
+            .unwrap()
+            .replace(&s.health.url(), &format!("https://localhost:{port}/health"));
+        std::fs::write(&s.config, text).unwrap();
+        let r = s
+            .drctl()
+            .env("SSL_CERT_FILE", &ca)
+            .args(["dns-cutover", "--to", "staging", "--dry-run", "-o", "json"])
+            .run();
+        let tls = r.check("tls");
+        assert_eq!(tls["ok"], ok, "{tls}\n{}", r.stderr);
+        assert_eq!(r.check("target-healthy")["ok"], true, "{}", r.stdout);
+        if !ok {
+            assert!(tls["detail"].as_str().unwrap().contains(&record), "names the record: {tls}");
+        }
+        // Put the plain URL back for the next round's replace.
+        let text = std::fs::read_to_string(&s.config)
+            .unwrap()
+            .replace(&format!("https://localhost:{port}/health"), &s.health.url());
+        std::fs::write(&s.config, text).unwrap();
+    }
+}

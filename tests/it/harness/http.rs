@@ -97,3 +97,71 @@ fn answer(c: TcpStream, s: &Shared) {
         .as_bytes(),
     );
 }
+
+/// A throwaway PKI made with openssl in `dir`: a CA and a server certificate it signed for
+/// `names` (DNS SANs). Returns (ca.pem, server.crt, server.key).
+pub fn test_pki(dir: &std::path::Path, names: &[&str]) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-days", "2", "-subj", "/CN=drctl-test-ca", "-keyout", "ca.key", "-out", "ca.pem"],
+    ]
+    .concat());
+    run(&[&["req"][..], &ec, &["-subj", "/CN=drctl-test-server", "-keyout", "server.key", "-out", "server.csr"]]
+        .concat());
+    let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    std::fs::write(dir.join("ext"), format!("subjectAltName={}\n", sans.join(","))).unwrap();
+    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"]
+        .iter()
+        .copied()
+        .chain(["-extfile", "ext", "-out", "server.crt"])
+        .collect::<Vec<_>>());
+    (dir.join("ca.pem"), dir.join("server.crt"), dir.join("server.key"))
+}
+
+/// An https health endpoint (always 200) with `cert`/`key`, on a free loopback port, until the
+/// process ends (its thread blocks in accept; the port is the test's alone).
+pub fn start_https(cert: &std::path::Path, key: &std::path::Path) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(cert).unwrap().collect::<Result<_, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let config = Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let config = config.clone();
+            thread::spawn(move || {
+                let Ok(tls) = rustls::ServerConnection::new(config) else { return };
+                let mut s = rustls::StreamOwned::new(tls, conn);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match std::io::Read::read(&mut s, &mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+                let _ = s.flush();
+                s.conn.send_close_notify();
+                let _ = s.flush();
+            });
+        }
+    });
+    port
+}
