@@ -42,7 +42,7 @@ impl Ctx {
     /// `live`: `None` without `[dns]`; otherwise whether `[dns].record` points at `env`'s
     /// dns_target now, and what it points at (for messages).
     pub async fn is_live(&self, env: &crate::config::EnvConfig) -> crate::error::Result<Option<(bool, String)>> {
-        use crate::clients::dns::{Dns, RecordType};
+        use crate::clients::dns::{Dns, RecordSet, RecordType};
         let Some(dns) = &self.config.dns else { return Ok(None) };
         let rtype = RecordType::parse(&dns.kind).unwrap_or(RecordType::Cname);
         let current = self.dns_api().await.current(&dns.zone_id, &dns.record, rtype).await?;
@@ -50,12 +50,7 @@ impl Ctx {
             (Some(c), Some(t)) => c.points_at(t),
             _ => false,
         };
-        let shown = match current.as_ref().map(|c| c.target()) {
-            None => "(no such record)".to_string(),
-            Some(None) => "(addresses, not an alias)".to_string(),
-            Some(Some(t)) => t.to_string(),
-        };
-        Ok(Some((live, format!("{} {} -> {shown}", dns.kind, dns.record))))
+        Ok(Some((live, format!("{} {} -> {}", dns.kind, dns.record, RecordSet::shown(current.as_ref())))))
     }
 
     pub fn interrupted_by(&self) -> Option<i32> {

@@ -131,6 +131,15 @@ impl RecordSet {
         }
     }
 
+    /// What `record` sends resolvers to, for messages: its target, or why there is none.
+    pub fn shown(record: Option<&RecordSet>) -> String {
+        match record.map(RecordSet::target) {
+            None => "(no such record)".to_string(),
+            Some(None) => "(addresses, not an alias)".to_string(),
+            Some(Some(t)) => t.to_string(),
+        }
+    }
+
     /// Whether the record sends resolvers to `target` (an env's `dns_target`), as the contract
     /// compares names.
     pub fn points_at(&self, target: &str) -> bool {

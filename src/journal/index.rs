@@ -602,7 +602,7 @@ pub async fn walk(
             // Past the known head: as if the next seq were absent, so the listing decides.
             None => Stored { key: entry_key(last_seq.map_or(from_seq, |l| l + 1)), entry: Err("missing".into()) },
         };
-        let stored = if matches!(&stored.entry, Err(why) if why == "missing") {
+        let stored = if missing(&stored) {
             // The end, or a gap: anything listed after the missing key is the entry after the gap.
             let after = last_seq
                 .map_or_else(|| if from_seq == 0 { PREFIX.to_string() } else { entry_key(from_seq - 1) }, entry_key);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::backup::{quote_ident, store_writable};
-use crate::clients::dns::{Dns, RecordType};
+use crate::clients::dns::{Dns, RecordSet, RecordType};
 use crate::clients::rds::Rds;
 use crate::clients::{pg, pgtools::PgTools};
 use crate::config::{DnsConfig, EnvConfig};
@@ -175,11 +175,7 @@ async fn dns_zone(cx: &Ctx, dns: &DnsConfig) -> Check {
     let rtype = RecordType::parse(&dns.kind).unwrap_or(RecordType::Cname);
     match cx.dns_api().await.current(&dns.zone_id, &dns.record, rtype).await {
         Ok(current) => {
-            let shown = match current.as_ref().map(|c| c.target()) {
-                None => "(no such record)".to_string(),
-                Some(None) => "(addresses, not an alias)".to_string(),
-                Some(Some(t)) => t.to_string(),
-            };
+            let shown = RecordSet::shown(current.as_ref());
             Check::pass("dns-zone", format!("zone {} readable: {} {} -> {shown}", dns.zone_id, dns.kind, dns.record))
         }
         // Names the zone: `Route 53 zone Z1: reading app.example.com CNAME: NoSuchHostedZone: …`.

@@ -116,14 +116,8 @@ impl PointRecord {
         self.api.current(&self.dns.zone_id, &self.dns.record, rtype).await
     }
 
-    fn describe(r: &Option<RecordSet>) -> String {
-        match r {
-            None => "no such record".into(),
-            Some(r) => match r.target() {
-                Some(t) => format!("{} {} -> {t}", r.rtype, r.name),
-                None => format!("{} {} (addresses, not an alias)", r.rtype, r.name),
-            },
-        }
+    fn describe(&self, r: &Option<RecordSet>) -> String {
+        format!("{} {} -> {}", self.dns.kind, self.dns.record, RecordSet::shown(r.as_ref()))
     }
 
     /// `standby-fresh`: the data ENV would serve is recent enough to send users to.
@@ -273,7 +267,7 @@ impl Step for PointRecord {
     async fn preflight(&self, cx: &Ctx) -> Vec<Check> {
         let current = self.current().await;
         let exists = match &current {
-            Ok(Some(r)) => Check::pass("record-exists", Self::describe(&Some(r.clone()))),
+            Ok(Some(r)) => Check::pass("record-exists", self.describe(&Some(r.clone()))),
             Ok(None) => Check::fail(
                 "record-exists",
                 format!(
@@ -336,7 +330,7 @@ impl Step for PointRecord {
                                 "{} {} changed after drctl read it ({}): nothing was changed; rerun to read it again",
                                 self.dns.kind,
                                 self.dns.record,
-                                Self::describe(&previous)
+                                self.describe(&previous)
                             ),
                         ));
                     }
@@ -369,7 +363,7 @@ impl Step for PointRecord {
             "{} -> {} (was {}); INSYNC; cached answers expire by {expires}",
             self.dns.record,
             self.target(),
-            Self::describe(&previous)
+            self.describe(&previous)
         ));
         cx.run.report("record", self.dns.record.clone());
         cx.run.report("target", self.target().to_string());
@@ -384,7 +378,7 @@ impl Step for PointRecord {
         if now.as_ref().is_some_and(|r| r.points_at(self.target())) {
             Ok(())
         } else {
-            Err(Error::step(self.id(), format!("after the change the record reads {}", Self::describe(&now))))
+            Err(Error::step(self.id(), format!("after the change the record reads {}", self.describe(&now))))
         }
     }
 }
@@ -441,6 +435,13 @@ mod tests {
         }
     }
 
+    /// An empty journal, and Route 53 with the record pointing at prod.
+    fn prod_live() -> (Arc<MemStore>, Arc<FakeDns>) {
+        let fake = Arc::new(FakeDns::new());
+        fake.put(ZONE, RecordSet::cname("app.example.com", 300, "prod-alb.example.net"));
+        (Arc::new(MemStore::new()), fake)
+    }
+
     fn runbook(cx: &Ctx, fake: &Arc<FakeDns>, edit: bool) -> Runbook {
         let to = cx.config.env("staging").unwrap();
         let step = PointRecord::new(cx, cx.config.dns.as_ref().unwrap(), to, fake.clone()).unwrap();
@@ -451,9 +452,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_edit_between_the_read_and_the_change_fails_the_batch_and_overwrites_nothing() {
-        let store = Arc::new(MemStore::new());
-        let fake = Arc::new(FakeDns::new());
-        fake.put(ZONE, RecordSet::cname("app.example.com", 300, "prod-alb.example.net"));
+        let (store, fake) = prod_live();
         let cx = for_test_with(store.clone(), &["--yes"], CONFIG);
         let out = execute(&cx, runbook(&cx, &fake, true)).await;
         let e = out.error.expect("refused");
@@ -467,9 +466,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_change_whose_answer_was_lost_is_outcome_unknown_then_already_done() {
-        let store = Arc::new(MemStore::new());
-        let fake = Arc::new(FakeDns::new());
-        fake.put(ZONE, RecordSet::cname("app.example.com", 300, "prod-alb.example.net"));
+        let (store, fake) = prod_live();
         fake.lose_answer(1);
         let cx = for_test_with(store.clone(), &["--yes"], CONFIG);
         let out = execute(&cx, runbook(&cx, &fake, false)).await;
@@ -485,9 +482,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pending_past_the_deadline_is_exit_6_and_the_rerun_waits_on_the_same_change() {
-        let store = Arc::new(MemStore::new());
-        let fake = Arc::new(FakeDns::new());
-        fake.put(ZONE, RecordSet::cname("app.example.com", 300, "prod-alb.example.net"));
+        let (store, fake) = prod_live();
         fake.pending_polls(1_000);
         let cx = for_test_with(store.clone(), &["--yes"], CONFIG);
         let out = execute(&cx, runbook(&cx, &fake, false)).await;

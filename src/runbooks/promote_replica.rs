@@ -135,11 +135,9 @@ impl Pair {
     }
 }
 
-/// Whether a promote step of this env is in the journal as done (this run or an earlier one).
+/// Whether a promote step of this env is in the journal as done (this run's own appends are
+/// folded into the state too).
 async fn promoted_by_drctl(cx: &Ctx, env: &str) -> Result<bool> {
-    if cx.run.report_field("promoted").is_some() {
-        return Ok(true);
-    }
     let state = cx.journal.state().await?;
     Ok(state.promoted.contains(env))
 }
@@ -164,7 +162,11 @@ impl Step for FencePrimary {
             Ok(c) => c,
             Err(e) => return vec![Check::fail("db-reachable", e.to_string())],
         };
-        let in_recovery = match p.is_replica().await {
+        let in_recovery = match &p.rds {
+            Some(_) => p.is_replica().await,
+            None => p.in_recovery(&env).await,
+        };
+        let in_recovery = match in_recovery {
             Ok(r) => r,
             Err(e) => return vec![Check::fail("declared-role", e.to_string())],
         };
