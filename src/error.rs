@@ -42,8 +42,8 @@ pub enum Error {
     #[error("preflight failed: {}", failed.join("; "))]
     Preflight {
         failed: Vec<String>,
-        /// Whether any failed check could be waived with `--accept` (the hint says so only then).
-        waivable: bool,
+        /// The failed checks `--accept` could waive (the hint names them, and only them).
+        waivable: Vec<String>,
     },
 
     /// `status`: an env's data is older than policy.rpo, or a live env is unhealthy (exit 3).
@@ -138,10 +138,13 @@ impl Error {
         match self {
             Error::Config { hint, .. } | Error::Usage { hint, .. } => hint.clone(),
             Error::NothingToVerify { hint, .. } => Some(hint.clone()),
-            Error::Preflight { waivable: true, .. } => Some(
-                "fix what the failed checks name and rerun; `--accept CHECK_ID` waives one check deliberately".into(),
-            ),
-            Error::Preflight { waivable: false, .. } => Some("fix what the failed checks name and rerun".into()),
+            Error::Preflight { waivable, .. } if waivable.is_empty() => {
+                Some("fix what the failed checks name and rerun".into())
+            }
+            Error::Preflight { waivable, .. } => Some(format!(
+                "fix what the failed checks name and rerun, or waive one deliberately (journaled): {}",
+                waivable.iter().map(|id| format!("--accept {id}")).collect::<Vec<_>>().join(", ")
+            )),
             Error::Breach { .. } => Some(
                 "a stale env needs its sync or backup to run (see `drctl log` for why the last one did not); an unhealthy live env needs a look now".into(),
             ),
@@ -184,7 +187,11 @@ impl Error {
     pub fn preflight<'a>(checks: impl IntoIterator<Item = &'a crate::engine::step::Check>) -> Self {
         let failed: Vec<&crate::engine::step::Check> = checks.into_iter().filter(|c| !c.ok && !c.accepted).collect();
         Error::Preflight {
-            waivable: failed.iter().any(|c| crate::engine::step::waivable(&c.check)),
+            waivable: failed
+                .iter()
+                .filter(|c| crate::engine::step::waivable(&c.check))
+                .map(|c| c.check.clone())
+                .collect(),
             failed: failed.iter().map(|c| format!("{}: {}", c.check, c.detail)).collect(),
         }
     }
@@ -236,7 +243,7 @@ mod tests {
     #[test]
     fn every_kind_maps_to_its_contract_code() {
         assert_eq!(Error::usage("x").exit_code(), 2);
-        assert_eq!(Error::Preflight { failed: vec![], waivable: false }.exit_code(), 3);
+        assert_eq!(Error::Preflight { failed: vec![], waivable: vec![] }.exit_code(), 3);
         assert_eq!(Error::NothingToVerify { what: "x".into(), hint: "y".into() }.status(), "preflight_failed");
         assert_eq!(Error::integrity("journal", "seq 3", "hash").exit_code(), 4);
         assert_eq!(Error::Interrupted { signal: libc::SIGINT }.exit_code(), 130);

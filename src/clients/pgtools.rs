@@ -49,15 +49,26 @@ impl PgTools {
     /// the WAL is flushed to the streaming replicas, and the server exits. pg_ctl refuses to run
     /// as root, so as root it runs as the data directory's owner (`runuser`), as an operator would.
     pub async fn stop_server(&self, data_dir: &Path) -> Result<()> {
+        self.pg_ctl(data_dir, "stop", &["-m", "fast"]).await
+    }
+
+    /// `pg_ctl start -w` of the server in `data_dir`, its output appended to
+    /// `data_dir/drctl-pg_ctl.log` (the server detaches into its own session and outlives drctl,
+    /// as a server should): rollback restarts an old primary drctl stopped as its fence.
+    pub async fn start_server(&self, data_dir: &Path) -> Result<()> {
+        let log = data_dir.join("drctl-pg_ctl.log");
+        let log = log.to_str().ok_or_else(|| Error::step("pg_ctl start", "the data_dir path is not UTF-8"))?;
+        self.pg_ctl(data_dir, "start", &["-l", log]).await
+    }
+
+    async fn pg_ctl(&self, data_dir: &Path, action: &str, args: &[&str]) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
+        let what = format!("pg_ctl {action}");
         let pg_ctl = self.path("pg_ctl");
         let meta = std::fs::metadata(data_dir).map_err(|e| Error::io(data_dir.display(), e))?;
         let mut cmd = if unsafe { libc::geteuid() } == 0 {
             let owner = user_name(meta.uid()).ok_or_else(|| {
-                Error::step(
-                    "pg_ctl stop",
-                    format!("{}: its owner (uid {}) has no user name", data_dir.display(), meta.uid()),
-                )
+                Error::step(&what, format!("{}: its owner (uid {}) has no user name", data_dir.display(), meta.uid()))
             })?;
             let mut c = tokio::process::Command::new("runuser");
             c.args(["-u", &owner, "--"]).arg(&pg_ctl);
@@ -65,7 +76,7 @@ impl PgTools {
         } else {
             tokio::process::Command::new(&pg_ctl)
         };
-        cmd.args(["stop", "-m", "fast", "-w", "-t", "60", "-D"]).arg(data_dir);
+        cmd.arg(action).args(args).args(["-w", "-t", "60", "-D"]).arg(data_dir);
         for (key, _) in std::env::vars_os() {
             if key.to_str().is_some_and(|k| k.starts_with("PG")) {
                 cmd.env_remove(key);
@@ -77,7 +88,7 @@ impl PgTools {
             return Ok(());
         }
         let err = String::from_utf8_lossy(&out.stderr);
-        Err(Error::step("pg_ctl stop", format!("{} stop -D {}: {}", pg_ctl.display(), data_dir.display(), err.trim())))
+        Err(Error::step(&what, format!("{} {action} -D {}: {}", pg_ctl.display(), data_dir.display(), err.trim())))
     }
 
     /// Major version of `tool` from `tool --version` (e.g. 15 from "pg_dump (PostgreSQL) 15.18").

@@ -36,6 +36,9 @@ pub struct Runbook {
     /// Whether a rerun continues an unfinished run of this runbook and env (contract "Exit codes").
     /// What the run resumes, and what it sent, reach the steps through `cx.run`.
     pub resumable: bool,
+    /// Lock target → the holder prefix (`sync `) whose live lock this run may take over:
+    /// failover over a sync of its target. The takeover is journaled (`lock-taken-over`).
+    pub take_over: Vec<(String, &'static str)>,
 }
 
 /// The last run of a runbook and env that started and neither finished nor was abandoned.
@@ -46,6 +49,8 @@ pub struct Unfinished {
     pub time: String,
     /// Step id → what it journaled as sent and not yet done (`StepLog::sent`).
     pub sent: BTreeMap<String, Value>,
+    /// Step id → what it sent and then saw take, in that run or the runs it resumed.
+    pub finished: BTreeMap<String, Value>,
 }
 
 impl Runbook {
@@ -58,6 +63,7 @@ impl Runbook {
             confirm: None,
             steps: Vec::new(),
             resumable: false,
+            take_over: Vec::new(),
         }
     }
     /// A rerun with the same arguments journals `resumes: <old run_id>`; different arguments while
@@ -98,6 +104,7 @@ impl Runbook {
         }
         self.confirm = self.confirm.or(other.confirm);
         self.resumable |= other.resumable;
+        self.take_over.extend(other.take_over);
         other.steps.into_iter().fold(self, Runbook::boxed_step)
     }
 
@@ -264,7 +271,9 @@ async fn run_inner(
             wait: cx.global.lock_wait,
         };
         for target in rb.lock_order() {
-            let got = until_interrupted(cx, lock::acquire(cx.store.clone(), target, &who)).await;
+            let prefix = rb.take_over.iter().find(|(t, _)| t == target).map(|(_, p)| *p);
+            let may_take = |l: &lock::LockInfo| prefix.is_some_and(|p| l.holder.starts_with(p));
+            let got = until_interrupted(cx, lock::acquire_over(cx.store.clone(), target, &who, may_take)).await;
             if got.is_err() {
                 // Locks taken before this one are released by `execute`.
                 *held = Arc::new(std::mem::take(&mut acquired));
@@ -324,7 +333,7 @@ async fn run_locked(
                     "unfinished-run",
                     format!("resumes run {} (started {}, same arguments)", u.run_id, u.time),
                 ));
-                cx.run.set_resumed(u.run_id, u.sent);
+                cx.run.set_resumed(u.run_id, u.sent, u.finished);
             }
             Some(u) => {
                 let mut c = Check::fail(
@@ -407,6 +416,22 @@ async fn run_locked(
         started["resumes"] = old.into();
     }
     writer.append("run-started", started).await?;
+    // A lock taken from a holder that had not released it: whose, and why that was allowed. The
+    // holder (a sync failover took over, a dead run) finds out at its next lock check.
+    for l in locks.iter() {
+        if let Some(t) = &l.took_over {
+            let p = &t.previous;
+            writer
+                .append(
+                    "lock-taken-over",
+                    json!({ "target": l.target, "holder": p.holder, "run_id": p.run_id, "host": p.host,
+                            "pid": p.pid, "fence": p.fence, "why": t.why }),
+                )
+                .await?;
+            cx.out.warn(&format!("took over lock {} from {} (run {}): {}", l.target, p.holder, p.run_id, t.why));
+            cx.run.report("lock_taken_over", json!({ "target": l.target, "holder": p.holder, "run_id": p.run_id }));
+        }
+    }
 
     // (5) The steps.
     let mut all_done = true;
@@ -471,9 +496,22 @@ async fn run_locked(
         details.insert("step".into(), s.id().into());
         details.insert("duration_ms".into(), (report.steps[i].duration_ms).into());
         writer.append("step-done", Value::Object(details)).await?;
+        failpoint(s.id());
     }
     writer.append("run-done", json!({ "args": rb.args })).await?;
     Ok(if all_done { "already_done" } else { "ok" })
+}
+
+/// Test builds only: `DRCTL_TEST_KILL_AFTER=STEP` kills this process with SIGKILL right after
+/// STEP's `step-done` is journaled, so the integration tests can crash a run at an exact step
+/// boundary (as `kill -9` would) and prove the rerun resumes there.
+fn failpoint(step: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("DRCTL_TEST_KILL_AFTER").is_ok_and(|s| s == step) {
+        // SAFETY: kill(2) on our own pid.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    let _ = step;
 }
 
 /// The last `run-started` of `runbook` on `env` by another run, unless that run journaled
@@ -486,6 +524,7 @@ pub async fn unfinished_run(cx: &Ctx, runbook: &str, env: Option<&str>) -> Resul
         args: s.args.clone(),
         time: s.time.clone(),
         sent: s.sent.clone(),
+        finished: s.finished.clone(),
     }))
 }
 

@@ -16,14 +16,16 @@ use crate::error::{Error, Result};
 pub struct RunCtx {
     resumes: OnceLock<String>,
     sent: OnceLock<BTreeMap<String, Value>>,
+    finished: OnceLock<BTreeMap<String, Value>>,
     fields: Mutex<Map<String, Value>>,
 }
 
 impl RunCtx {
     /// Set by the engine before preflight when this run continues an unfinished one.
-    pub(crate) fn set_resumed(&self, run_id: String, sent: BTreeMap<String, Value>) {
+    pub(crate) fn set_resumed(&self, run_id: String, sent: BTreeMap<String, Value>, finished: BTreeMap<String, Value>) {
         let _ = self.resumes.set(run_id);
         let _ = self.sent.set(sent);
+        let _ = self.finished.set(finished);
     }
 
     /// The unfinished run (of the same runbook, env and arguments) this run continues.
@@ -35,6 +37,12 @@ impl RunCtx {
     /// `step-done` after it: the change is out there, so the step waits on it and never sends again.
     pub fn sent(&self, step: &str) -> Option<&Value> {
         self.sent.get().and_then(|m| m.get(step))
+    }
+
+    /// What step `step` of a run this one resumes sent and then saw take (`step-done`): done, and
+    /// what it found is there for the steps after it (the fenced primary's final LSN).
+    pub fn finished(&self, step: &str) -> Option<&Value> {
+        self.finished.get().and_then(|m| m.get(step))
     }
 
     /// A runbook-specific report field (the JSON document's top level).

@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::Entry;
 
 /// The version of what `fold` computes; part of every checkpoint.
-pub const FOLD_VERSION: u32 = 3;
+pub const FOLD_VERSION: u32 = 4;
 
 /// Anchors kept per chain, newest last.
 pub const ANCHORS_KEPT: usize = 64;
@@ -34,8 +34,12 @@ pub const CLEAN_PARTIAL: &str = "clean-partial";
 pub const CLEANED_ENV: &str = "backups_of";
 pub const CLEANED_RUNS: &str = "checked_runs";
 
+/// Cutovers kept, newest last: rollback undoes the newest (or one named by --run).
+pub const CUTOVERS_KEPT: usize = 16;
+
 /// What a step journals when it has sent a change it then waits for (`StepLog::sent`).
 pub const STEP_SENT: &str = "step-sent";
+const STEP_DONE: &str = "step-done";
 
 /// The last entry folded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,10 +106,18 @@ pub struct LastStart {
     pub closed: bool,
     /// The runs this one resumed, newest first (a resumed run speaks for the runs it continues).
     pub resumed: Vec<String>,
+    /// When the first run of this resumes chain started (this run's own start when it resumed
+    /// none): where failover's RTO is measured from.
+    #[serde(default)]
+    pub since: String,
     /// Step id → what it journaled as sent (`step-sent`) with no `step-done` of it since, in this
     /// run or the runs it resumed: a change out there whose outcome a rerun waits for.
     #[serde(default)]
     pub sent: BTreeMap<String, Value>,
+    /// Step id → what a step of this run or the runs it resumed sent and then saw take (its
+    /// `step-sent`, then `step-done`): a rerun's later steps need it (the fenced primary's LSN).
+    #[serde(default)]
+    pub finished: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,7 +146,37 @@ pub struct State {
     /// `replica_of` is known to be one drctl made, not a misdeclared env.
     #[serde(default)]
     pub promoted: BTreeSet<String>,
+    /// The newest CUTOVERS_KEPT dns-cutover / failover runs that moved (or began to move) traffic,
+    /// oldest first, with what rollback needs to undo them.
+    #[serde(default)]
+    pub cutovers: Vec<Cutover>,
 }
+
+/// One dns-cutover or failover (all attempts of one resumes chain), as its entries journaled it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cutover {
+    pub runbook: String,
+    /// The env that took over.
+    pub to: String,
+    /// Every attempt's run id, the first first (`rollback --run` takes any of them).
+    pub run_ids: Vec<String>,
+    /// The time of its first cutover entry.
+    pub time: String,
+    /// point-record's `step-sent`: the exact record set replaced (`previous`, null when there
+    /// was none), the one created (`new`) and the change id.
+    pub change: Option<Value>,
+    /// fence-primary's `step-sent` when it fenced the old primary (how, which database, data_dir).
+    pub fenced: Option<Value>,
+    /// mark-cutover's `step-done`: the taking-over env's LSN and row counters at the cutover.
+    pub mark: Option<Value>,
+    /// readiness's `step-done`: the failover finished (RTO, data age).
+    pub ready: Option<Value>,
+    /// The rollback run that restored the record (`restore-record` done).
+    pub rolled_back_by: Option<String>,
+}
+
+pub const CUTOVER_RUNBOOKS: &[&str] = &["dns-cutover", "failover"];
 
 fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
@@ -168,6 +210,7 @@ impl State {
         }
         let env = e.env.as_deref();
         let d = &e.details;
+        self.fold_cutover(e);
         match (e.event.as_str(), env) {
             ("backup-done", Some(env)) => {
                 let (Some(id), Some(sha)) = (str_of(d, "id"), str_of(d, "manifest_sha256")) else { return };
@@ -239,11 +282,17 @@ impl State {
                 let key = run_key(&e.runbook, env);
                 let mut resumed = Vec::new();
                 let mut sent = BTreeMap::new();
+                let mut finished = BTreeMap::new();
+                let mut since = e.time.clone();
                 if let Some(old) = str_of(d, "resumes") {
                     resumed.push(old.to_string());
                     if let Some(prev) = self.runs.get(&key).filter(|p| p.run_id == old) {
                         resumed.extend(prev.resumed.iter().take(MAX_RESUME_CHAIN - 1).cloned());
                         sent = prev.sent.clone();
+                        finished = prev.finished.clone();
+                        if !prev.since.is_empty() {
+                            since = prev.since.clone();
+                        }
                     }
                 }
                 let args = str_of(d, "args").unwrap_or_default();
@@ -256,7 +305,9 @@ impl State {
                     time: e.time.clone(),
                     closed: false,
                     resumed,
+                    since,
                     sent,
+                    finished,
                 };
                 self.runs.insert(key, start);
             }
@@ -281,8 +332,10 @@ impl State {
                 if let ("promote", Some(env)) = (step, str_of(d, "promoted")) {
                     self.promoted.insert(env.to_string());
                 }
-                if let Some(s) = self.runs.get_mut(&run_key(&e.runbook, env)).filter(|s| s.run_id == e.run_id) {
-                    s.sent.remove(step);
+                if let Some(s) = self.runs.get_mut(&run_key(&e.runbook, env)).filter(|s| s.run_id == e.run_id)
+                    && let Some(v) = s.sent.remove(step)
+                {
+                    s.finished.insert(step.to_string(), v);
                 }
             }
             ("step-done", _) => {
@@ -307,6 +360,68 @@ impl State {
             }
             _ => {}
         }
+    }
+
+    /// Cutover and rollback entries: what `rollback` needs to find and undo a cutover.
+    fn fold_cutover(&mut self, e: &Entry) {
+        let d = &e.details;
+        let step = str_of(d, "step");
+        if e.runbook == "rollback" {
+            if let (STEP_DONE, Some("restore-record"), Some(of)) = (e.event.as_str(), step, str_of(d, "rolls_back"))
+                && let Some(c) = self.cutovers.iter_mut().find(|c| c.run_ids.iter().any(|r| r == of))
+            {
+                c.rolled_back_by = Some(e.run_id.clone());
+            }
+            return;
+        }
+        let (Some(env), true) = (e.env.as_deref(), CUTOVER_RUNBOOKS.contains(&e.runbook.as_str())) else { return };
+        let field = match (e.event.as_str(), step) {
+            (STEP_SENT, Some("point-record")) => "change",
+            (STEP_SENT, Some("fence-primary")) if d.get("fenced") == Some(&Value::Bool(true)) => "fenced",
+            (STEP_DONE, Some("mark-cutover")) => "mark",
+            (STEP_DONE, Some("readiness")) => "ready",
+            _ => return,
+        };
+        // Runs of these runbooks hold the `dns` lock, so only the newest cutover can be this
+        // run's: its own, or one a run this one resumes began.
+        let resumed: Vec<String> = self
+            .runs
+            .get(&run_key(&e.runbook, Some(env)))
+            .filter(|s| s.run_id == e.run_id)
+            .map(|s| s.resumed.clone())
+            .unwrap_or_default();
+        let mine = self.cutovers.last().is_some_and(|c| {
+            c.runbook == e.runbook
+                && c.to == env
+                && (c.run_ids.contains(&e.run_id) || c.run_ids.iter().any(|r| resumed.contains(r)))
+        });
+        if !mine {
+            self.cutovers.push(Cutover {
+                runbook: e.runbook.clone(),
+                to: env.to_string(),
+                time: e.time.clone(),
+                ..Cutover::default()
+            });
+            if self.cutovers.len() > CUTOVERS_KEPT {
+                self.cutovers.remove(0);
+            }
+        }
+        let c = self.cutovers.last_mut().expect("just ensured");
+        if !c.run_ids.contains(&e.run_id) {
+            c.run_ids.push(e.run_id.clone());
+        }
+        let v = Some(d.clone());
+        match field {
+            "change" => c.change = v,
+            "fenced" => c.fenced = v,
+            "mark" => c.mark = v,
+            _ => c.ready = v,
+        }
+    }
+
+    /// The cutover an attempt of run `run_id` made.
+    pub fn cutover_by_run(&self, run_id: &str) -> Option<&Cutover> {
+        self.cutovers.iter().rev().find(|c| c.run_ids.iter().any(|r| r == run_id))
     }
 
     /// Committed, unpruned backups (of `env`, or all), oldest first.

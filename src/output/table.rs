@@ -50,6 +50,30 @@ pub fn run_report(r: &RunReport) -> String {
         }
         out.push_str(&format!("{t}\n"));
     }
+    // failover's readiness of the env that took over, as the on-call reads it.
+    if let Some(Value::Object(ready)) = r.extra.get("readiness") {
+        let mut t = new_table(&["readiness", ""]);
+        for (k, v) in ready {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                Value::Null => "-".to_string(),
+                other => other.to_string(),
+            };
+            t.add_row(vec![k.clone(), v]);
+        }
+        out.push_str(&format!("{t}\n"));
+    }
+    // rollback's figures: what the env that took over was written since the cutover.
+    if let Some(Value::Array(tables)) = r.extra.get("writes_since_cutover").and_then(|w| w.get("tables"))
+        && !tables.is_empty()
+    {
+        let mut t = new_table(&["written since the cutover", "inserted", "updated", "deleted"]);
+        for w in tables {
+            let n = |k: &str| w.get(k).map(|v| v.to_string()).unwrap_or_default();
+            t.add_row(vec![w["table"].as_str().unwrap_or("").to_string(), n("inserted"), n("updated"), n("deleted")]);
+        }
+        out.push_str(&format!("{t}\n"));
+    }
     for (k, v) in r.extra.iter().filter(|(k, _)| *k != "store") {
         let v = match v {
             Value::String(s) => s.clone(),

@@ -65,7 +65,7 @@ pub async fn check(cx: &Ctx, env: Option<&str>) -> Result<(Value, String, Option
     // `check` runs no steps, so nothing here is waived: the hint names no --accept.
     let err = (!ok).then(|| Error::Preflight {
         failed: rows.iter().filter(|(_, c)| !c.ok).map(|(t, c)| format!("{t} {}: {}", c.check, c.detail)).collect(),
-        waivable: false,
+        waivable: Vec::new(),
     });
     Ok((doc, format!("{t}\n"), err))
 }

@@ -46,11 +46,16 @@ pub async fn dns_cutover(cx: &Ctx, to: &EnvConfig) -> Result<Runbook> {
     Ok(rb.step(step))
 }
 
-/// The one step: read, check, change, wait, read back.
+/// The one step: read, check, change, wait, read back. dns-cutover's `point-record`, and
+/// rollback's `restore-record` (the journaled previous record set, exactly, back in place).
 pub struct PointRecord {
+    id: &'static str,
     dns: DnsConfig,
-    to: EnvConfig,
+    /// The env the record will send users to: its health, CORS and TLS are checked (rollback
+    /// returning to a record no env's dns_target names has none).
+    to: Option<EnvConfig>,
     create: RecordSet,
+    restore: Option<Restore>,
     api: Arc<dyn Dns>,
     /// The record as preflight read it: the batch DELETEs exactly this.
     read: Mutex<Option<Option<RecordSet>>>,
@@ -61,7 +66,46 @@ pub struct PointRecord {
     timeout: Duration,
 }
 
+/// What rollback's restore-record knows of the cutover it undoes.
+pub struct Restore {
+    /// The cutover's first run id, journaled as `rolls_back` (the fold marks it rolled back).
+    pub rolls_back: String,
+    /// What the cutover set: the record must still hold it (`record-unchanged`).
+    pub set: Option<RecordSet>,
+    /// The env returned to is the old primary the failover fenced: its app (and so its health
+    /// URL) may need the database the step before this one unfences, so target-healthy, cors and
+    /// tls are checked at the moment of acting, after the unfence, not in preflight.
+    pub check_at_act: bool,
+}
+
 impl PointRecord {
+    /// rollback's step: put `previous` back exactly, after checking `to` (when an env's
+    /// dns_target is what `previous` points at) as dns-cutover checks its target.
+    pub fn restore(
+        cx: &Ctx,
+        dns: &DnsConfig,
+        to: Option<&EnvConfig>,
+        previous: RecordSet,
+        restore: Restore,
+        api: Arc<dyn Dns>,
+    ) -> PointRecord {
+        let p = &cx.config.policy;
+        PointRecord {
+            id: "restore-record",
+            dns: dns.clone(),
+            to: to.cloned(),
+            create: previous,
+            restore: Some(restore),
+            api,
+            read: Mutex::new(None),
+            rpo: p.rpo,
+            max_lag: p.max_replica_lag_bytes,
+            health_timeout: p.health_timeout,
+            cors_origin: p.cors_origin.clone(),
+            timeout: p.dns_timeout,
+        }
+    }
+
     pub fn new(cx: &Ctx, dns: &DnsConfig, to: &EnvConfig, api: Arc<dyn Dns>) -> Result<PointRecord> {
         let file = cx.config.file.display().to_string();
         let target = to.dns_target.clone().ok_or_else(|| {
@@ -94,9 +138,11 @@ impl PointRecord {
         };
         let p = &cx.config.policy;
         Ok(PointRecord {
+            id: "point-record",
             dns: dns.clone(),
-            to: to.clone(),
+            to: Some(to.clone()),
             create,
+            restore: None,
             api,
             read: Mutex::new(None),
             rpo: p.rpo,
@@ -107,8 +153,45 @@ impl PointRecord {
         })
     }
 
+    /// Where the record will send resolvers (an A record with addresses, restored by rollback,
+    /// has no target name: shown as such).
     fn target(&self) -> &str {
-        self.create.target().expect("a CNAME or an alias always has a target")
+        self.create.target().unwrap_or("(addresses)")
+    }
+
+    /// Whether `r` is already what this step creates: pointing at the target, or for a restore
+    /// the very record set journaled.
+    fn in_place(&self, r: &RecordSet) -> bool {
+        match &self.restore {
+            Some(_) => same_record(r, &self.create),
+            None => r.points_at(self.target()),
+        }
+    }
+
+    /// `record-unchanged` (restore): the record still holds what the cutover set, so putting the
+    /// previous one back undoes that cutover and not somebody's later edit.
+    fn record_unchanged(&self, current: &Result<Option<RecordSet>>) -> Option<Check> {
+        const ID: &str = "record-unchanged";
+        let r = self.restore.as_ref()?;
+        Some(match current {
+            Ok(Some(c)) if self.in_place(c) => {
+                Check::pass(ID, format!("{}: already restored", self.describe(&Some(c.clone()))))
+            }
+            Ok(now) if now.as_ref().zip(r.set.as_ref()).is_some_and(|(n, set)| same_record(n, set)) => {
+                Check::pass(ID, format!("{}, as run {} set it", self.describe(now), r.rolls_back))
+            }
+            Ok(now) => Check::fail(
+                ID,
+                format!(
+                    "{} is not what run {} set ({}): someone changed it since; --accept record-unchanged \
+                     replaces it anyway",
+                    self.describe(now),
+                    r.rolls_back,
+                    RecordSet::shown(r.set.as_ref())
+                ),
+            ),
+            Err(e) => Check::fail(ID, e.to_string()),
+        })
     }
 
     async fn current(&self) -> Result<Option<RecordSet>> {
@@ -121,9 +204,8 @@ impl PointRecord {
     }
 
     /// `standby-fresh`: the data ENV would serve is recent enough to send users to.
-    async fn standby_fresh(&self, cx: &Ctx) -> Check {
+    async fn standby_fresh(&self, cx: &Ctx, to: &EnvConfig) -> Check {
         const ID: &str = "standby-fresh";
-        let to = &self.to;
         if let Some(from) = &to.sync_from {
             let state = match cx.journal.state().await {
                 Ok(s) => s,
@@ -157,7 +239,8 @@ impl PointRecord {
         }
         if to.replica_of.is_some() {
             let lag = async {
-                let c = crate::clients::pg::connect(&to.database_url).await?;
+                // Its maintenance_db: a fence on the old primary replicates, and refuses the app database.
+                let c = crate::clients::pg::connect(&crate::runbooks::sync::target::maintenance_url(to)).await?;
                 crate::clients::pg::replication::role_and_lag(&c)
                     .await
                     .map_err(|e| crate::clients::pg::db_error(&to.database_url, &e))
@@ -186,8 +269,11 @@ impl PointRecord {
     /// `target-healthy`: ENV's health_url answers 2xx twice in a row.
     async fn target_healthy(&self) -> Check {
         const ID: &str = "target-healthy";
-        let Some(url) = &self.to.health_url else {
-            return Check::pass(ID, format!("{} has no health_url: not checked", self.to.name));
+        let Some(to) = &self.to else {
+            return Check::pass(ID, format!("no env's dns_target is {}: not checked", self.target()));
+        };
+        let Some(url) = &to.health_url else {
+            return Check::pass(ID, format!("{} has no health_url: not checked", to.name));
         };
         for attempt in 1..=2 {
             let c = health(url, self.health_timeout).await;
@@ -204,7 +290,8 @@ impl PointRecord {
     /// `cors`: with policy.cors_origin set, the browser app's origin is allowed by ENV.
     async fn cors(&self) -> Check {
         const ID: &str = "cors";
-        let (Some(origin), Some(url)) = (&self.cors_origin, &self.to.health_url) else {
+        let (Some(origin), Some(url)) = (&self.cors_origin, self.to.as_ref().and_then(|t| t.health_url.as_ref()))
+        else {
             return Check::pass(ID, "no policy.cors_origin (or no health_url): not checked");
         };
         let client = match reqwest::Client::builder().timeout(self.health_timeout).build() {
@@ -229,7 +316,7 @@ impl PointRecord {
     /// while asking for the record's name.
     async fn tls(&self) -> Check {
         const ID: &str = "tls";
-        let Some(url) = self.to.health_url.as_ref().filter(|u| u.scheme() == "https") else {
+        let Some(url) = self.to.as_ref().and_then(|t| t.health_url.as_ref()).filter(|u| u.scheme() == "https") else {
             return Check::pass(ID, "no https health_url: not checked");
         };
         let name = self.dns.record.trim_end_matches('.').to_string();
@@ -259,13 +346,34 @@ impl PointRecord {
 #[async_trait]
 impl Step for PointRecord {
     fn id(&self) -> &'static str {
-        "point-record"
+        self.id
     }
     fn check_ids(&self) -> &'static [&'static str] {
-        &["record-exists", "target-healthy", "cors", "tls", "standby-fresh"]
+        match self.restore {
+            Some(_) => &["record-unchanged", "target-healthy", "cors", "tls"],
+            None => &["record-exists", "target-healthy", "cors", "tls", "standby-fresh"],
+        }
     }
     async fn preflight(&self, cx: &Ctx) -> Vec<Check> {
         let current = self.current().await;
+        if let Some(unchanged) = self.record_unchanged(&current) {
+            if let Ok(r) = current {
+                *self.read.lock().expect("read") = Some(r);
+            }
+            if self.restore.as_ref().is_some_and(|r| r.check_at_act) {
+                let env = self.to.as_ref().map(|t| t.name.as_str()).unwrap_or("-");
+                let later = format!("checked right before the change, once unfence-primary has unfenced {env}");
+                return vec![
+                    unchanged,
+                    Check::pass("target-healthy", later.clone()),
+                    Check::pass("cors", later.clone()),
+                    Check::pass("tls", later),
+                ];
+            }
+            let (healthy, cors, tls) = tokio::join!(self.target_healthy(), self.cors(), self.tls());
+            return vec![unchanged, healthy, cors, tls];
+        }
+        let to = self.to.as_ref().expect("a cutover has its env");
         let exists = match &current {
             Ok(Some(r)) => Check::pass("record-exists", self.describe(&Some(r.clone()))),
             Ok(None) => Check::fail(
@@ -281,15 +389,22 @@ impl Step for PointRecord {
             *self.read.lock().expect("read") = Some(r);
         }
         let (healthy, cors, tls, fresh) =
-            tokio::join!(self.target_healthy(), self.cors(), self.tls(), self.standby_fresh(cx));
+            tokio::join!(self.target_healthy(), self.cors(), self.tls(), self.standby_fresh(cx, to));
         vec![exists, healthy, cors, tls, fresh]
+    }
+    async fn guard(&self, _cx: &Ctx) -> Vec<Check> {
+        if !self.restore.as_ref().is_some_and(|r| r.check_at_act) {
+            return Vec::new();
+        }
+        let (healthy, cors, tls) = tokio::join!(self.target_healthy(), self.cors(), self.tls());
+        vec![healthy, cors, tls]
     }
     async fn is_done(&self, cx: &Ctx) -> Result<bool> {
         // A change this run (or the one it resumes) sent is done only once INSYNC: apply waits on it.
         if cx.run.sent(self.id()).is_some() {
             return Ok(false);
         }
-        Ok(self.current().await?.is_some_and(|r| r.points_at(self.target())))
+        Ok(self.current().await?.is_some_and(|r| self.in_place(&r)))
     }
     async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
         let (id, previous): (ChangeId, Option<RecordSet>) = match cx.run.sent(self.id()) {
@@ -308,13 +423,17 @@ impl Step for PointRecord {
                     // Preflight could not read it (and record-exists was waived): read now.
                     None => self.current().await?,
                 };
-                let comment = format!("drctl dns-cutover --to {} (run {})", self.to.name, cx.run_id);
+                let comment = match (&self.restore, &self.to) {
+                    (Some(r), _) => format!("drctl rollback of run {} (run {})", r.rolls_back, cx.run_id),
+                    (None, Some(to)) => format!("drctl dns-cutover --to {} (run {})", to.name, cx.run_id),
+                    (None, None) => format!("drctl (run {})", cx.run_id),
+                };
                 let id = match self.api.change(&self.dns.zone_id, previous.as_ref(), &self.create, &comment).await {
                     Ok(id) => id,
                     Err(e) if record_changed(&e) => {
                         // The SDK retries a request whose answer was lost; if the lost one was
                         // applied, its retry is refused like a concurrent edit. Look again.
-                        if self.current().await?.is_some_and(|r| r.points_at(self.target())) {
+                        if self.current().await?.is_some_and(|r| self.in_place(&r)) {
                             return Err(Error::OutcomeUnknown {
                                 sent: format!(
                                     "the change of {} to {} (its answer, and so its id, was lost)",
@@ -365,6 +484,10 @@ impl Step for PointRecord {
             self.target(),
             self.describe(&previous)
         ));
+        if let Some(r) = &self.restore {
+            log.set("rolls_back", r.rolls_back.clone());
+            cx.run.report("rolls_back", r.rolls_back.clone());
+        }
         cx.run.report("record", self.dns.record.clone());
         cx.run.report("target", self.target().to_string());
         cx.run.report("previous", json!(previous));
@@ -375,11 +498,31 @@ impl Step for PointRecord {
     }
     async fn verify(&self, _cx: &Ctx) -> Result<()> {
         let now = self.current().await?;
-        if now.as_ref().is_some_and(|r| r.points_at(self.target())) {
+        if now.as_ref().is_some_and(|r| self.in_place(r)) {
             Ok(())
         } else {
             Err(Error::step(self.id(), format!("after the change the record reads {}", self.describe(&now))))
         }
+    }
+}
+
+/// The same record set, as Route 53 compares them: names without the trailing dot and case,
+/// alias targets likewise, TTL and values exactly.
+pub fn same_record(a: &RecordSet, b: &RecordSet) -> bool {
+    use crate::clients::dns::{RecordData, same_name};
+    if !same_name(&a.name, &b.name) || a.rtype != b.rtype {
+        return false;
+    }
+    match (&a.data, &b.data) {
+        (RecordData::Values { ttl: t1, values: v1 }, RecordData::Values { ttl: t2, values: v2 }) => {
+            t1 == t2 && v1.len() == v2.len() && v1.iter().zip(v2).all(|(x, y)| same_name(x, y))
+        }
+        (RecordData::Alias(x), RecordData::Alias(y)) => {
+            same_name(&x.dns_name, &y.dns_name)
+                && x.hosted_zone_id == y.hosted_zone_id
+                && x.evaluate_target_health == y.evaluate_target_health
+        }
+        _ => false,
     }
 }
 

@@ -231,7 +231,8 @@ impl Step for FencePrimary {
     async fn is_done(&self, cx: &Ctx) -> Result<bool> {
         // Once ENV is promoted, or its promotion sent, the fence has done its work (and rollback's
         // to undo): fencing again would write WAL that ENV, no longer replicating, never gets.
-        Ok(cx.run.sent("promote").is_some() || self.pair.promoted(cx).await?)
+        // A resumed run whose earlier attempt fenced it does not fence (nor journal it) twice.
+        Ok(cx.run.sent("promote").is_some() || cx.run.finished(self.id()).is_some() || self.pair.promoted(cx).await?)
     }
     async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
         let p = &self.pair;
@@ -311,11 +312,11 @@ impl Step for WaitReplay {
     }
     async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
         let p = &self.pair;
-        let Some(target) = cx
-            .run
-            .report_field("primary_lsn")
-            .and_then(|v| v.as_str().map(str::to_string))
-            .or_else(|| cx.run.sent("fence-primary").and_then(|s| s["primary_lsn"].as_str().map(str::to_string)))
+        let Some(target) =
+            cx.run.report_field("primary_lsn").and_then(|v| v.as_str().map(str::to_string)).or_else(|| {
+                let fenced = cx.run.sent("fence-primary").or_else(|| cx.run.finished("fence-primary"));
+                fenced.and_then(|s| s["primary_lsn"].as_str().map(str::to_string))
+            })
         else {
             log.summary("the old primary was not fenced: nothing known to wait for");
             return Ok(());

@@ -8,6 +8,7 @@ mod clients;
 mod config;
 mod dns_cutover;
 mod docs;
+mod failover;
 mod faults;
 mod harness;
 mod journal;

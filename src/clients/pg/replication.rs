@@ -90,3 +90,33 @@ pub async fn promote(c: &Client, wait_seconds: i32) -> Result<bool, Error> {
 pub async fn write_probe(c: &Client) -> Result<(), Error> {
     c.batch_execute("BEGIN; CREATE TEMP TABLE drctl_probe (x int); INSERT INTO drctl_probe VALUES (1); ROLLBACK").await
 }
+
+/// Rows inserted, updated and deleted per user table since the server's statistics began, keyed
+/// `schema.table`: what rollback compares with the figures journaled at the cutover. (The server
+/// publishes a session's counts when its transaction ends, at most once a second, and a pooled
+/// session's within a minute at the latest.)
+pub async fn table_counters(c: &Client) -> Result<Vec<(String, i64, i64, i64)>, Error> {
+    let rows = c
+        .query(
+            "SELECT quote_ident(schemaname) || '.' || quote_ident(relname), n_tup_ins, n_tup_upd, n_tup_del \
+             FROM pg_stat_user_tables ORDER BY 1",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
+}
+
+/// When the last transaction a replica replayed was committed (RFC 3339 UTC) and how many seconds
+/// ago, by the server's clock; it stays put after a promotion. None when it replayed none.
+pub async fn last_replayed(c: &Client) -> Result<Option<(String, i64)>, Error> {
+    let r = c
+        .query_one(
+            "SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+                    extract(epoch FROM now() - t)::bigint \
+             FROM (SELECT pg_last_xact_replay_timestamp() AS t) x",
+            &[],
+        )
+        .await?;
+    let (t, age): (Option<String>, Option<i64>) = (r.get(0), r.get(1));
+    Ok(t.zip(age))
+}
