@@ -206,6 +206,49 @@ pub enum Command {
     /// Locks dns and env:ENV. Asks for the env's name on a TTY; off a TTY it needs --yes.
     DnsCutover(DnsCutoverArgs),
 
+    /// The incident command: promote (when ENV is a replica), point the record at ENV, report readiness
+    ///
+    /// One run, one confirmation (the typed env name on a TTY; --yes off one), locks dns and
+    /// env:ENV. A sync into ENV holding env:ENV is taken over (journaled `lock-taken-over`): that
+    /// sync stops at its next lock check and never swaps. Preflight: ENV's checks (declared-role and
+    /// replica-lag for a replica_of env; record-exists, target-healthy, cors, tls, standby-fresh as
+    /// dns-cutover), and old-primary, which only reports whether the old primary (ENV's replica_of
+    /// or sync_from, else the env the record points at) answers: one that does not is the normal
+    /// case in an incident, never a refusal.
+    ///
+    /// Steps: for a replica_of env promote-replica's (fence-primary, wait-replay, promote,
+    /// unfence-target); then mark-cutover (ENV's WAL LSN and per-table row counters journaled, what
+    /// rollback compares against, and the data age: a warm standby's last sync snapshot, a
+    /// replica's last replayed transaction); then dns-cutover's point-record; then readiness (role,
+    /// writable, health, the record now, data age, and the RTO: the time from the first attempt's
+    /// start to now), journaled and shown as a table.
+    ///
+    /// A crashed or exit-6 run is resumed by the same command: done steps are skipped, a change it
+    /// sent (the Route 53 batch, an RDS promotion) is waited on, never sent again. A completed
+    /// failover rerun is exit 0, already done. With [notify] the webhook gets one line after the run.
+    Failover(FailoverArgs),
+
+    /// Undo the newest dns-cutover or failover: the record back to its exact previous value
+    ///
+    /// Without --run: the newest cutover in the journal (already rolled back: exit 0, already
+    /// done; an older one is never undone by a plain rerun). --run RUN_ID picks a cutover by the
+    /// run that made it (any attempt's id).
+    ///
+    /// Preflight: writes-since-cutover (after a failover: ENV's WAL LSN then and now and the rows
+    /// inserted, updated and deleted per table since mark-cutover; any row written there would be
+    /// abandoned by moving traffic back, so it refuses with exit 3 naming the figures unless
+    /// --accept writes-since-cutover), record-unchanged (the record still holds what the cutover
+    /// set), and target-healthy, cors, tls for the env returned to, as dns-cutover checks them.
+    ///
+    /// Steps: unfence-primary (an old primary the failover fenced allows connections to its app
+    /// database again, or its server is started again when drctl had stopped it), then
+    /// restore-record (one batch: DELETE the record as read, CREATE the journaled previous record
+    /// set exactly, INSYNC, read back). An env that was promoted stays a primary: rebuild it as a
+    /// replica before relying on it again.
+    ///
+    /// Locks dns and env:PREVIOUS (the env returned to). Asks for its name on a TTY; off a TTY --yes.
+    Rollback(RollbackArgs),
+
     /// Readiness of every env: reachable, role, replication lag, live, healthy, data age vs RPO
     ///
     /// role is `replica` for a server in recovery, `promoted` for a replica_of env drctl promoted
@@ -376,6 +419,20 @@ pub struct DnsCutoverArgs {
     /// The env that will serve [dns].record
     #[arg(long, value_name = "ENV")]
     pub to: String,
+}
+
+#[derive(Debug, Args)]
+pub struct FailoverArgs {
+    /// The env that takes over: a replica_of env (promoted), or any env with a dns_target
+    #[arg(long, value_name = "ENV")]
+    pub to: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The run of the dns-cutover or failover to undo (default: the newest cutover)
+    #[arg(long = "run", value_name = "RUN_ID")]
+    pub run: Option<String>,
 }
 
 #[derive(Debug, Args)]

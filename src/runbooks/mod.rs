@@ -3,8 +3,10 @@
 pub mod backup;
 pub mod check;
 pub mod dns_cutover;
+pub mod failover;
 pub mod log;
 pub mod promote_replica;
+pub mod rollback;
 pub mod status;
 pub mod sync;
 pub mod verify_chain;
@@ -98,6 +100,17 @@ pub async fn dispatch(cx: &Ctx, command: &Command) -> Done {
                 Ok(rb) => Done::Run(execute(cx, rb).await),
                 Err(e) => Done::doc(Err(e)),
             },
+            Err(e) => Done::doc(Err(e)),
+        },
+        Command::Failover(a) => match cx.config.env(&a.to) {
+            Ok(to) => match failover::failover(cx, to).await {
+                Ok(rb) => Done::Run(execute(cx, rb).await),
+                Err(e) => Done::doc(Err(e)),
+            },
+            Err(e) => Done::doc(Err(e)),
+        },
+        Command::Rollback(a) => match rollback::rollback(cx, a.run.as_deref()).await {
+            Ok(rb) => Done::Run(execute(cx, rb).await),
             Err(e) => Done::doc(Err(e)),
         },
         Command::Status => {
