@@ -10,6 +10,7 @@ pub mod dburl;
 pub mod engine;
 pub mod error;
 pub mod journal;
+pub mod notify;
 pub mod output;
 pub mod runbooks;
 pub mod store;
@@ -83,7 +84,18 @@ async fn run_async(cli: Cli, out: Output) -> u8 {
     let cx = ctx::Ctx { config, global: cli.global.clone(), aws, store, journal, run_id, run, out, cancel, signal };
 
     let done = runbooks::dispatch(&cx, &cli.command).await;
+    // Decided before `render` consumes the outcome; posted after the report is out.
+    let note = notify::message(&cli.command, &cx.run_id, &done, cx.global.dry_run);
     let (code, metrics) = render(&cx, done);
+    if let (Some(url), Some(text)) = (&cx.config.notify_webhook, &note) {
+        // The exit code is the run's, whatever the webhook does; the URL is never printed.
+        match notify::post(url, text, notify::TIMEOUT).await {
+            Ok(()) => cx.out.info("notify: posted the run's message to the [notify] webhook"),
+            Err(why) => cx.out.warn(&format!(
+                "notify: could not post to the [notify] webhook: {why}; the run's outcome is unchanged"
+            )),
+        }
+    }
     for note in cx.journal.notes().await {
         cx.out.info(&note);
     }
