@@ -11,6 +11,7 @@ mod docs;
 mod faults;
 mod harness;
 mod journal;
+mod notify;
 mod promote_replica;
 mod smoke;
 mod sync;
