@@ -259,6 +259,10 @@ interrupted by SIGINT, SIGTERM
 The config file: the first that exists, unless \fB\-\-config\fR or \fB$DRCTL_CONFIG\fR names one.
 Sections: [store], [aws], [policy], [retention], [environments.NAME], [environments.NAME.chains.TABLE],
 [dns], [notify]. Unknown keys are an error; ${NAME} in a string is replaced by the environment variable NAME.
+[notify] webhook_url is a Slack\-compatible incoming webhook (a secret, never printed: write it as ${NAME}):
+after an executed failover or rollback, and after any failed run (verify\-chain's included), drctl POSTs
+one line, {"text": "..."}; nothing under \-\-dry\-run or for an already_done rerun. A failed POST is a
+warning and never changes the exit code.
 .TP
 \fISTORE\fR/journal/\fISEQ\fR.json
 The hash\-chained journal, one entry an object (SEQ is 20 zero\-padded digits).
@@ -279,7 +283,7 @@ The env, when \fB\-\-env\fR is not given.
 \fBAWS_REGION\fR, \fBAWS_PROFILE\fR, \fBAWS_ENDPOINT_URL\fR, ...
 The standard AWS configuration chain.
 .SH "NOT BUILT YET"
-promote\-replica, dns\-cutover, failover, rollback, the [notify] webhook, backup \-\-type base,
+promote\-replica, dns\-cutover, failover, rollback, backup \-\-type base,
 wal\-push, wal\-fetch, pitr\-restore, drill, status \-\-audit.
 .SH "SEE ALSO"
 \fBpg_dump\fR(1), \fBpg_restore\fR(1), \fBpsql\fR(1), \fBcreatedb\fR(1), \fBzstd\fR(1), \fBaws\fR(1)
