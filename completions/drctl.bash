@@ -28,6 +28,9 @@ _drctl() {
             drctl,dns-cutover)
                 cmd="drctl__subcmd__dns__subcmd__cutover"
                 ;;
+            drctl,failover)
+                cmd="drctl__subcmd__failover"
+                ;;
             drctl,help)
                 cmd="drctl__subcmd__help"
                 ;;
@@ -39,6 +42,9 @@ _drctl() {
                 ;;
             drctl,promote-replica)
                 cmd="drctl__subcmd__promote__subcmd__replica"
+                ;;
+            drctl,rollback)
+                cmd="drctl__subcmd__rollback"
                 ;;
             drctl,status)
                 cmd="drctl__subcmd__status"
@@ -79,6 +85,9 @@ _drctl() {
             drctl__subcmd__help,dns-cutover)
                 cmd="drctl__subcmd__help__subcmd__dns__subcmd__cutover"
                 ;;
+            drctl__subcmd__help,failover)
+                cmd="drctl__subcmd__help__subcmd__failover"
+                ;;
             drctl__subcmd__help,help)
                 cmd="drctl__subcmd__help__subcmd__help"
                 ;;
@@ -90,6 +99,9 @@ _drctl() {
                 ;;
             drctl__subcmd__help,promote-replica)
                 cmd="drctl__subcmd__help__subcmd__promote__subcmd__replica"
+                ;;
+            drctl__subcmd__help,rollback)
+                cmd="drctl__subcmd__help__subcmd__rollback"
                 ;;
             drctl__subcmd__help,status)
                 cmd="drctl__subcmd__help__subcmd__status"
@@ -113,7 +125,7 @@ _drctl() {
 
     case "${cmd}" in
         drctl)
-            opts="-c -o -y -v -q -h -V --config --output --dry-run --yes --accept --lock-wait --verbose --quiet --no-progress --log-format --metrics-file --help --version check backup verify-chain sync promote-replica dns-cutover status log completions man help"
+            opts="-c -o -y -v -q -h -V --config --output --dry-run --yes --accept --lock-wait --verbose --quiet --no-progress --log-format --metrics-file --help --version check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -530,8 +542,58 @@ _drctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        drctl__subcmd__failover)
+            opts="-c -o -y -v -q -h -V --to --config --output --dry-run --yes --accept --lock-wait --verbose --quiet --no-progress --log-format --metrics-file --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --to)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --accept)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         drctl__subcmd__help)
-            opts="check backup verify-chain sync promote-replica dns-cutover status log completions man help"
+            opts="check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -628,6 +690,20 @@ _drctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        drctl__subcmd__help__subcmd__failover)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         drctl__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -671,6 +747,20 @@ _drctl() {
             return 0
             ;;
         drctl__subcmd__help__subcmd__promote__subcmd__replica)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        drctl__subcmd__help__subcmd__rollback)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -842,6 +932,56 @@ _drctl() {
                     return 0
                     ;;
                 -e)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --accept)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        drctl__subcmd__rollback)
+            opts="-c -o -y -v -q -h -V --run --config --output --dry-run --yes --accept --lock-wait --verbose --quiet --no-progress --log-format --metrics-file --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --run)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

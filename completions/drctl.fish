@@ -45,6 +45,8 @@ complete -c drctl -n "__fish_drctl_needs_command" -f -a "verify-chain" -d 'Verif
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "sync" -d 'Refresh a warm standby: FROM\'s database dumped, restored into a scratch copy on TO, validated, then swapped in'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "promote-replica" -d 'Promote a streaming replica (an env declaring replica_of) to a primary, fencing the old one'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "dns-cutover" -d 'Point [dns].record at ENV\'s dns_target: checked, one atomic change, INSYNC, read back'
+complete -c drctl -n "__fish_drctl_needs_command" -f -a "failover" -d 'The incident command: promote (when ENV is a replica), point the record at ENV, report readiness'
+complete -c drctl -n "__fish_drctl_needs_command" -f -a "rollback" -d 'Undo the newest dns-cutover or failover: the record back to its exact previous value'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "status" -d 'Readiness of every env: reachable, role, replication lag, live, healthy, data age vs RPO'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "log" -d 'Show the journal, newest first'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "completions" -d 'Print shell completions for SHELL'
@@ -206,6 +208,38 @@ complete -c drctl -n "__fish_drctl_using_subcommand dns-cutover" -s q -l quiet -
 complete -c drctl -n "__fish_drctl_using_subcommand dns-cutover" -l no-progress -d 'No progress bars, even on a TTY (where they show bytes, rate, and the expected total and ETA when the tables\' size is known; the report\'s expected_bytes holds that total)'
 complete -c drctl -n "__fish_drctl_using_subcommand dns-cutover" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c drctl -n "__fish_drctl_using_subcommand dns-cutover" -s V -l version -d 'Print version'
+complete -c drctl -n "__fish_drctl_using_subcommand failover" -l to -d 'The env that takes over: a replica_of env (promoted), or any env with a dns_target' -r
+complete -c drctl -n "__fish_drctl_using_subcommand failover" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand failover" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand failover" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
+complete -c drctl -n "__fish_drctl_using_subcommand failover" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
+complete -c drctl -n "__fish_drctl_using_subcommand failover" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand failover" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand failover" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
+complete -c drctl -n "__fish_drctl_using_subcommand failover" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
+complete -c drctl -n "__fish_drctl_using_subcommand failover" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
+complete -c drctl -n "__fish_drctl_using_subcommand failover" -s q -l quiet -d 'For cron: a successful run prints nothing at all (no report, no log lines), so MAILTO mails only failures; a failed run prints its report and the error whatever -q says'
+complete -c drctl -n "__fish_drctl_using_subcommand failover" -l no-progress -d 'No progress bars, even on a TTY (where they show bytes, rate, and the expected total and ETA when the tables\' size is known; the report\'s expected_bytes holds that total)'
+complete -c drctl -n "__fish_drctl_using_subcommand failover" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c drctl -n "__fish_drctl_using_subcommand failover" -s V -l version -d 'Print version'
+complete -c drctl -n "__fish_drctl_using_subcommand rollback" -l run -d 'The run of the dns-cutover or failover to undo (default: the newest cutover)' -r
+complete -c drctl -n "__fish_drctl_using_subcommand rollback" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand rollback" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand rollback" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
+complete -c drctl -n "__fish_drctl_using_subcommand rollback" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
+complete -c drctl -n "__fish_drctl_using_subcommand rollback" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand rollback" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand rollback" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
+complete -c drctl -n "__fish_drctl_using_subcommand rollback" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
+complete -c drctl -n "__fish_drctl_using_subcommand rollback" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
+complete -c drctl -n "__fish_drctl_using_subcommand rollback" -s q -l quiet -d 'For cron: a successful run prints nothing at all (no report, no log lines), so MAILTO mails only failures; a failed run prints its report and the error whatever -q says'
+complete -c drctl -n "__fish_drctl_using_subcommand rollback" -l no-progress -d 'No progress bars, even on a TTY (where they show bytes, rate, and the expected total and ETA when the tables\' size is known; the report\'s expected_bytes holds that total)'
+complete -c drctl -n "__fish_drctl_using_subcommand rollback" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c drctl -n "__fish_drctl_using_subcommand rollback" -s V -l version -d 'Print version'
 complete -c drctl -n "__fish_drctl_using_subcommand status" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand status" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
 json\t''"
@@ -269,16 +303,18 @@ complete -c drctl -n "__fish_drctl_using_subcommand man" -s q -l quiet -d 'For c
 complete -c drctl -n "__fish_drctl_using_subcommand man" -l no-progress -d 'No progress bars, even on a TTY (where they show bytes, rate, and the expected total and ETA when the tables\' size is known; the report\'s expected_bytes holds that total)'
 complete -c drctl -n "__fish_drctl_using_subcommand man" -s h -l help -d 'Print help'
 complete -c drctl -n "__fish_drctl_using_subcommand man" -s V -l version -d 'Print version'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover status log completions man help" -f -a "check" -d 'Validate the config and reach every endpoint it names with the privileges the runbooks need'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover status log completions man help" -f -a "backup" -d 'Take a backup of an env into the store, or list / prune the stored backups'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover status log completions man help" -f -a "verify-chain" -d 'Verify hash chains: the journal and backups, application tables, content-addressed artifacts'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover status log completions man help" -f -a "sync" -d 'Refresh a warm standby: FROM\'s database dumped, restored into a scratch copy on TO, validated, then swapped in'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover status log completions man help" -f -a "promote-replica" -d 'Promote a streaming replica (an env declaring replica_of) to a primary, fencing the old one'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover status log completions man help" -f -a "dns-cutover" -d 'Point [dns].record at ENV\'s dns_target: checked, one atomic change, INSYNC, read back'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover status log completions man help" -f -a "status" -d 'Readiness of every env: reachable, role, replication lag, live, healthy, data age vs RPO'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover status log completions man help" -f -a "log" -d 'Show the journal, newest first'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover status log completions man help" -f -a "completions" -d 'Print shell completions for SHELL'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover status log completions man help" -f -a "man" -d 'Print the man page (roff)'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover status log completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "check" -d 'Validate the config and reach every endpoint it names with the privileges the runbooks need'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "backup" -d 'Take a backup of an env into the store, or list / prune the stored backups'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "verify-chain" -d 'Verify hash chains: the journal and backups, application tables, content-addressed artifacts'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "sync" -d 'Refresh a warm standby: FROM\'s database dumped, restored into a scratch copy on TO, validated, then swapped in'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "promote-replica" -d 'Promote a streaming replica (an env declaring replica_of) to a primary, fencing the old one'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "dns-cutover" -d 'Point [dns].record at ENV\'s dns_target: checked, one atomic change, INSYNC, read back'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "failover" -d 'The incident command: promote (when ENV is a replica), point the record at ENV, report readiness'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "rollback" -d 'Undo the newest dns-cutover or failover: the record back to its exact previous value'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "status" -d 'Readiness of every env: reachable, role, replication lag, live, healthy, data age vs RPO'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "log" -d 'Show the journal, newest first'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "completions" -d 'Print shell completions for SHELL'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "man" -d 'Print the man page (roff)'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c drctl -n "__fish_drctl_using_subcommand help; and __fish_seen_subcommand_from backup" -f -a "list" -d 'The complete backups in the store, newest first'
 complete -c drctl -n "__fish_drctl_using_subcommand help; and __fish_seen_subcommand_from backup" -f -a "prune" -d 'Apply [retention] (keep_last, keep_daily, keep_weekly); never deletes the newest good backup'

@@ -405,8 +405,16 @@ impl Config {
         let notify_webhook = match raw.notify {
             None => None,
             Some(n) => {
-                // The URL is a secret (Slack tokens live in the path): never echo it.
-                url::Url::parse(&n.webhook_url).map_err(|_| bad("[notify] webhook_url", "is not a URL".into()))?;
+                // The URL is a secret (Slack tokens live in the path): never echo it, nor url's
+                // parse error (which does not quote it today, but need not stay so).
+                let key = "[notify] webhook_url";
+                if n.webhook_url.trim().is_empty() {
+                    return Err(bad(key, "is empty".into()));
+                }
+                let u = url::Url::parse(&n.webhook_url).map_err(|_| bad(key, "is not a URL".into()))?;
+                if u.scheme() != "http" && u.scheme() != "https" {
+                    return Err(bad(key, "is not an http:// or https:// URL".into()));
+                }
                 Some(n.webhook_url)
             }
         };
@@ -843,6 +851,32 @@ mod tests {
              rds_instance = \"app-prod\"\n[dns]\nzone_id = \"/hostedzone/Z0123456789ABCDEFGHIJ\"\nrecord = \"app.example.com\"\n"
         ));
         assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn notify_webhook_errors_name_the_key_never_the_value() {
+        let env = "[environments.p]\ndatabase_url = \"postgres://a@h/d\"\n";
+        let secret = "T000/B000/SECRETTOKEN123";
+        let cases = [
+            (format!("[notify]\nwebhook_url = \"hooks.example.com/{secret}\"\n"), "is not a URL"),
+            (format!("[notify]\nwebhook_url = \"ftp://hooks.example.com/{secret}\"\n"), "is not an http://"),
+            ("[notify]\nwebhook_url = \"\"\n".to_string(), "is empty"),
+            (
+                "[notify]\nwebhook_url = \"${DRCTL_TEST_SURELY_UNSET_WEBHOOK}\"\n".to_string(),
+                "environment variable DRCTL_TEST_SURELY_UNSET_WEBHOOK is not set",
+            ),
+        ];
+        for (extra, want) in &cases {
+            let e = parse(&format!("{env}{extra}")).unwrap_err();
+            assert_eq!(e.exit_code(), crate::error::exit::USAGE);
+            let msg = format!("{e} {}", e.hint().unwrap_or_default());
+            assert!(msg.contains("[notify] webhook_url") && msg.contains(want), "{extra}: {msg}");
+            assert!(!msg.contains("SECRETTOKEN123") && !msg.contains("hooks.example.com"), "{msg}");
+        }
+        let ok =
+            parse(&format!("{env}[notify]\nwebhook_url = \"https://hooks.example.com/services/{secret}\"\n")).unwrap();
+        assert_eq!(ok.notify_webhook.as_deref(), Some("https://hooks.example.com/services/T000/B000/SECRETTOKEN123"));
+        assert!(parse(env).unwrap().notify_webhook.is_none());
     }
 
     #[test]

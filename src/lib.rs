@@ -10,6 +10,7 @@ pub mod dburl;
 pub mod engine;
 pub mod error;
 pub mod journal;
+pub mod notify;
 pub mod output;
 pub mod runbooks;
 pub mod store;
@@ -83,7 +84,18 @@ async fn run_async(cli: Cli, out: Output) -> u8 {
     let cx = ctx::Ctx { config, global: cli.global.clone(), aws, store, journal, run_id, run, out, cancel, signal };
 
     let done = runbooks::dispatch(&cx, &cli.command).await;
+    // Decided before `render` consumes the outcome; posted after the report is out.
+    let note = notify::message(&cli.command, &cx.run_id, &done, cx.global.dry_run);
     let (code, metrics) = render(&cx, done);
+    if let (Some(url), Some(text)) = (&cx.config.notify_webhook, &note) {
+        // The exit code is the run's, whatever the webhook does; the URL is never printed.
+        match notify::post(url, text, notify::TIMEOUT).await {
+            Ok(()) => cx.out.info("notify: posted the run's message to the [notify] webhook"),
+            Err(why) => cx.out.warn(&format!(
+                "notify: could not post to the [notify] webhook: {why}; the run's outcome is unchanged"
+            )),
+        }
+    }
     for note in cx.journal.notes().await {
         cx.out.info(&note);
     }
@@ -247,6 +259,10 @@ interrupted by SIGINT, SIGTERM
 The config file: the first that exists, unless \fB\-\-config\fR or \fB$DRCTL_CONFIG\fR names one.
 Sections: [store], [aws], [policy], [retention], [environments.NAME], [environments.NAME.chains.TABLE],
 [dns], [notify]. Unknown keys are an error; ${NAME} in a string is replaced by the environment variable NAME.
+[notify] webhook_url is a Slack\-compatible incoming webhook (a secret, never printed: write it as ${NAME}):
+after an executed failover or rollback, and after any failed run (verify\-chain's included), drctl POSTs
+one line, {"text": "..."}; nothing under \-\-dry\-run or for an already_done rerun. A failed POST is a
+warning and never changes the exit code.
 .TP
 \fISTORE\fR/journal/\fISEQ\fR.json
 The hash\-chained journal, one entry an object (SEQ is 20 zero\-padded digits).
@@ -267,7 +283,7 @@ The env, when \fB\-\-env\fR is not given.
 \fBAWS_REGION\fR, \fBAWS_PROFILE\fR, \fBAWS_ENDPOINT_URL\fR, ...
 The standard AWS configuration chain.
 .SH "NOT BUILT YET"
-promote\-replica, dns\-cutover, failover, rollback, the [notify] webhook, backup \-\-type base,
+promote\-replica, dns\-cutover, failover, rollback, backup \-\-type base,
 wal\-push, wal\-fetch, pitr\-restore, drill, status \-\-audit.
 .SH "SEE ALSO"
 \fBpg_dump\fR(1), \fBpg_restore\fR(1), \fBpsql\fR(1), \fBcreatedb\fR(1), \fBzstd\fR(1), \fBaws\fR(1)

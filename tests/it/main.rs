@@ -12,6 +12,7 @@ mod failover;
 mod faults;
 mod harness;
 mod journal;
+mod notify;
 mod promote_replica;
 mod smoke;
 mod sync;

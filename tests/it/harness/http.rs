@@ -1,7 +1,8 @@
 //! A health endpoint a test controls: answers every request with the status it is set to (and,
-//! when set, an `Access-Control-Allow-Origin`), on a free loopback port, until dropped.
+//! when set, an `Access-Control-Allow-Origin`), on a free loopback port, until dropped. And a
+//! webhook receiver (`Webhook`) that records what was POSTed to it.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,6 +96,130 @@ fn answer(c: TcpStream, s: &Shared) {
             cors.unwrap_or_default()
         )
         .as_bytes(),
+    );
+}
+
+/// A Slack-style incoming webhook a test controls: records each request's method, path and body,
+/// answers with the status it is set to (200 by default), on a free loopback port, until dropped.
+/// Its URL carries a token (`token()`), as Slack's do, for tests that check it is never printed.
+pub struct Webhook {
+    pub port: u16,
+    token: String,
+    shared: Arc<WebhookShared>,
+}
+
+/// One request as the webhook received it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub body: String,
+}
+
+struct WebhookShared {
+    status: AtomicU16,
+    requests: Mutex<Vec<Request>>,
+    stop: AtomicBool,
+}
+
+impl Webhook {
+    pub fn start() -> Webhook {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = listener.local_addr().unwrap().port();
+        let shared = Arc::new(WebhookShared {
+            status: AtomicU16::new(200),
+            requests: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(c) = conn {
+                    let s = s.clone();
+                    thread::spawn(move || receive(c, &s));
+                }
+            }
+        });
+        Webhook { port, token: format!("SECRETTOKEN{}", super::random_hex(6)), shared }
+    }
+
+    /// `http://127.0.0.1:PORT/services/T000/B000/TOKEN`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/services/T000/B000/{}", self.port, self.token)
+    }
+
+    /// The secret part of `url()`: what must appear in no output, log, journal or store file.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The status every later request is answered with.
+    pub fn set_status(&self, code: u16) {
+        self.shared.status.store(code, Ordering::SeqCst);
+    }
+
+    /// Every request so far, in the order received. A request is recorded before it is
+    /// answered, so once drctl has exited, what it sent is here.
+    pub fn requests(&self) -> Vec<Request> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// The bodies of every request so far.
+    pub fn bodies(&self) -> Vec<String> {
+        self.requests().into_iter().map(|r| r.body).collect()
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag and the port is closed.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Read one request (a body of Content-Length bytes; drctl's reqwest sends no chunked bodies),
+/// record it, answer with the set status.
+fn receive(c: TcpStream, s: &WebhookShared) {
+    let mut reader = BufReader::new(match c.try_clone() {
+        Ok(r) => r,
+        Err(_) => return,
+    });
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+    let mut length = 0usize;
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) if line == "\r\n" || line == "\n" => break,
+            Ok(_) => {
+                if let Some((name, value)) = line.split_once(':')
+                    && name.trim().eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let body = String::from_utf8_lossy(&body).into_owned();
+    s.requests.lock().unwrap().push(Request { method, path, body });
+    let code = s.status.load(Ordering::SeqCst);
+    let answer = if code < 300 { "ok" } else { "invalid_token" };
+    let _ = (&c).write_all(
+        format!("HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}", answer.len())
+            .as_bytes(),
     );
 }
 
