@@ -206,3 +206,304 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         if p.is_dir() { walk(&p, out) } else { out.push(p) }
     }
 }
+
+/// Every drctl command line the README and the runbooks show parses with the real CLI definition
+/// (`drctl::cli::Cli`), so a renamed flag or command cannot leave the docs behind.
+///
+/// What counts as a command line, in `README.md` and `runbooks/*.md`:
+/// - in a fenced code block (any info string: `sh`, `console`, none, …), a line that starts with
+///   `drctl ` after its indentation, optionally after a `$ ` prompt and/or `sudo `; a line ending in
+///   `\` continues on the next one;
+/// - in prose (tables included), an inline code span whose text starts with `drctl ` (a span may
+///   run over a line break, never over a blank line; `\|` in it is a table's escaped `|`).
+///
+/// Each is cut at its first unquoted `#` word (a comment) and at its first unquoted `|`, `&`, `;`,
+/// `<` or `>` (`| jq`, `&& …`, `> file`, `2>&1`), then split into words as a shell would (single and
+/// double quotes, backslash escapes). Synopsis brackets are dropped so every optional part is
+/// checked too (`drctl check [--env ENV]` is checked as `drctl check --env ENV`). Placeholders in
+/// CAPS stay as they are (ENV, RUN_ID, CHECK_ID, TABLE, URL, … are valid strings), except those
+/// clap validates, which get a valid value: SHELL, N, DURATION.
+///
+/// An inline span that only names a command, with no option at all (`drctl sync` of 671 MB), may
+/// leave out its required arguments; the command's name is still checked.
+///
+/// An angle-bracket placeholder that is the value of the option before it (`--run <run-id>`)
+/// stands for a valid value. Skipped: a line whose command is itself a placeholder, i.e. such a
+/// word (or `…`, `...`) anywhere else (`drctl <command> --help`). The cron and systemd files are
+/// not read (their commands are full paths, not `drctl `).
+#[test]
+fn every_drctl_line_in_the_docs_parses() {
+    let mut files = vec![root().join("README.md")];
+    let mut runbooks: Vec<PathBuf> = std::fs::read_dir(root().join("runbooks"))
+        .expect("runbooks/")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    runbooks.sort();
+    files.extend(runbooks);
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let name = f.strip_prefix(root()).unwrap_or(f).display().to_string();
+        let found = drctl_commands(&name, &text);
+        assert!(!found.is_empty(), "{name} shows no drctl command line: is the extractor blind?");
+        total += found.len();
+        failures.extend(found.iter().filter_map(parse_failure));
+    }
+    assert!(
+        failures.is_empty(),
+        "{} drctl lines in the docs do not parse:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+    assert!(total >= 50, "only {total} drctl command lines found in {} files", files.len());
+}
+
+/// The checker sees drift where it hides: a misspelt flag in a fenced block, a missing value in a
+/// table's inline span, a misspelt command named in prose; and it passes what is valid (a span over
+/// a line break, a continued line, pipes, redirections, comments, synopses, placeholders).
+#[test]
+fn the_docs_checker_catches_a_drifted_line() {
+    let doc = "# Failover\n\
+               \n\
+               Look first with `drctl status`, then `drctl failover --to staging\n\
+               --dry-run`.\n\
+               \n\
+               ```sh\n\
+               $ drctl failover --to staging --yes -o json | jq .readiness   # off a TTY\n\
+               drctl failover --too staging\n\
+               sudo drctl rollback --run RUN_ID \\\n\
+               \x20     --accept writes-since-cutover > rollback.json\n\
+               drctl <command> --help\n\
+               drctl rollback --run <run-id> --dry-run\n\
+               drctl log --since 24h --limit N && rm -f rollback.json\n\
+               ```\n\
+               \n\
+               | command | what |\n\
+               | --- | --- |\n\
+               | `drctl verify-chain --table` | no value, and no --env |\n\
+               | `drctl check [--env ENV]`, `drctl completions SHELL` | synopses |\n\
+               \n\
+               Not a command: `drctl`, `drctl_last_success_timestamp_seconds`, ``a `drctl x` quoted``.\n\
+               Naming a command is fine (`drctl sync` of 671 MB); a wrong name is not: `drctl fail-over`.\n";
+    let found = drctl_commands("doc.md", doc);
+    let lines: Vec<usize> = found.iter().map(|c| c.line).collect();
+    assert_eq!(lines, [3, 3, 7, 8, 9, 11, 12, 13, 18, 19, 19, 22, 22], "{found:#?}");
+    let failures: Vec<String> = found.iter().filter_map(parse_failure).collect();
+    assert_eq!(failures.len(), 3, "{failures:#?}");
+    assert!(failures[0].starts_with("doc.md:8: `drctl failover --too staging`"), "{}", failures[0]);
+    assert!(failures[0].contains("--too"), "clap's error names the flag: {}", failures[0]);
+    assert!(failures[1].starts_with("doc.md:18: `drctl verify-chain --table`"), "{}", failures[1]);
+    assert!(failures[2].starts_with("doc.md:22: `drctl fail-over`"), "{}", failures[2]);
+}
+
+/// A drctl command line found in a document: the line it starts on and its text as written.
+#[derive(Debug)]
+struct DocCommand {
+    file: String,
+    line: usize,
+    text: String,
+    /// Found in an inline code span (prose), not a code block.
+    inline: bool,
+}
+
+/// The drctl command lines of a Markdown document (the rules: [`every_drctl_line_in_the_docs_parses`]).
+fn drctl_commands(file: &str, text: &str) -> Vec<DocCommand> {
+    let mut out = Vec::new();
+    // Prose with every fenced line blanked, so spans keep their line numbers and never cross a fence.
+    let mut prose = String::new();
+    let mut fence: Option<(char, usize)> = None;
+    let mut pending: Option<(usize, String)> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim_start();
+        let run = |c: char| line.chars().take_while(|&x| x == c).count();
+        match fence {
+            None => {
+                if let Some(c) = ['`', '~'].into_iter().find(|&c| run(c) >= 3) {
+                    fence = Some((c, run(c)));
+                    prose.push('\n');
+                } else {
+                    prose.push_str(raw);
+                    prose.push('\n');
+                }
+                continue;
+            }
+            Some((c, n)) if run(c) >= n && line[run(c)..].trim().is_empty() => {
+                fence = None;
+                prose.push('\n');
+                continue;
+            }
+            Some(_) => prose.push('\n'),
+        }
+        let (start, joined) = match pending.take() {
+            Some((start, before)) => (start, format!("{before} {line}")),
+            None => (i + 1, line.to_string()),
+        };
+        if let Some(cont) = joined.strip_suffix('\\') {
+            pending = Some((start, cont.to_string()));
+            continue;
+        }
+        let mut cmd = joined.trim();
+        cmd = cmd.strip_prefix("$ ").unwrap_or(cmd).trim_start();
+        cmd = cmd.strip_prefix("sudo ").unwrap_or(cmd).trim_start();
+        if cmd.starts_with("drctl ") {
+            out.push(DocCommand { file: file.to_string(), line: start, text: cmd.to_string(), inline: false });
+        }
+    }
+    for (offset, span) in code_spans(&prose) {
+        let span = span.replace("\\|", "|");
+        if span.starts_with("drctl ") {
+            let line = prose[..offset].matches('\n').count() + 1;
+            out.push(DocCommand { file: file.to_string(), line, text: span, inline: true });
+        }
+    }
+    out.sort_by_key(|c| c.line);
+    out
+}
+
+/// The inline code spans of Markdown prose, CommonMark-style: a run of N backticks up to the next
+/// run of exactly N, never over a blank line; line breaks inside become spaces. (offset, text).
+fn code_spans(prose: &str) -> Vec<(usize, String)> {
+    let bytes = prose.as_bytes();
+    let run_at = |i: usize| bytes[i..].iter().take_while(|&&b| b == b'`').count();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'`' {
+            i += 1;
+            continue;
+        }
+        let n = run_at(i);
+        let body = i + n;
+        let mut j = body;
+        let mut close = None;
+        while j < bytes.len() {
+            if bytes[j] == b'`' {
+                let m = run_at(j);
+                if m == n {
+                    close = Some(j);
+                    break;
+                }
+                j += m;
+            } else {
+                j += 1;
+            }
+        }
+        match close {
+            Some(j) if !prose[body..j].split('\n').skip(1).any(|l| l.trim().is_empty()) => {
+                out.push((i, prose[body..j].replace('\n', " ").trim().to_string()));
+                i = j + n;
+            }
+            _ => i = body,
+        }
+    }
+    out
+}
+
+/// clap's complaint about a documented command line, as `file:line: `text`: error`; None when it
+/// parses (or asks for help or the version), or is a placeholder line.
+fn parse_failure(c: &DocCommand) -> Option<String> {
+    use clap::Parser;
+    use clap::error::ErrorKind;
+    // Before shell splitting, which would read `<command>` as a redirection.
+    let raw: Vec<&str> = c.text.split_whitespace().collect();
+    let placeholder = |w: &str| (w.len() > 2 && w.starts_with('<') && w.ends_with('>')) || w == "…" || w == "...";
+    if raw.iter().enumerate().skip(1).any(|(i, w)| placeholder(w) && !raw[i - 1].starts_with('-')) {
+        return None;
+    }
+    let text = raw.iter().filter(|w| placeholder(w)).fold(c.text.clone(), |t, w| t.replace(w, "VALUE"));
+    let words = match shell_words(&text) {
+        Ok(w) => w,
+        Err(e) => return Some(format!("{}:{}: `{}`: {e}", c.file, c.line, c.text)),
+    };
+    let args = words.iter().map(|w| w.trim_start_matches('[').trim_end_matches(']')).filter(|w| !w.is_empty()).map(
+        |w| match w {
+            "SHELL" => "bash",
+            "N" => "10",
+            "DURATION" => "10m",
+            other => other,
+        },
+    );
+    // Prose that names a command (`drctl sync` of 671 MB) need not give its required arguments.
+    let names_a_command = c.inline && words.iter().all(|w| !w.starts_with('-'));
+    match drctl::cli::Cli::try_parse_from(args) {
+        Ok(_) => None,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => None,
+        Err(e) if names_a_command && e.kind() == ErrorKind::MissingRequiredArgument => None,
+        Err(e) => {
+            let msg = e.render().to_string();
+            let msg: Vec<&str> = msg.lines().take_while(|l| !l.trim().is_empty()).collect();
+            Some(format!("{}:{}: `{}`:\n    {}", c.file, c.line, c.text, msg.join("\n    ")))
+        }
+    }
+}
+
+/// A shell command line's words up to its first comment, pipe, list operator or redirection; quotes
+/// and backslashes as sh reads them (no expansions).
+fn shell_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars();
+    while let Some(ch) = chars.next() {
+        match ch {
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '#' if !in_word => break,
+            '|' | '&' | ';' | '<' | '>' => {
+                // `2>&1`, `2> err`: the digits are the redirection's fd, not a word.
+                if in_word && !(matches!(ch, '<' | '>') && word.chars().all(|d| d.is_ascii_digit())) {
+                    words.push(std::mem::take(&mut word));
+                }
+                return Ok(words);
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => word.push(c),
+                        None => return Err("unterminated ' quote".into()),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => word.push(c),
+                            Some(c) => {
+                                word.push('\\');
+                                word.push(c);
+                            }
+                            None => return Err("unterminated \" quote".into()),
+                        },
+                        Some(c) => word.push(c),
+                        None => return Err("unterminated \" quote".into()),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                if let Some(c) = chars.next() {
+                    word.push(c);
+                }
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    Ok(words)
+}
