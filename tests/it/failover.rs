@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::clients::{ELB_ZONE, alias_set, cname_set, sdk, upsert, zone};
 use crate::harness::drctl::{Drctl, RunResult};
 use crate::harness::fault_proxy::FaultProxy;
-use crate::harness::http::Health;
+use crate::harness::http::{Health, Webhook};
 use crate::harness::moto::Moto;
 use crate::harness::pg::Cluster;
 use crate::harness::{TestDir, unique_name, wait_until};
@@ -99,6 +99,7 @@ struct ReplicaSite {
     config: PathBuf,
     _health_prod: Health,
     health_replica: Health,
+    webhook: Webhook,
 }
 
 fn replica_site(prefix: &str, alias: bool, aws: &str, prod_extra: &str) -> ReplicaSite {
@@ -109,11 +110,12 @@ fn replica_site(prefix: &str, alias: bool, aws: &str, prod_extra: &str) -> Repli
     assert!(wait_until(Duration::from_secs(30), || replica.try_psql("app", "SELECT count(*) FROM t").as_deref()
         == Ok("100")));
     let zone = Zone::new(prefix, alias);
-    let (health_prod, health_replica) = (Health::start(), Health::start());
+    let (health_prod, health_replica, webhook) = (Health::start(), Health::start(), Webhook::start());
     let dir = TestDir::new();
     let config = dir.write_config(&format!(
         "[store]\nurl = \"file://{store}\"\n\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{aws}\"\n\n\
          [policy]\npromote_timeout = \"30s\"\ndns_timeout = \"20s\"\n\n{dns}\n\
+         [notify]\nwebhook_url = \"${{TEST_WEBHOOK}}\"\n\n\
          [environments.prod]\ndatabase_url = \"postgres://postgres:${{PAIR_PG_PASSWORD}}@127.0.0.1:{pport}/app?sslmode=disable\"\n\
          dns_target = \"{PROD_ALB}\"\ndns_alias_zone_id = \"{ELB_ZONE}\"\nhealth_url = \"{hp}\"\n{prod_extra}\n\
          [environments.replica]\ndatabase_url = \"postgres://postgres:${{PAIR_PG_PASSWORD}}@127.0.0.1:{rport}/app?sslmode=disable\"\n\
@@ -125,16 +127,20 @@ fn replica_site(prefix: &str, alias: bool, aws: &str, prod_extra: &str) -> Repli
         hp = health_prod.url(),
         hr = health_replica.url(),
     ));
-    ReplicaSite { primary, replica, zone, dir, config, _health_prod: health_prod, health_replica }
+    ReplicaSite { primary, replica, zone, dir, config, _health_prod: health_prod, health_replica, webhook }
 }
 
 impl ReplicaSite {
     fn drctl(&self) -> Drctl {
-        Drctl::new().config(&self.config).env("PAIR_PG_PASSWORD", self.primary.password())
+        Drctl::new()
+            .config(&self.config)
+            .env("PAIR_PG_PASSWORD", self.primary.password())
+            .env("TEST_WEBHOOK", self.webhook.url())
     }
     fn run(&self, args: &[&str]) -> RunResult {
         let r = self.drctl().args(args).args(["--yes", "-o", "json"]).run();
         r.assert_no_secret(self.primary.password());
+        r.assert_no_secret(self.webhook.token());
         r
     }
     fn journal(&self) -> Vec<Value> {
@@ -207,22 +213,26 @@ fn failover_to_a_replica_with_the_primary_up_then_rollback_refuses_to_abandon_wr
     let mark = j.iter().find(|e| e["event"] == "step-done" && e["details"]["step"] == "mark-cutover").unwrap();
     assert!(mark["details"]["lsn"].is_string() && mark["details"]["tables"]["public.t"].is_array(), "{mark}");
 
-    // The rerun above (table output) was already done: nothing sent again.
-    assert!(text.stdout.contains("already_done"), "{}", text.stdout);
-    assert!(text.stdout.contains("readiness") || text.stdout.contains("failover already_done"), "{}", text.stdout);
+    // The rerun above (table output) was already done: nothing sent again, no second message.
+    assert!(text.stdout.contains("failover already_done"), "{}", text.stdout);
+    let posted = s.webhook.bodies();
+    assert_eq!(posted.len(), 1, "one message for one failover: {posted:?}");
+    let msg: Value = serde_json::from_str(&posted[0]).unwrap();
+    let line = msg["text"].as_str().unwrap();
+    assert!(
+        line.starts_with(&format!("FAILOVER EXECUTED: {} now points to replica ({STG_ALB}). RTO ", s.zone.record))
+            && line.contains("data age 0s"),
+        "{line}"
+    );
     assert_eq!(j.iter().filter(|e| e["event"] == "step-sent" && e["details"]["step"] == "point-record").count(), 1);
 
     // Users wrote on the promoted env: rollback would abandon those rows, so it refuses, naming them.
     s.replica.psql("app", "INSERT INTO t SELECT generate_series(3001, 3005); UPDATE t SET id = id WHERE id <= 2;");
-    let mut refused = None;
-    // The server publishes a session's counts as it ends; give it a moment.
-    assert!(wait_until(Duration::from_secs(10), || {
-        let r = s.run(&["rollback"]);
-        let done = r.code == 3;
-        refused = Some(r);
-        done
-    }));
-    let r = refused.unwrap();
+    // The server publishes a session's counts as it ends: wait until they show.
+    let counted = "SELECT n_tup_upd >= 2 FROM pg_stat_user_tables WHERE relname = 't'";
+    assert!(wait_until(Duration::from_secs(10), || s.replica.psql("app", counted) == "t"));
+    let r = s.run(&["rollback"]);
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
     let c = r.check("writes-since-cutover");
     assert_eq!(c["ok"], false, "{c}");
     let detail = c["detail"].as_str().unwrap();
@@ -250,9 +260,20 @@ fn failover_to_a_replica_with_the_primary_up_then_rollback_refuses_to_abandon_wr
     assert_eq!(doc["rolls_back"], first_run, "{doc}");
     let started = s.journal().into_iter().rev().find(|e| e["event"] == "run-started").unwrap();
     assert_eq!(started["details"]["accepted"][0]["check"], "writes-since-cutover", "{started}");
+    assert!(r.check("target-healthy")["detail"].as_str().unwrap().contains("once unfence-primary has unfenced prod"));
     // Rerun: already done, and never an older cutover.
     let again = ok(&s.run(&["rollback"]));
     assert_eq!(again["status"], "already_done", "{again}");
+    // Messages: the failover, the refused rollback (a failed run), the rollback; none for reruns.
+    let posted: Vec<String> = s
+        .webhook
+        .bodies()
+        .iter()
+        .map(|b| serde_json::from_str::<Value>(b).unwrap()["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(posted.len(), 3, "{posted:?}");
+    assert!(posted[1].starts_with("drctl rollback prod FAILED (exit 3, preflight_failed)"), "{posted:?}");
+    assert!(posted[2].starts_with(&format!("ROLLBACK EXECUTED: {} points to prod again ({PROD_ALB})", s.zone.record)), "{posted:?}");
     let _ = &s.health_replica;
 }
 
@@ -488,4 +509,29 @@ fn a_failover_killed_at_every_step_boundary_and_while_route53_is_pending_resumes
     // The RTO counts from the first attempt's start, not the last one's.
     let rto = doc["rto_ms"].as_u64().unwrap();
     assert!(rto as u128 >= t0.elapsed().as_millis() / 2 && rto > 1000, "RTO {rto} ms over {:?}", t0.elapsed());
+}
+
+#[test]
+fn a_failover_that_stopped_the_old_primary_is_rolled_back_by_starting_it_again() {
+    // prod declares its data_dir (drctl manages its server): known once the site started it.
+    let s = replica_site("fo_managed", false, &Moto::shared().endpoint(), "");
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        "[environments.replica]",
+        &format!(
+            "data_dir = \"{}\"\npg_bin = \"{}\"\n\n[environments.replica]",
+            s.primary.data_dir.display(),
+            s.primary.bin_dir().display()
+        ),
+    );
+    std::fs::write(&s.config, text).unwrap();
+    let doc = ok(&s.run(&["failover", "--to", "replica"]));
+    let fence = doc["steps"].as_array().unwrap().iter().find(|s| s["step"] == "fence-primary").unwrap().clone();
+    assert!(fence["detail"].as_str().unwrap().contains("server stopped"), "{fence}");
+    assert!(s.primary.try_psql("postgres", "SELECT 1").is_err(), "the old primary is down");
+
+    let back = ok(&s.run(&["rollback"]));
+    assert_eq!(steps(&back)[0], ("unfence-primary".into(), "applied".into()), "{back}");
+    assert!(back["steps"][0]["detail"].as_str().unwrap().contains("server started"), "{back}");
+    assert_eq!(s.primary.psql("app", "SELECT count(*) FROM t"), "100", "the old primary serves again");
+    assert!(s.zone.points_at(PROD_ALB));
 }
