@@ -249,7 +249,7 @@ integrity failure: a broken chain link, a checksum mismatch, a missing object
 another run holds the lock, or this run's lock was taken over
 .TP
 6
-outcome unknown (not used by the commands built so far)
+outcome unknown: a change was sent (a Route 53 batch, a promotion) and not seen to take within policy.dns_timeout or policy.promote_timeout; rerun the same command, it waits on what was sent and never sends it again
 .TP
 130, 143
 interrupted by SIGINT, SIGTERM
@@ -268,7 +268,7 @@ warning and never changes the exit code.
 The hash\-chained journal, one entry an object (SEQ is 20 zero\-padded digits).
 .TP
 \fISTORE\fR/locks/\fITARGET\fR.json
-One lock per target (env:NAME), never deleted.
+One lock per target (env:NAME, dns), never deleted.
 .TP
 \fISTORE\fR/backups/\fIENV\fR/\fIID\fR/\fIDB\fR.dump.zst.000, manifest.json
 A logical backup (pg_dump \-Fc \-Z0 through zstd; .001, ... past 64 GiB) and its manifest.
@@ -283,7 +283,7 @@ The env, when \fB\-\-env\fR is not given.
 \fBAWS_REGION\fR, \fBAWS_PROFILE\fR, \fBAWS_ENDPOINT_URL\fR, ...
 The standard AWS configuration chain.
 .SH "NOT BUILT YET"
-promote\-replica, dns\-cutover, failover, rollback, backup \-\-type base,
+backup \-\-type base,
 wal\-push, wal\-fetch, pitr\-restore, drill, status \-\-audit.
 .SH "SEE ALSO"
 \fBpg_dump\fR(1), \fBpg_restore\fR(1), \fBpsql\fR(1), \fBcreatedb\fR(1), \fBzstd\fR(1), \fBaws\fR(1)

@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn a_failed_run_names_runbook_env_exit_status_and_the_first_line_of_its_error() {
         let c = cmd(&["backup", "--env", "prod"]);
-        let e = Error::Preflight { failed: vec!["db-reachable: 127.0.0.1:1: refused\nmore".into()], waivable: true };
+        let e = Error::Preflight { failed: vec!["db-reachable: 127.0.0.1:1: refused\nmore".into()], waivable: vec![] };
         let m = message(&c, "r-1", &failed_run("backup", Some("prod"), e), false).unwrap();
         assert_eq!(
             m,
@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn a_dry_run_never_posts() {
         let c = cmd(&["backup", "--env", "prod", "--dry-run"]);
-        let e = Error::Preflight { failed: vec!["db-reachable: refused".into()], waivable: true };
+        let e = Error::Preflight { failed: vec!["db-reachable: refused".into()], waivable: vec![] };
         assert_eq!(message(&c, "r-1", &failed_run("backup", Some("prod"), e), true), None);
         let c = cmd(&["failover", "--to", "dr", "--dry-run"]);
         assert_eq!(message(&c, "r-1", &ok("failover", Some("dr"), "ok", failover_extra()), true), None);

@@ -465,7 +465,7 @@ mod tests {
 
     use serde_json::{Value, json};
 
-    use super::State;
+    use super::{STEP_SENT, State};
     use crate::journal::Entry;
 
     fn entry(seq: u64, run: &str, runbook: &str, env: &str, event: &str, details: Value) -> Entry {
@@ -534,6 +534,63 @@ mod tests {
         s.fold(&entry(201, "r6", "sync", "stg", "run-done", json!({})));
         assert!(s.unclean.is_empty(), "{:?}", s.unclean);
         // A state survives its own serialisation unchanged (it is what a checkpoint stores).
+        let back: State = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn a_failover_resumed_after_a_crash_is_one_cutover_and_a_rollback_marks_it_rolled_back() {
+        let mut s = State::default();
+        let fo = |seq, run: &str, event: &str, d: Value| entry(seq, run, "failover", "replica", event, d);
+        let es = [
+            fo(1, "r1", "run-started", json!({"args": "--to replica"})),
+            fo(
+                2,
+                "r1",
+                STEP_SENT,
+                json!({"step": "fence-primary", "fenced": true, "primary": "prod", "primary_lsn": "0/5"}),
+            ),
+            fo(3, "r1", "step-done", json!({"step": "fence-primary"})),
+            // r1 dies; r2 resumes it.
+            fo(4, "r2", "run-started", json!({"args": "--to replica", "resumes": "r1"})),
+            fo(5, "r2", "step-done", json!({"step": "mark-cutover", "lsn": "0/9", "tables": {}})),
+            fo(6, "r2", STEP_SENT, json!({"step": "point-record", "previous": {"name": "app."}, "new": {}})),
+            fo(7, "r2", "step-done", json!({"step": "point-record"})),
+            fo(8, "r2", "step-done", json!({"step": "readiness", "rto_ms": 5})),
+            fo(9, "r2", "run-done", json!({"args": "--to replica"})),
+        ];
+        for e in &es {
+            s.fold(e);
+        }
+        assert_eq!(s.cutovers.len(), 1, "{:?}", s.cutovers);
+        let c = &s.cutovers[0];
+        assert_eq!((c.runbook.as_str(), c.to.as_str()), ("failover", "replica"));
+        assert_eq!(c.run_ids, ["r1", "r2"]);
+        assert_eq!(c.fenced.as_ref().unwrap()["primary_lsn"], "0/5");
+        assert_eq!(c.mark.as_ref().unwrap()["lsn"], "0/9");
+        assert!(c.change.is_some() && c.ready.is_some());
+        // The resumed run knows what its predecessor's fence found, and that it finished.
+        let run = s.last_start("failover", Some("replica")).unwrap();
+        assert_eq!(run.since, "2026-01-01T00:00:01.000Z", "the RTO counts from the first attempt");
+        assert_eq!(run.finished["fence-primary"]["primary_lsn"], "0/5");
+        assert!(run.sent.is_empty());
+        assert_eq!(s.cutover_by_run("r1"), s.cutover_by_run("r2"));
+
+        // A rollback of it, then a new failover: two cutovers, the first rolled back.
+        s.fold(&entry(
+            10,
+            "r3",
+            "rollback",
+            "prod",
+            "step-done",
+            json!({"step": "restore-record", "rolls_back": "r1"}),
+        ));
+        assert_eq!(s.cutovers[0].rolled_back_by.as_deref(), Some("r3"));
+        s.fold(&fo(11, "r4", "run-started", json!({"args": "--to replica"})));
+        s.fold(&fo(12, "r4", "step-done", json!({"step": "mark-cutover", "lsn": "0/20"})));
+        assert_eq!(s.cutovers.len(), 2);
+        assert_eq!(s.cutovers[1].run_ids, ["r4"]);
+        assert!(s.cutovers[1].rolled_back_by.is_none());
         let back: State = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
         assert_eq!(back, s);
     }

@@ -54,14 +54,16 @@ pub async fn failover(cx: &Ctx, to: &EnvConfig) -> Result<Runbook> {
     if to.replica_of.is_some() {
         rb = rb.then(promote_replica::promote_replica(cx, to).await?);
     }
-    let api: Arc<dyn Dns> = Arc::new(cx.dns_api().await);
-    Ok(rb.step(MarkCutover { to: to.clone(), old }).then(cutover).step(Readiness {
-        to: to.clone(),
-        api,
-        record: dns.record.clone(),
-        kind: dns.kind.clone(),
+    let record = Record {
+        api: Arc::new(cx.dns_api().await),
         zone: dns.zone_id.clone(),
-    }))
+        name: dns.record.clone(),
+        kind: dns.kind.clone(),
+    };
+    Ok(rb
+        .step(MarkCutover { to: to.clone(), old, record: record.clone() })
+        .then(cutover)
+        .step(Readiness { to: to.clone(), record }))
 }
 
 /// The env ENV takes over from: the primary it replicates, the env it is a warm standby of, or
@@ -71,11 +73,44 @@ fn old_primary(cx: &Ctx, to: &EnvConfig) -> Option<EnvConfig> {
     cx.config.env(name).ok().cloned()
 }
 
-/// The cutover this failover is (or resumes): the newest one, when it is a failover to `env` not
-/// rolled back. Runs that move the record hold the `dns` lock, so no other can be newer.
-async fn current_cutover(cx: &Ctx, env: &str) -> Result<Option<Cutover>> {
+/// Where the record is, for the steps that ask whether this failover already happened.
+#[derive(Clone)]
+struct Record {
+    api: Arc<dyn Dns>,
+    zone: String,
+    name: String,
+    kind: String,
+}
+
+impl Record {
+    async fn current(&self) -> Result<Option<RecordSet>> {
+        let rtype = RecordType::parse(&self.kind).unwrap_or(RecordType::Cname);
+        self.api.current(&self.zone, &self.name, rtype).await
+    }
+}
+
+/// The cutover this failover is (or resumes): the newest one, when it is a failover to `to` not
+/// rolled back (runs that move the record hold the `dns` lock, so no other can be newer), and
+/// either this run resumes one of its runs or the record still points at `to`. A record moved
+/// since by hand is a new failover, not this one done.
+async fn current_cutover(cx: &Ctx, to: &EnvConfig, record: &Record) -> Result<Option<Cutover>> {
     let state = cx.journal.state().await?;
-    Ok(state.cutovers.last().filter(|c| c.runbook == "failover" && c.to == env && c.rolled_back_by.is_none()).cloned())
+    let Some(c) = state
+        .cutovers
+        .last()
+        .filter(|c| c.runbook == "failover" && c.to == to.name && c.rolled_back_by.is_none())
+        .cloned()
+    else {
+        return Ok(None);
+    };
+    if cx.run.resumes().is_some_and(|r| c.run_ids.iter().any(|id| id == r)) {
+        return Ok(Some(c));
+    }
+    let live = match &to.dns_target {
+        Some(t) => record.current().await?.is_some_and(|r| r.points_at(t)),
+        None => false,
+    };
+    Ok(live.then_some(c))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -83,6 +118,7 @@ async fn current_cutover(cx: &Ctx, env: &str) -> Result<Option<Cutover>> {
 struct MarkCutover {
     to: EnvConfig,
     old: Option<EnvConfig>,
+    record: Record,
 }
 
 #[async_trait]
@@ -117,7 +153,7 @@ impl Step for MarkCutover {
         vec![Check::pass(ID, detail)]
     }
     async fn is_done(&self, cx: &Ctx) -> Result<bool> {
-        Ok(current_cutover(cx, &self.to.name).await?.is_some_and(|c| c.mark.is_some()))
+        Ok(current_cutover(cx, &self.to, &self.record).await?.is_some_and(|c| c.mark.is_some()))
     }
     async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
         let to = &self.to;
@@ -192,10 +228,7 @@ impl Step for MarkCutover {
 
 struct Readiness {
     to: EnvConfig,
-    api: Arc<dyn Dns>,
-    zone: String,
-    record: String,
-    kind: String,
+    record: Record,
 }
 
 #[async_trait]
@@ -204,7 +237,7 @@ impl Step for Readiness {
         "readiness"
     }
     async fn is_done(&self, cx: &Ctx) -> Result<bool> {
-        Ok(current_cutover(cx, &self.to.name).await?.is_some_and(|c| c.ready.is_some()))
+        Ok(current_cutover(cx, &self.to, &self.record).await?.is_some_and(|c| c.ready.is_some()))
     }
     async fn apply(&self, cx: &Ctx, log: &mut StepLog) -> Result<()> {
         let to = &self.to;
@@ -227,9 +260,7 @@ impl Step for Readiness {
                 None => None,
             }
         };
-        let rtype = RecordType::parse(&self.kind).unwrap_or(RecordType::Cname);
-        let (rw, healthy, record) =
-            tokio::join!(role_writable, healthy, self.api.current(&self.zone, &self.record, rtype));
+        let (rw, healthy, record) = tokio::join!(role_writable, healthy, self.record.current());
         let (role, writable) = rw?;
         let record = record?;
         let state = cx.journal.state().await?;
@@ -246,7 +277,7 @@ impl Step for Readiness {
             "role": role,
             "writable": writable,
             "healthy": healthy,
-            "record": format!("{} {} -> {}", self.kind, self.record, RecordSet::shown(record.as_ref())),
+            "record": format!("{} {} -> {}", self.record.kind, self.record.name, RecordSet::shown(record.as_ref())),
             "live": live,
             "data_as_of": mark.get("data_as_of").cloned().unwrap_or(Value::Null),
             "data_age_s": mark.get("data_age_s").cloned().unwrap_or(Value::Null),
@@ -272,7 +303,7 @@ impl Step for Readiness {
         cx.run.report("rto_ms", json!(rto_ms));
         cx.run.report("data_age_s", readiness["data_age_s"].clone());
         cx.run.report("data_as_of", readiness["data_as_of"].clone());
-        cx.run.report("record", self.record.clone());
+        cx.run.report("record", self.record.name.clone());
         if let Some(t) = &to.dns_target {
             cx.run.report("target", t.clone());
         }

@@ -100,6 +100,10 @@ pub async fn rollback(cx: &Ctx, run: Option<&str>) -> Result<Runbook> {
             }
         ),
     });
+    // What a dry run and a refusal report too: which cutover, and what goes back.
+    cx.run.report("rolls_back", first.clone());
+    cx.run.report("previous", serde_json::to_value(&set).unwrap_or_default());
+    cx.run.report("restores", serde_json::to_value(&previous).unwrap_or_default());
     let api: Arc<dyn Dns> = Arc::new(cx.dns_api().await);
     let check_at_act = matches!((&fenced, &back), (Some((p, _)), Some(b)) if p.name == b.name);
     let restore = PointRecord::restore(

@@ -273,7 +273,10 @@ fn failover_to_a_replica_with_the_primary_up_then_rollback_refuses_to_abandon_wr
         .collect();
     assert_eq!(posted.len(), 3, "{posted:?}");
     assert!(posted[1].starts_with("drctl rollback prod FAILED (exit 3, preflight_failed)"), "{posted:?}");
-    assert!(posted[2].starts_with(&format!("ROLLBACK EXECUTED: {} points to prod again ({PROD_ALB})", s.zone.record)), "{posted:?}");
+    assert!(
+        posted[2].starts_with(&format!("ROLLBACK EXECUTED: {} points to prod again ({PROD_ALB})", s.zone.record)),
+        "{posted:?}"
+    );
     let _ = &s.health_replica;
 }
 
