@@ -393,8 +393,17 @@ fn failover_to_a_warm_standby_checks_its_data_age_against_the_rpo_and_a_plain_cu
     s.zone = Zone::new("fo_warm2", false);
     s.write_config("6h");
     ok(&s.run(&["sync", "--from", "prod", "--to", "staging"]));
-    let doc = ok(&s.run(&["failover", "--to", "staging"]));
-    assert_eq!(doc["status"], "ok", "{doc}");
+    // Off a TTY without --yes: refused, nothing moved.
+    let r = s.drctl().args(["failover", "--to", "staging"]).run();
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("pass --yes"), "{}", r.stderr);
+    assert!(s.zone.points_at(PROD_ALB));
+    // The table report: checks, steps, then the readiness table and the RTO.
+    let r = s.drctl().args(["failover", "--to", "staging", "--yes"]).run();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    for shown in ["old-primary", "mark-cutover", "readiness", "writable", "data_as_of", "rto_ms: ", "failover ok"] {
+        assert!(r.stdout.contains(shown), "{shown} missing:\n{}", r.stdout);
+    }
     assert_eq!(s.run(&["failover", "--to", "staging"]).json()["status"], "already_done");
     ok(&s.run(&["rollback"]));
 
