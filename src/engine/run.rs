@@ -209,6 +209,7 @@ pub struct Outcome {
 
 pub async fn execute(cx: &Ctx, rb: Runbook) -> Outcome {
     let started = Instant::now();
+    cx.run.set_invoked(std::time::SystemTime::now());
     let mut report = RunReport {
         runbook: rb.name.to_string(),
         run_id: cx.run_id.clone(),
@@ -412,6 +413,9 @@ async fn run_locked(
         writer.append("run-abandoned", json!({ "run_id": u.run_id, "args": u.args })).await?;
     }
     let mut started = json!({ "args": rb.args, "accepted": accepted });
+    if let Some(t) = cx.run.invoked() {
+        started["invoked"] = humantime::format_rfc3339_millis(t).to_string().into();
+    }
     if let Some(old) = cx.run.resumes() {
         started["resumes"] = old.into();
     }

@@ -17,6 +17,7 @@ pub struct RunCtx {
     resumes: OnceLock<String>,
     sent: OnceLock<BTreeMap<String, Value>>,
     finished: OnceLock<BTreeMap<String, Value>>,
+    invoked: OnceLock<std::time::SystemTime>,
     fields: Mutex<Map<String, Value>>,
 }
 
@@ -26,6 +27,16 @@ impl RunCtx {
         let _ = self.resumes.set(run_id);
         let _ = self.sent.set(sent);
         let _ = self.finished.set(finished);
+    }
+
+    /// When the engine began this run (before its locks and preflight): journaled with
+    /// `run-started` as `invoked`, where failover's RTO is counted from.
+    pub(crate) fn set_invoked(&self, t: std::time::SystemTime) {
+        let _ = self.invoked.set(t);
+    }
+
+    pub fn invoked(&self) -> Option<std::time::SystemTime> {
+        self.invoked.get().copied()
     }
 
     /// The unfinished run (of the same runbook, env and arguments) this run continues.

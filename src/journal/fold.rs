@@ -106,8 +106,8 @@ pub struct LastStart {
     pub closed: bool,
     /// The runs this one resumed, newest first (a resumed run speaks for the runs it continues).
     pub resumed: Vec<String>,
-    /// When the first run of this resumes chain started (this run's own start when it resumed
-    /// none): where failover's RTO is measured from.
+    /// When the first run of this resumes chain was invoked (`run-started`'s `invoked`, before
+    /// its locks and preflight; this run's own when it resumed none): failover's RTO counts from it.
     #[serde(default)]
     pub since: String,
     /// Step id → what it journaled as sent (`step-sent`) with no `step-done` of it since, in this
@@ -283,7 +283,8 @@ impl State {
                 let mut resumed = Vec::new();
                 let mut sent = BTreeMap::new();
                 let mut finished = BTreeMap::new();
-                let mut since = e.time.clone();
+                // Since the first attempt was invoked (before its locks and preflight).
+                let mut since = str_of(d, "invoked").unwrap_or(&e.time).to_string();
                 if let Some(old) = str_of(d, "resumes") {
                     resumed.push(old.to_string());
                     if let Some(prev) = self.runs.get(&key).filter(|p| p.run_id == old) {

@@ -245,6 +245,9 @@ impl PointRecord {
                     .await
                     .map_err(|e| crate::clients::pg::db_error(&to.database_url, &e))
             };
+            // Right after a base backup the replay position can be ahead of what streaming
+            // received (the backup's own WAL): that is no lag.
+            let lag = async { lag.await.map(|(r, l)| (r, l.map(|b| b.max(0)))) };
             return match lag.await {
                 Ok((false, _)) => Check::pass(ID, format!("{} is promoted: it holds everything it replayed", to.name)),
                 Ok((true, lag)) if lag.unwrap_or(0) as u64 <= self.max_lag => Check::pass(
