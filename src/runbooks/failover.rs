@@ -127,22 +127,33 @@ impl Step for MarkCutover {
         "mark-cutover"
     }
     fn check_ids(&self) -> &'static [&'static str] {
-        &["old-primary"]
+        &["db-reachable", "old-primary"]
     }
-    /// `old-primary`: whether the env ENV takes over from answers. Reported, never a refusal: in an
-    /// incident it is usually down.
+    /// `db-reachable`: ENV's server answers (its maintenance_db: a replica's app database may be
+    /// fenced until it is promoted). `old-primary`: whether the env ENV takes over from answers.
+    /// Reported, never a refusal: in an incident it is usually down.
     async fn preflight(&self, _cx: &Ctx) -> Vec<Check> {
         const ID: &str = "old-primary";
+        let reachable = match pg::connect(&maintenance_url(&self.to)).await {
+            Ok(_) => Check::pass("db-reachable", format!("{} answers", self.to.name)),
+            Err(e) => Check::fail("db-reachable", format!("{} must take over but does not answer: {e}", self.to.name)),
+        };
         let Some(old) = &self.old else {
-            return vec![Check::pass(ID, format!("{} declares neither replica_of nor sync_from", self.to.name))];
+            return vec![
+                reachable,
+                Check::pass(ID, format!("{} declares neither replica_of nor sync_from", self.to.name)),
+            ];
         };
         let c = match pg::connect(&maintenance_url(old)).await {
             Ok(c) => c,
             Err(e) => {
-                return vec![Check::pass(
-                    ID,
-                    format!("{} does not answer ({e}): expected when it is down; it is not fenced", old.name),
-                )];
+                return vec![
+                    reachable,
+                    Check::pass(
+                        ID,
+                        format!("{} does not answer ({e}): expected when it is down; it is not fenced", old.name),
+                    ),
+                ];
             }
         };
         let detail = match (repl::in_recovery(&c).await, repl::current_lsn(&c).await) {
@@ -150,7 +161,7 @@ impl Step for MarkCutover {
             (Ok(true), _) => format!("{} answers, in recovery (not a primary)", old.name),
             (_, Err(e)) | (Err(e), _) => format!("{} answers but: {}", old.name, pg::describe(&e)),
         };
-        vec![Check::pass(ID, detail)]
+        vec![reachable, Check::pass(ID, detail)]
     }
     async fn is_done(&self, cx: &Ctx) -> Result<bool> {
         Ok(current_cutover(cx, &self.to, &self.record).await?.is_some_and(|c| c.mark.is_some()))
