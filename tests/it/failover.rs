@@ -102,13 +102,21 @@ struct ReplicaSite {
     webhook: Webhook,
 }
 
-fn replica_site(prefix: &str, alias: bool, aws: &str, prod_extra: &str) -> ReplicaSite {
+/// With `managed`, prod declares its data_dir and pg_bin: drctl manages its server (the fence is
+/// stopping it, and rollback starts it again).
+fn replica_site(prefix: &str, alias: bool, aws: &str, managed: bool) -> ReplicaSite {
     let primary = Cluster::start_new();
     primary.create_db("app");
     primary.psql("app", "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100);");
     let replica = Cluster::start_replica(&primary);
     assert!(wait_until(Duration::from_secs(30), || replica.try_psql("app", "SELECT count(*) FROM t").as_deref()
         == Ok("100")));
+    let prod_extra = match managed {
+        true => {
+            format!("data_dir = \"{}\"\npg_bin = \"{}\"\n", primary.data_dir.display(), primary.bin_dir().display())
+        }
+        false => String::new(),
+    };
     let zone = Zone::new(prefix, alias);
     let (health_prod, health_replica, webhook) = (Health::start(), Health::start(), Webhook::start());
     let dir = TestDir::new();
@@ -171,7 +179,7 @@ fn ok(r: &RunResult) -> Value {
 
 #[test]
 fn failover_to_a_replica_with_the_primary_up_then_rollback_refuses_to_abandon_writes_unless_accepted() {
-    let s = replica_site("fo_up", false, &Moto::shared().endpoint(), "");
+    let s = replica_site("fo_up", false, &Moto::shared().endpoint(), false);
     s.primary.psql("app", "INSERT INTO t SELECT generate_series(101, 3000);");
     let before = s.zone.record();
     assert_eq!(before, format!("CNAME 300 {PROD_ALB}"));
@@ -282,7 +290,7 @@ fn failover_to_a_replica_with_the_primary_up_then_rollback_refuses_to_abandon_wr
 
 #[test]
 fn failover_with_the_primary_crashed_is_not_fenced_reports_data_age_and_rolls_back_an_alias() {
-    let s = replica_site("fo_down", true, &Moto::shared().endpoint(), "");
+    let s = replica_site("fo_down", true, &Moto::shared().endpoint(), false);
     s.primary.psql("app", "INSERT INTO t VALUES (101);");
     assert!(wait_until(Duration::from_secs(20), || s.replica.psql("app", "SELECT count(*) FROM t") == "101"));
     let before = s.zone.record();
@@ -475,7 +483,7 @@ fn failover_takes_over_the_lock_of_a_sync_into_its_target_and_that_sync_never_sw
 #[test]
 fn a_failover_killed_at_every_step_boundary_and_while_route53_is_pending_resumes_sending_each_change_once() {
     let proxy = FaultProxy::start(Moto::shared().port, 0);
-    let s = replica_site("fo_kill", false, &proxy.endpoint(), "");
+    let s = replica_site("fo_kill", false, &proxy.endpoint(), false);
     s.primary.psql("app", "INSERT INTO t SELECT generate_series(101, 500);");
     let t0 = Instant::now();
     let failover = || s.drctl().args(["failover", "--to", "replica", "--yes", "-o", "json"]);
@@ -525,17 +533,7 @@ fn a_failover_killed_at_every_step_boundary_and_while_route53_is_pending_resumes
 
 #[test]
 fn a_failover_that_stopped_the_old_primary_is_rolled_back_by_starting_it_again() {
-    // prod declares its data_dir (drctl manages its server): known once the site started it.
-    let s = replica_site("fo_managed", false, &Moto::shared().endpoint(), "");
-    let text = std::fs::read_to_string(&s.config).unwrap().replace(
-        "[environments.replica]",
-        &format!(
-            "data_dir = \"{}\"\npg_bin = \"{}\"\n\n[environments.replica]",
-            s.primary.data_dir.display(),
-            s.primary.bin_dir().display()
-        ),
-    );
-    std::fs::write(&s.config, text).unwrap();
+    let s = replica_site("fo_managed", false, &Moto::shared().endpoint(), true);
     let doc = ok(&s.run(&["failover", "--to", "replica"]));
     let fence = doc["steps"].as_array().unwrap().iter().find(|s| s["step"] == "fence-primary").unwrap().clone();
     assert!(fence["detail"].as_str().unwrap().contains("server stopped"), "{fence}");
