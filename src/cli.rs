@@ -261,14 +261,17 @@ pub enum Command {
     /// --audit checks the prerequisites of a recoverable setup instead, one item per id and target
     /// (an item appears only where it applies): store-private (a file store's directory and
     /// everything in it grant group and others nothing; an S3 bucket's public access block is on in
-    /// all four settings), store-encrypted (the bucket has default encryption), bucket-versioning
+    /// all four settings), store-encrypted (the bucket has default encryption; a file store fails,
+    /// as drctl writes it unencrypted and cannot see a disk's encryption), bucket-versioning
     /// (S3 only: versioning Enabled), rds-backup-retention (at least 1 day) and rds-multi-az for each
     /// env with rds_instance, chain-append-only for each [environments.ENV.chains.TABLE] (an enabled
     /// trigger without a WHEN condition fires BEFORE UPDATE and BEFORE DELETE on it; the detail
     /// gives the SQL to add one), backup-deep-verified (each env's newest backup re-hashed by
     /// `verify-chain --backups --deep`, and matched, within policy.verify_max_age) and
-    /// backup-drilled (never passes yet: drill is not built). Same rules: no lock, no journal
-    /// entry. Exit 3 when any item fails; the hint names the failed ids.
+    /// backup-drilled (never passes yet: drill is not built). With no backup of any env, the two
+    /// backup items appear once, target `-`, failed. -o json: {"ok", "audit": [{"id", "target",
+    /// "ok", "detail"}]}. Same rules: no lock, no journal entry. Exit 3 when any item fails; the
+    /// hint names the failed ids.
     Status(StatusArgs),
 
     /// Show the journal, newest first

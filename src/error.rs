@@ -51,8 +51,9 @@ pub enum Error {
     Breach { breaches: Vec<String> },
 
     /// `status --audit`: a prerequisite of a recoverable setup is missing (exit 3). `failed` is
-    /// each failed item as `id target: detail`, `ids` the failed items' ids (the hint names them).
-    #[error("audit failed: {}", failed.join("; "))]
+    /// each failed item as `id target` (the report shows why), `ids` their ids, once each (the
+    /// hint names them).
+    #[error("audit failed: {}", failed.join(", "))]
     Audit { failed: Vec<String>, ids: Vec<String> },
 
     /// verify-chain found nothing to verify where something was expected: an empty artifact
@@ -255,10 +256,7 @@ mod tests {
         assert_eq!(Error::usage("x").exit_code(), 2);
         assert_eq!(Error::Preflight { failed: vec![], waivable: vec![] }.exit_code(), 3);
         assert_eq!(Error::NothingToVerify { what: "x".into(), hint: "y".into() }.status(), "preflight_failed");
-        let audit = Error::Audit {
-            failed: vec!["backup-drilled prod: never drilled".into()],
-            ids: vec!["backup-drilled".into()],
-        };
+        let audit = Error::Audit { failed: vec!["backup-drilled prod".into()], ids: vec!["backup-drilled".into()] };
         assert_eq!((audit.exit_code(), audit.status()), (3, "preflight_failed"));
         assert!(audit.hint().unwrap().ends_with("failed: backup-drilled"), "{:?}", audit.hint());
         assert_eq!(Error::integrity("journal", "seq 3", "hash").exit_code(), 4);

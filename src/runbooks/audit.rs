@@ -129,7 +129,8 @@ fn report(items: &[Item]) -> (Value, String, Option<Error>) {
                 ids.push(i.id.to_string());
             }
         }
-        Error::Audit { failed: failed.iter().map(|i| format!("{} {}: {}", i.id, i.target, i.detail)).collect(), ids }
+        // The details are in the report above the error; the error names what failed, not why.
+        Error::Audit { failed: failed.iter().map(|i| format!("{} {}", i.id, i.target)).collect(), ids }
     });
     (doc, t.to_string(), error)
 }
@@ -302,16 +303,44 @@ async fn store_encrypted(cx: &Ctx, store: &StoreAt, configured: Option<String>) 
 /// `bucket-versioning`: Enabled, so an object overwritten or deleted (by a bug, a person or
 /// ransomware with the host's credentials) can be recovered.
 async fn bucket_versioning(cx: &Ctx, bucket: &str) -> (bool, String) {
-    let fix = format!("`aws s3api put-bucket-versioning --bucket {bucket} --versioning-configuration Status=Enabled`");
     match cx.aws.s3().await.get_bucket_versioning().bucket(bucket).send().await {
-        Ok(out) => match out.status().map(|s| s.as_str()) {
-            Some("Enabled") => (true, format!("bucket {bucket}: versioning Enabled")),
-            Some(other) => {
-                (false, format!("bucket {bucket}: versioning {other}: an overwritten object is gone: {fix}"))
-            }
-            None => (false, format!("bucket {bucket}: versioning was never enabled: {fix}")),
+        Ok(out) => versioning(bucket, out.status().map(|s| s.as_str())),
+        Err(e) => match status_in_body(&e) {
+            Some(status) => versioning(bucket, status.as_deref()),
+            None => (false, format!("bucket {bucket}: GetBucketVersioning: {}", aws_problem("S3", &e))),
         },
-        Err(e) => (false, format!("bucket {bucket}: GetBucketVersioning: {}", aws_problem("S3", &e))),
+    }
+}
+
+/// The Status of a 200 GetBucketVersioning answer the SDK refused to parse (`Some(None)`: no
+/// Status, never versioned). S3 roots the document at VersioningConfiguration; an S3-compatible
+/// server may root it elsewhere (moto: GetBucketVersioningResponse) with the same elements, and
+/// the Status element is all the verdict needs.
+fn status_in_body<E>(
+    e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> Option<Option<String>> {
+    let raw = e.raw_response()?;
+    if raw.status().as_u16() != 200 {
+        return None;
+    }
+    let body = std::str::from_utf8(raw.body().bytes()?).ok()?;
+    if !body.contains("Versioning") {
+        return None;
+    }
+    Some(
+        body.split_once("<Status>")
+            .and_then(|(_, rest)| rest.split_once("</Status>"))
+            .map(|(s, _)| s.trim().to_string()),
+    )
+}
+
+/// The verdict on a bucket's versioning Status; `None` for a bucket whose versioning was never set.
+fn versioning(bucket: &str, status: Option<&str>) -> (bool, String) {
+    let fix = format!("`aws s3api put-bucket-versioning --bucket {bucket} --versioning-configuration Status=Enabled`");
+    match status {
+        Some("Enabled") => (true, format!("bucket {bucket}: versioning Enabled")),
+        Some(other) => (false, format!("bucket {bucket}: versioning {other}: an overwritten object is gone: {fix}")),
+        None => (false, format!("bucket {bucket}: versioning was never enabled: {fix}")),
     }
 }
 
@@ -513,8 +542,9 @@ fn deep_verified(newest: &Committed, now: SystemTime, max_age: Duration) -> (boo
     let Ok(at) = humantime::parse_rfc3339(&d.time) else {
         return (false, format!("newest backup {id}: deep-verified at an unreadable time `{}`: {rerun}", d.time));
     };
-    let age = Duration::from_secs(now.duration_since(at).unwrap_or_default().as_secs());
-    let shown = |d: Duration| humantime::format_duration(d).to_string();
+    let age = now.duration_since(at).unwrap_or_default();
+    // Judged to the millisecond, shown to the second.
+    let shown = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
     if age > max_age {
         return (
             false,
@@ -607,6 +637,16 @@ mod tests {
         let (ok, d) = deep_verified(&backup(Some(("2026-01-09T12:00:00Z", true))), now, week);
         assert!(ok && d.contains("12h ago"), "{d}");
         assert!(!drilled(&backup(None)).0);
+    }
+
+    #[test]
+    fn only_enabled_versioning_passes() {
+        let (ok, d) = versioning("b", None);
+        assert!(
+            !ok && d.contains("never enabled") && d.contains("--bucket b --versioning-configuration Status=Enabled")
+        );
+        assert!(!versioning("b", Some("Suspended")).0);
+        assert!(versioning("b", Some("Enabled")).0);
     }
 
     #[test]
