@@ -69,8 +69,9 @@ pub async fn audit(cx: &Ctx) -> (Value, String, Option<Error>) {
     let url = cx.store.url().to_string();
     let store = StoreAt::of(&url);
     let mut items = vec![Item::new("store-private", &url, store_private(cx, &store).await)];
-    // drctl's own encryption of what it writes, as the [store] config describes it: this build
-    // encrypts nothing itself, so the caller passes None and only the bucket's default counts.
+    // The third argument is drctl's own encryption of what it writes, as the [store] config
+    // describes it. This build has no such setting, so it is None here and only a bucket's
+    // default encryption counts.
     items.push(Item::new("store-encrypted", &url, store_encrypted(cx, &store, None).await));
     if let StoreAt::Bucket(bucket) = &store {
         items.push(Item::new("bucket-versioning", &url, bucket_versioning(cx, bucket).await));
