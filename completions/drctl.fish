@@ -248,6 +248,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand status" -l lock-wait -d 'Wai
 complete -c drctl -n "__fish_drctl_using_subcommand status" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
 json\t''"
 complete -c drctl -n "__fish_drctl_using_subcommand status" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand status" -l audit -d 'Check the prerequisites of a recoverable setup (store, bucket, RDS, chain tables, backups) instead of each env\'s readiness'
 complete -c drctl -n "__fish_drctl_using_subcommand status" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
 complete -c drctl -n "__fish_drctl_using_subcommand status" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
 complete -c drctl -n "__fish_drctl_using_subcommand status" -s v -l verbose -d 'More log lines on stderr (repeat for more)'

@@ -257,7 +257,22 @@ pub enum Command {
     ///
     /// Read-only: takes no lock and writes nothing. Exit 3 when an env's last sync or last backup
     /// is older than policy.rpo, or a live env is unhealthy.
-    Status,
+    ///
+    /// --audit checks the prerequisites of a recoverable setup instead, one item per id and target
+    /// (an item appears only where it applies): store-private (a file store's directory and
+    /// everything in it grant group and others nothing; an S3 bucket's public access block is on in
+    /// all four settings), store-encrypted (the bucket has default encryption; a file store fails,
+    /// as drctl writes it unencrypted and cannot see a disk's encryption), bucket-versioning
+    /// (S3 only: versioning Enabled), rds-backup-retention (at least 1 day) and rds-multi-az for each
+    /// env with rds_instance, chain-append-only for each [environments.ENV.chains.TABLE] (an enabled
+    /// trigger without a WHEN condition fires BEFORE UPDATE and BEFORE DELETE on it; the detail
+    /// gives the SQL to add one), backup-deep-verified (each env's newest backup re-hashed by
+    /// `verify-chain --backups --deep`, and matched, within policy.verify_max_age) and
+    /// backup-drilled (never passes yet: drill is not built). With no backup of any env, the two
+    /// backup items appear once, target `-`, failed. -o json: {"ok", "audit": [{"id", "target",
+    /// "ok", "detail"}]}. Same rules: no lock, no journal entry. Exit 3 when any item fails; the
+    /// hint names the failed ids.
+    Status(StatusArgs),
 
     /// Show the journal, newest first
     ///
@@ -282,6 +297,14 @@ pub struct EnvArg {
     /// the only env when there is one
     #[arg(short = 'e', long, value_name = "ENV")]
     pub env: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Check the prerequisites of a recoverable setup (store, bucket, RDS, chain tables, backups)
+    /// instead of each env's readiness
+    #[arg(long)]
+    pub audit: bool,
 }
 
 #[derive(Debug, Args)]

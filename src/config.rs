@@ -53,6 +53,7 @@ struct RawPolicy {
     dns_timeout: Option<String>,
     cors_origin: Option<String>,
     lock_ttl: Option<String>,
+    verify_max_age: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +164,9 @@ pub struct Policy {
     pub dns_timeout: Duration,
     pub cors_origin: Option<String>,
     pub lock_ttl: Duration,
+    /// `status --audit`'s `backup-deep-verified`: the newest backup's last `verify-chain --backups
+    /// --deep` must be at most this old.
+    pub verify_max_age: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -312,6 +316,11 @@ impl Config {
             )?,
             cors_origin: p.as_ref().and_then(|p| p.cors_origin.clone()),
             lock_ttl: dur("lock_ttl", p.as_ref().and_then(|p| p.lock_ttl.as_ref()), Duration::from_secs(15 * 60))?,
+            verify_max_age: dur(
+                "verify_max_age",
+                p.as_ref().and_then(|p| p.verify_max_age.as_ref()),
+                Duration::from_secs(7 * 24 * 3600),
+            )?,
         };
         if policy.lock_ttl < Duration::from_secs(3) {
             return Err(bad("[policy] lock_ttl", "must be at least 3s (locks are renewed every lock_ttl/3)".into()));

@@ -50,6 +50,12 @@ pub enum Error {
     #[error("health/RPO breach: {}", breaches.join("; "))]
     Breach { breaches: Vec<String> },
 
+    /// `status --audit`: a prerequisite of a recoverable setup is missing (exit 3). `failed` is
+    /// each failed item as `id target` (the report shows why), `ids` their ids, once each (the
+    /// hint names them).
+    #[error("audit failed: {}", failed.join(", "))]
+    Audit { failed: Vec<String>, ids: Vec<String> },
+
     /// verify-chain found nothing to verify where something was expected: an empty artifact
     /// prefix (a typo lists nothing) or an empty chain table (exit 3, like a failed check).
     #[error("nothing to verify: {what}")]
@@ -104,6 +110,7 @@ impl Error {
             Error::Config { .. } | Error::Usage { .. } => exit::USAGE,
             Error::Preflight { .. }
             | Error::Breach { .. }
+            | Error::Audit { .. }
             | Error::NothingToVerify { .. }
             | Error::Unreachable { .. } => exit::PREFLIGHT,
             Error::Integrity { .. } => exit::INTEGRITY,
@@ -148,6 +155,10 @@ impl Error {
             Error::Breach { .. } => Some(
                 "a stale env needs its sync or backup to run (see `drctl log` for why the last one did not); an unhealthy live env needs a look now".into(),
             ),
+            Error::Audit { ids, .. } => Some(format!(
+                "fix what each failed item's detail names, then rerun `drctl status --audit`; failed: {}",
+                ids.join(", ")
+            )),
             Error::Unreachable { .. } => {
                 Some("check the address, credentials and network path, then run `drctl check`".into())
             }
@@ -245,6 +256,9 @@ mod tests {
         assert_eq!(Error::usage("x").exit_code(), 2);
         assert_eq!(Error::Preflight { failed: vec![], waivable: vec![] }.exit_code(), 3);
         assert_eq!(Error::NothingToVerify { what: "x".into(), hint: "y".into() }.status(), "preflight_failed");
+        let audit = Error::Audit { failed: vec!["backup-drilled prod".into()], ids: vec!["backup-drilled".into()] };
+        assert_eq!((audit.exit_code(), audit.status()), (3, "preflight_failed"));
+        assert!(audit.hint().unwrap().ends_with("failed: backup-drilled"), "{:?}", audit.hint());
         assert_eq!(Error::integrity("journal", "seq 3", "hash").exit_code(), 4);
         assert_eq!(Error::Interrupted { signal: libc::SIGINT }.exit_code(), 130);
         assert_eq!(Error::Interrupted { signal: libc::SIGTERM }.exit_code(), 143);

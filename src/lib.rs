@@ -240,7 +240,7 @@ a step failed after preflight passed; a rerun resumes
 usage or configuration error
 .TP
 3
-a preflight check failed, nothing was changed (status: an RPO breach or a live env unhealthy)
+a preflight check failed, nothing was changed (status: an RPO breach or a live env unhealthy; status --audit: an item failed)
 .TP
 4
 integrity failure: a broken chain link, a checksum mismatch, a missing object

@@ -31,7 +31,7 @@ fn subject(command: &Command) -> Option<(&'static str, Option<&str>)> {
         Command::DnsCutover(a) => ("dns-cutover", Some(a.to.as_str())),
         Command::Failover(a) => ("failover", Some(a.to.as_str())),
         Command::Rollback(_) => ("rollback", None),
-        Command::Check(_) | Command::Status | Command::Log(_) | Command::Completions { .. } | Command::Man => {
+        Command::Check(_) | Command::Status(_) | Command::Log(_) | Command::Completions { .. } | Command::Man => {
             return None;
         }
     })

@@ -1,5 +1,6 @@
 //! RDS behind a trait: what promote-replica asks of an RDS read replica (is it one, is it
-//! available, where does it listen) and the one change it makes to it.
+//! available, where does it listen) and the one change it makes to it, and what `status --audit`
+//! asks of any instance (automated backups kept, Multi-AZ).
 //!
 //! The trait exists because tests need a fake: moto promotes at once (the replica never leaves
 //! "available"), still names the source instance after the promotion, and promotes an instance that
@@ -21,7 +22,7 @@ use async_trait::async_trait;
 use crate::clients::aws_problem;
 use crate::error::{Error, Result};
 
-/// An RDS DB instance as promote-replica needs to see it.
+/// An RDS DB instance as promote-replica and `status --audit` need to see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceInfo {
     pub id: String,
@@ -32,6 +33,11 @@ pub struct InstanceInfo {
     pub read_replica_source: Option<String>,
     /// Host and port; `None` while RDS is still creating the instance.
     pub endpoint: Option<(String, u16)>,
+    /// BackupRetentionPeriod: days of automated backups (and so of point-in-time restore) RDS
+    /// keeps; 0 means automated backups are off. `None` when RDS did not say.
+    pub backup_retention_days: Option<i32>,
+    /// MultiAZ: a synchronous standby in another availability zone. `None` when RDS did not say.
+    pub multi_az: Option<bool>,
 }
 
 impl InstanceInfo {
@@ -86,6 +92,8 @@ impl Rds for SdkRds {
             endpoint: db
                 .endpoint()
                 .and_then(|e| Some((e.address()?.to_string(), e.port().and_then(|p| u16::try_from(p).ok())?))),
+            backup_retention_days: db.backup_retention_period(),
+            multi_az: db.multi_az(),
         }))
     }
 
@@ -167,13 +175,16 @@ impl FakeRds {
         st.instances.push((info, None));
     }
 
-    /// An available primary listening on `<id>.fake.rds.amazonaws.com:5432`.
+    /// An available primary listening on `<id>.fake.rds.amazonaws.com:5432`, as RDS creates one
+    /// by default: automated backups kept 1 day, single-AZ.
     pub fn primary(id: &str) -> InstanceInfo {
         InstanceInfo {
             id: id.into(),
             status: "available".into(),
             read_replica_source: None,
             endpoint: Some((format!("{id}.fake.rds.amazonaws.com"), 5432)),
+            backup_retention_days: Some(1),
+            multi_az: Some(false),
         }
     }
 

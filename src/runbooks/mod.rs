@@ -1,5 +1,6 @@
 //! One file per runbook; this maps a command to its runbook and to what it reports.
 
+pub mod audit;
 pub mod backup;
 pub mod check;
 pub mod dns_cutover;
@@ -113,7 +114,17 @@ pub async fn dispatch(cx: &Ctx, command: &Command) -> Done {
             Ok(rb) => Done::Run(execute(cx, rb).await),
             Err(e) => Done::doc(Err(e)),
         },
-        Command::Status => {
+        Command::Status(a) if a.audit => {
+            // Its own metrics series: a failed audit must not read as a stale or unhealthy env.
+            let (json, text, error) = audit::audit(cx).await;
+            Done::Doc {
+                json,
+                text,
+                error,
+                metrics: Some(("status-audit".to_string(), String::new(), None, Vec::new())),
+            }
+        }
+        Command::Status(_) => {
             let (json, text, error) = status::status(cx).await;
             Done::Doc { json, text, error, metrics: Some(("status".to_string(), String::new(), None, Vec::new())) }
         }
