@@ -15,5 +15,6 @@ mod journal;
 mod notify;
 mod promote_replica;
 mod smoke;
+mod store_private;
 mod sync;
 mod verify_chain;
