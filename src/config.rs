@@ -34,6 +34,10 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     url: Option<String>,
+    /// `AES256` or `aws:kms`: S3 server-side encryption asked for on every write (`store::Sse`).
+    sse: Option<String>,
+    /// The KMS key for `sse = "aws:kms"` (id, ARN or alias); without it, the account's aws/s3 key.
+    kms_key_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +146,8 @@ pub struct Config {
     /// `[store] url` with a relative `file://` path made absolute against the config file's
     /// directory, so cron and a shell in another directory open the same store.
     pub store_url: String,
+    /// `[store] sse` and `kms_key_id`: only ever set for an s3:// store.
+    pub store_sse: Option<crate::store::Sse>,
     pub aws: AwsSettings,
     pub policy: Policy,
     pub environments: BTreeMap<String, EnvConfig>,
@@ -270,8 +276,13 @@ impl Config {
         let file = path.display().to_string();
         let bad = |key: &str, problem: String| Error::config(&file, format!("{key}: {problem}"));
 
-        let store_url = raw.store.and_then(|s| s.url).unwrap_or_else(|| DEFAULT_STORE_URL.to_string());
+        let (store_url, sse, kms_key_id) = match raw.store {
+            Some(s) => (s.url, s.sse, s.kms_key_id),
+            None => (None, None, None),
+        };
+        let store_url = store_url.unwrap_or_else(|| DEFAULT_STORE_URL.to_string());
         validate_store_url(&store_url).map_err(|p| bad("[store] url", p))?;
+        let store_sse = store_sse(&store_url, sse.as_deref(), kms_key_id).map_err(|(k, p)| bad(k, p))?;
         let store_url = resolve_store_url(&store_url, path);
 
         let aws = raw.aws.map(|a| AwsSettings { region: a.region, endpoint_url: a.endpoint_url }).unwrap_or_default();
@@ -431,6 +442,7 @@ impl Config {
         Ok(Config {
             file: path.to_path_buf(),
             store_url,
+            store_sse,
             aws,
             policy,
             environments,
@@ -544,6 +556,40 @@ fn resolve_store_url(url: &str, config_file: &Path) -> String {
         }
     }
     format!("file://{}", full.display())
+}
+
+/// `[store] sse` / `kms_key_id` -> what the S3 store asks for; Err((key, problem)). An encryption
+/// setting that would be silently ignored is refused: an operator who wrote `sse` believes the
+/// backups are encrypted.
+fn store_sse(
+    url: &str,
+    sse: Option<&str>,
+    kms_key_id: Option<String>,
+) -> std::result::Result<Option<crate::store::Sse>, (&'static str, String)> {
+    use crate::store::Sse;
+    let allowed = Sse::VALUES.map(|v| format!("\"{v}\"")).join(" or ");
+    let parsed = match sse {
+        None => None,
+        Some("AES256") => Some(Sse::Aes256),
+        Some("aws:kms") => Some(Sse::Kms { key_id: None }),
+        Some(other) => return Err(("[store] sse", format!("`{other}` is not {allowed}"))),
+    };
+    if parsed.is_some() && !url.starts_with("s3://") {
+        return Err((
+            "[store] sse",
+            "applies only to an s3:// store (a file store's objects are private files, 0600, instead)".into(),
+        ));
+    }
+    match (parsed, kms_key_id) {
+        (Some(Sse::Kms { .. }), Some(k)) if k.trim().is_empty() => {
+            Err(("[store] kms_key_id", "must not be empty (omit it for the account's aws/s3 key)".into()))
+        }
+        (Some(Sse::Kms { .. }), Some(k)) => Ok(Some(Sse::Kms { key_id: Some(k) })),
+        (_, Some(_)) => {
+            Err(("[store] kms_key_id", "is only used with sse = \"aws:kms\"; set that, or remove kms_key_id".into()))
+        }
+        (parsed, None) => Ok(parsed),
+    }
 }
 
 fn validate_store_url(s: &str) -> std::result::Result<(), String> {
@@ -783,7 +829,10 @@ mod tests {
         let msg = e.to_string();
         let lines: Vec<&str> = msg.lines().collect();
         assert_eq!(lines[0], "/tmp/drctl.toml: 4 unknown keys:", "{msg}");
-        assert!(lines[1].contains("line 3: unknown key `bukcet` in [store] (known keys: url)"), "{msg}");
+        assert!(
+            lines[1].contains("line 3: unknown key `bukcet` in [store] (known keys: url, sse, kms_key_id)"),
+            "{msg}"
+        );
         assert!(lines[2].contains("line 7: unknown key `health` in [environments.prod]"), "{msg}");
         assert!(lines[2].contains("health_url"), "{msg}");
         assert!(lines[3].contains("line 10: unknown key `orderby` in [environments.prod.chains.events]"), "{msg}");
@@ -794,7 +843,7 @@ mod tests {
 
     #[test]
     fn known_keys_come_from_the_structs_renames_included() {
-        assert_eq!(fields_of::<RawStore>(), &["url"]);
+        assert_eq!(fields_of::<RawStore>(), &["url", "sse", "kms_key_id"]);
         assert!(fields_of::<RawDns>().contains(&"type"));
         assert!(fields_of::<RawConfig>().contains(&"environments"));
         // A valid file has none, whatever its nesting.
@@ -830,6 +879,32 @@ mod tests {
         assert!(e.contains("[store] url"), "{e}");
         let e = parse("[environments.p]\ndatabase_url = \"mysql://a:hunter2@h/d\"\n").unwrap_err().to_string();
         assert!(e.contains("database_url") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn store_encryption_is_validated_at_load_naming_the_key() {
+        use crate::store::Sse;
+        let env = "[environments.p]\ndatabase_url = \"postgres://a@h/d\"\n";
+        let store = |extra: &str| format!("{env}[store]\nurl = \"s3://bkt/p\"\n{extra}");
+        assert_eq!(parse(&store("")).unwrap().store_sse, None);
+        assert_eq!(parse(&store("sse = \"AES256\"\n")).unwrap().store_sse, Some(Sse::Aes256));
+        assert_eq!(parse(&store("sse = \"aws:kms\"\n")).unwrap().store_sse, Some(Sse::Kms { key_id: None }));
+        let kms = parse(&store("sse = \"aws:kms\"\nkms_key_id = \"alias/drctl\"\n")).unwrap();
+        assert_eq!(kms.store_sse, Some(Sse::Kms { key_id: Some("alias/drctl".into()) }));
+        let cases = [
+            (store("sse = \"aes256\"\n"), "[store] sse: `aes256` is not \"AES256\" or \"aws:kms\""),
+            (store("sse = \"\"\n"), "[store] sse: `` is not"),
+            (store("kms_key_id = \"k\"\n"), "[store] kms_key_id: is only used with sse = \"aws:kms\""),
+            (store("sse = \"AES256\"\nkms_key_id = \"k\"\n"), "[store] kms_key_id: is only used"),
+            (store("sse = \"aws:kms\"\nkms_key_id = \" \"\n"), "[store] kms_key_id: must not be empty"),
+            (format!("{env}[store]\nurl = \"file:///x\"\nsse = \"AES256\"\n"), "[store] sse: applies only to an s3://"),
+            (format!("{env}[store]\nsse = \"AES256\"\n"), "[store] sse: applies only to an s3://"),
+        ];
+        for (text, want) in &cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.exit_code(), crate::error::exit::USAGE, "{text}");
+            assert!(e.to_string().contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

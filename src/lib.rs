@@ -67,7 +67,7 @@ async fn run_async(cli: Cli, out: Output) -> u8 {
         out.warn(w);
     }
     let aws = clients::aws::Aws::new(config.aws.clone());
-    let store: Arc<dyn store::Store> = match store::open(&config.store_url, &aws).await {
+    let store: Arc<dyn store::Store> = match store::open_with(&config.store_url, &aws, config.store_sse.clone()).await {
         Ok(s) => Arc::from(s),
         Err(e) => {
             out.error(&e);

@@ -1,6 +1,11 @@
 //! check: the first command after writing drctl.toml. Validates the config (already done by
 //! loading it) and reaches every endpoint it names with the privileges the runbooks need.
 //! Takes no lock; writes nothing but a probe object in the store, deleted again.
+//!
+//! Backups hold every row of production, so `check` also asks the store who else could read it
+//! (`Store::audit`): `store-private` (a file store's modes; an S3 bucket's public-access block),
+//! and for S3 `bucket-encryption` and `bucket-versioning`. They run after `store-writable`, whose
+//! probe has by then created a missing file-store root the way every later write would.
 
 use std::time::Duration;
 
@@ -39,6 +44,9 @@ pub async fn check(cx: &Ctx, env: Option<&str>) -> Result<(Value, String, Option
         store.detail = format!("{}; {h}", store.detail);
     }
     rows.push(("store".into(), store));
+    for f in cx.store.audit().await {
+        rows.push(("store".into(), if f.ok { Check::pass(f.check, f.detail) } else { Check::fail(f.check, f.detail) }));
+    }
     for e in envs {
         for c in check_env(cx, e).await {
             rows.push((e.name.clone(), c));

@@ -7,14 +7,24 @@
 //! processes of this host on an `flock` of a per-key sidecar file in `.tmp/`. The pid in a temp name
 //! lets `remove_unfinished` tell a dead writer's leftovers from a live writer's work in progress.
 //!
+//! Backups hold every row of production, so everything drctl creates here is private to the user
+//! running it: files 0600, directories 0700, whatever the umask (a umask of 022 would leave them
+//! world-readable). Files get the mode in `open(2)` and then by `fchmod`, before the first byte is
+//! written, so no name ever points at a more open file; a link(2) or rename(2) keeps the inode's
+//! mode. Directories are made 0700 by `mkdir(2)` and then `chmod`ed to exactly that (mkdir's mode
+//! is masked by the umask too). What the operator made (a root they created) is left as it is;
+//! `check` reports it (`store-private`, from `audit`).
+//!
 //! Transient errors (EIO, EAGAIN, EINTR, EBUSY: an NFS or FUSE mount having a bad moment) are
 //! retried a few times with a short backoff, the local counterpart of the SDK's retries for S3.
 //! What is retried is the whole operation, from a fresh temp file, and only up to the moment the
 //! object gets its final name: a failed directory fsync is never retried (see `sync_parent`).
 
-use std::fs::{self, File, OpenOptions};
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -25,7 +35,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use super::{ByteRx, ObjectInfo, Store, Versioned};
+use super::{ByteRx, Finding, ObjectInfo, Store, Versioned};
 use crate::error::{Error, Result, Transience};
 
 /// Temp files live here, inside the root, so that `rename` and `link` never cross a filesystem.
@@ -39,6 +49,11 @@ const DOWNLOAD_QUEUE: usize = 4;
 /// (doubling: 10, 20, 40, 80 ms, so a failing disk costs a call at most 150 ms of waiting).
 const FS_ATTEMPTS: u32 = 5;
 const FS_FIRST_BACKOFF: Duration = Duration::from_millis(10);
+/// The modes of everything drctl creates under the root: the owner's alone.
+const FILE_MODE: u32 = 0o600;
+const DIR_MODE: u32 = 0o700;
+/// How many too-open paths `store-private` names (it counts all of them).
+const OPEN_PATHS_SHOWN: usize = 5;
 
 pub struct LocalStore {
     url: String,
@@ -177,7 +192,8 @@ impl Fs {
     /// Writes and fsyncs a temp file holding `data`.
     fn write_temp(&self, data: &[u8]) -> io::Result<TempFile> {
         let tmp = self.temp_path()?;
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp.path)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(FILE_MODE).open(&tmp.path)?;
+        make_private(&f)?;
         f.write_all(data)?;
         f.sync_all()?;
         Ok(tmp)
@@ -254,12 +270,19 @@ impl Fs {
     fn lock_cas(&self, key: &str) -> io::Result<File> {
         let dir = self.tmp_dir();
         create_dirs(&dir)?;
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join(cas_lock_name(key)))?;
+        let path = dir.join(cas_lock_name(key));
+        // Created private like every other file; one that exists is opened as it is (chmod of a
+        // lock file another user made would fail, and `check` reports an open one anyway).
+        let f = match OpenOptions::new().read(true).write(true).create_new(true).mode(FILE_MODE).open(&path) {
+            Ok(f) => {
+                make_private(&f)?;
+                f
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                OpenOptions::new().read(true).write(true).open(&path)?
+            }
+            Err(e) => return Err(e),
+        };
         loop {
             // SAFETY: flock on a descriptor we own; the lock is released when `f` is closed.
             if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
@@ -331,6 +354,136 @@ impl Fs {
             File::open(self.tmp_dir())?.sync_all()?;
         }
         Ok(removed)
+    }
+}
+
+/// What the `store-private` walk found.
+#[derive(Debug, Default)]
+struct OpenPaths {
+    /// Paths looked at, the root included.
+    checked: u64,
+    /// Of those, the ones group or others may read, write or search.
+    open: u64,
+    /// The first `OPEN_PATHS_SHOWN` of them, in walk order: (path relative to the root, "" for
+    /// the root itself; permission bits).
+    first: Vec<(String, u32)>,
+}
+
+impl OpenPaths {
+    fn note(&mut self, rel: &str, mode: u32) {
+        self.checked += 1;
+        if mode & 0o077 != 0 {
+            self.open += 1;
+            if self.first.len() < OPEN_PATHS_SHOWN {
+                self.first.push((rel.to_string(), mode & 0o7777));
+            }
+        }
+    }
+}
+
+impl Fs {
+    /// Every path under the root, the root and `.tmp/` included (temp files hold the same data),
+    /// with the modes of what symlinks point at (the data lives there). `None`: no root yet.
+    fn open_paths(&self) -> io::Result<Option<OpenPaths>> {
+        let meta = match fs::metadata(&self.root) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", self.root.display()))),
+        };
+        let mut found = OpenPaths::default();
+        mode_walk(&self.root, "", &meta, &mut HashSet::new(), &mut found)?;
+        Ok(Some(found))
+    }
+}
+
+/// Notes `path`'s mode and walks into it when it is a directory, unless that directory was seen
+/// before (through a symlink loop: it is counted and walked once). Entries go in name order, so the paths named are the same every run.
+fn mode_walk(
+    path: &Path,
+    rel: &str,
+    meta: &fs::Metadata,
+    seen: &mut HashSet<(u64, u64)>,
+    found: &mut OpenPaths,
+) -> io::Result<()> {
+    if meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
+        return Ok(());
+    }
+    found.note(rel, meta.mode());
+    if !meta.is_dir() {
+        return Ok(());
+    }
+    let with_path = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let mut entries = match fs::read_dir(path) {
+        Ok(rd) => rd.collect::<io::Result<Vec<_>>>().map_err(with_path)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(with_path(e)),
+    };
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let rel = if rel.is_empty() { name.into_owned() } else { format!("{rel}/{name}") };
+        let meta = match fs::metadata(entry.path()) {
+            Ok(m) => m,
+            // Deleted since read_dir, or a dangling symlink: nothing there to read.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", entry.path().display()))),
+        };
+        mode_walk(&entry.path(), &rel, &meta, seen, found)?;
+    }
+    Ok(())
+}
+
+/// `store-private` for a file store, from what `open_paths` found.
+fn private_finding(root: &Path, found: io::Result<Option<OpenPaths>>) -> Finding {
+    const ID: &str = "store-private";
+    let shown = root.display();
+    match found {
+        Ok(None) => Finding::pass(
+            ID,
+            format!("{shown} does not exist yet; drctl creates it and its directories 0700, its files 0600"),
+        ),
+        Ok(Some(f)) if f.open == 0 => Finding::pass(
+            ID,
+            format!("{shown}: {} private to their owner (no group or other access)", count_paths(f.checked)),
+        ),
+        Ok(Some(f)) => {
+            let mut named: Vec<String> = f
+                .first
+                .iter()
+                .map(|(rel, mode)| {
+                    if rel.is_empty() { format!("{shown} itself ({mode:04o})") } else { format!("{rel} ({mode:04o})") }
+                })
+                .collect();
+            if f.open > f.first.len() as u64 {
+                named.push(format!("and {} more", f.open - f.first.len() as u64));
+            }
+            Finding::fail(
+                ID,
+                format!(
+                    "{shown}: {} of {} readable, writable or executable by group or others: {}; \
+                     backups hold every row of the database: run chmod -R go-rwx {}",
+                    f.open,
+                    count_paths(f.checked),
+                    named.join(", "),
+                    shell_word(&shown.to_string())
+                ),
+            )
+        }
+        Err(e) => Finding::fail(ID, format!("cannot read the modes under {shown}: {e}")),
+    }
+}
+
+fn count_paths(n: u64) -> String {
+    if n == 1 { "1 path".to_string() } else { format!("{n} paths") }
+}
+
+/// `s` as one shell word: bare when that is safe, else single-quoted.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@%=,".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
 
@@ -426,13 +579,24 @@ fn create_dirs(dir: &Path) -> io::Result<()> {
         }
     }
     for d in missing.into_iter().rev() {
-        match fs::create_dir(d) {
-            Ok(()) => sync_parent(d)?,
+        match fs::DirBuilder::new().mode(DIR_MODE).create(d) {
+            Ok(()) => {
+                // mkdir's mode was masked by the umask; this makes it exactly 0700. Only
+                // directories made here: an existing one is the operator's to choose.
+                fs::set_permissions(d, Permissions::from_mode(DIR_MODE))?;
+                sync_parent(d)?
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// `fchmod` a file drctl has just created to exactly 0600: `open(2)`'s mode is masked by the
+/// umask, which could also have taken the owner's own bits.
+fn make_private(f: &File) -> io::Result<()> {
+    f.set_permissions(Permissions::from_mode(FILE_MODE))
 }
 
 /// fsync the directory holding `path`, making a rename, link or unlink in it durable.
@@ -533,9 +697,12 @@ impl Store for LocalStore {
         let mut file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(FILE_MODE)
             .open(&tmp.path)
             .await
             .map_err(|e| self.err("upload", key, e))?;
+        // Before the first byte of the dump is in it (see `make_private`).
+        file.set_permissions(Permissions::from_mode(FILE_MODE)).await.map_err(|e| self.err("upload", key, e))?;
         let mut written = 0u64;
         while let Some(chunk) = rx.recv().await {
             let chunk = chunk.map_err(|e| self.err("upload", key, e))?;
@@ -604,6 +771,14 @@ impl Store for LocalStore {
 
     async fn now(&self) -> Result<SystemTime> {
         Ok(SystemTime::now())
+    }
+
+    async fn audit(&self) -> Vec<Finding> {
+        let fs = Arc::clone(&self.fs);
+        let found = tokio::task::spawn_blocking(move || fs.open_paths())
+            .await
+            .unwrap_or_else(|join| Err(io::Error::other(join.to_string())));
+        vec![private_finding(&self.fs.root, found)]
     }
 }
 
@@ -917,6 +1092,93 @@ mod tests {
         let Error::Store { problem, transience, .. } = &err else { panic!("{err:?}") };
         assert_eq!(*transience, Transience::Temporary, "{err}");
         assert!(problem.starts_with("get k: "), "{problem}");
+    }
+
+    /// (path relative to `root`, permission bits) of everything under it, the root as "".
+    fn modes(root: &Path) -> Vec<(String, u32)> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut out = vec![(String::new(), fs::metadata(root).unwrap().permissions().mode() & 0o7777)];
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for e in fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                let m = fs::symlink_metadata(&p).unwrap();
+                out.push((p.strip_prefix(root).unwrap().display().to_string(), m.permissions().mode() & 0o7777));
+                if m.is_dir() {
+                    stack.push(p);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn everything_created_is_private_and_the_audit_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let root = dir.path().join("store");
+        let f = s.audit().await;
+        assert!(f[0].ok && f[0].detail.contains("does not exist yet"), "{f:?}");
+        // Every kind of write: plain, create-if-absent (link), CAS (its lock file), streamed.
+        s.put("journal-index/checkpoint-1.json", Bytes::from_static(b"{}")).await.unwrap();
+        assert!(s.put_if_absent("journal/00000000000000000000.json", Bytes::from_static(b"{}")).await.unwrap());
+        s.put("locks/env:prod.json", Bytes::from_static(b"v1")).await.unwrap();
+        let v1 = s.get("locks/env:prod.json").await.unwrap().unwrap();
+        assert!(s.put_if_match("locks/env:prod.json", Bytes::from_static(b"v2"), &v1.etag).await.unwrap());
+        s.upload("backups/prod/r1/app.dump.zst.000", chunks(vec![Ok(Bytes::from(vec![1u8; 5000]))])).await.unwrap();
+        let all = modes(&root);
+        assert!(all.len() >= 12, "{all:?}");
+        for (path, mode) in &all {
+            let dir = path.is_empty() || root.join(path).is_dir();
+            assert_eq!(*mode, if dir { 0o700 } else { 0o600 }, "{path:?} {mode:o} in {all:?}");
+        }
+        let f = s.audit().await;
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].check, "store-private");
+        assert!(f[0].ok, "{f:?}");
+        assert!(f[0].detail.contains(&format!("{} paths private", all.len())), "{f:?}");
+    }
+
+    #[tokio::test]
+    async fn the_audit_names_open_paths_with_their_modes_and_counts_them_all() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let root = dir.path().join("store");
+        for i in 0..8 {
+            s.put(&format!("journal/{i}.json"), Bytes::from_static(b"{}")).await.unwrap();
+        }
+        fs::set_permissions(root.join("journal/3.json"), fs::Permissions::from_mode(0o640)).unwrap();
+        let f = &s.audit().await[0];
+        assert!(!f.ok, "{f:?}");
+        assert!(f.detail.contains("1 of 11 paths readable, writable or executable by group or others"), "{f:?}");
+        assert!(f.detail.contains("journal/3.json (0640)"), "{f:?}");
+        assert!(f.detail.contains(&format!("chmod -R go-rwx {}", root.display())), "{f:?}");
+
+        // Many: the first few by name, and how many in all; the root itself too.
+        for i in 0..8 {
+            fs::set_permissions(root.join(format!("journal/{i}.json")), fs::Permissions::from_mode(0o604)).unwrap();
+        }
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        // A symlink loop is walked once; a dangling link is skipped.
+        std::os::unix::fs::symlink(&root, root.join("journal/loop")).unwrap();
+        std::os::unix::fs::symlink(root.join("nowhere"), root.join("dangling")).unwrap();
+        let f = &s.audit().await[0];
+        assert!(!f.ok, "{f:?}");
+        let want = format!(
+            "9 of 11 paths readable, writable or executable by group or others: {} itself (0755), \
+             journal/0.json (0604), journal/1.json (0604), journal/2.json (0604), journal/3.json (0604), and 4 more",
+            root.display()
+        );
+        assert!(f.detail.contains(&want), "{f:?}\nwanted {want}");
+    }
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(shell_word("/var/lib/drctl"), "/var/lib/drctl");
+        assert_eq!(shell_word("/srv/my store"), "'/srv/my store'");
+        assert_eq!(shell_word("/srv/it's"), r"'/srv/it'\''s'");
     }
 
     #[test]

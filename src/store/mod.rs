@@ -30,6 +30,59 @@ pub struct Versioned {
     pub etag: String,
 }
 
+/// `[store] sse`: the server-side encryption drctl asks S3 for on every object it writes
+/// (PutObject, CreateMultipartUpload; a CopyObject, should one be added, must carry it too).
+/// Asking per request, instead of trusting the bucket's default, keeps the data encrypted in a
+/// bucket whose default is changed or was never set. Validated at config load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sse {
+    /// SSE-S3: `x-amz-server-side-encryption: AES256`.
+    Aes256,
+    /// SSE-KMS with `key_id` (id, ARN or alias), or the account's `aws/s3` key when `None`.
+    Kms { key_id: Option<String> },
+}
+
+impl Sse {
+    /// The values `[store] sse` accepts, as written in drctl.toml (and sent to S3).
+    pub const VALUES: [&'static str; 2] = ["AES256", "aws:kms"];
+
+    /// The config value: `AES256` or `aws:kms`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Sse::Aes256 => "AES256",
+            Sse::Kms { .. } => "aws:kms",
+        }
+    }
+
+    /// `AES256`, `aws:kms` or `aws:kms (key K)`, for reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Sse::Kms { key_id: Some(k) } => format!("aws:kms (key {k})"),
+            other => other.as_str().to_string(),
+        }
+    }
+}
+
+/// What the store's own settings say about who can read it: one row of `check` (target `store`),
+/// from `Store::audit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// A stable check id: `store-private`, `bucket-encryption`, `bucket-versioning`.
+    pub check: &'static str,
+    pub ok: bool,
+    /// What was found and, when it fails, what to do about it.
+    pub detail: String,
+}
+
+impl Finding {
+    pub fn pass(check: &'static str, detail: impl Into<String>) -> Finding {
+        Finding { check, ok: true, detail: detail.into() }
+    }
+    pub fn fail(check: &'static str, detail: impl Into<String>) -> Finding {
+        Finding { check, ok: false, detail: detail.into() }
+    }
+}
+
 /// The byte stream handed to `upload`: chunks in order, then the channel closes. An `Err` chunk
 /// aborts the upload (the multipart upload is aborted, the temp file removed) and is returned.
 pub type ByteRx = mpsc::Receiver<std::io::Result<Bytes>>;
@@ -82,6 +135,15 @@ pub trait Store: Send + Sync {
     /// The store's own clock (S3: the `Date` of a response; local: this host's clock), so lock
     /// expiry is judged by one clock for every host.
     async fn now(&self) -> Result<SystemTime>;
+
+    /// Backups hold every row of production, so `check` asks the store who else could read them.
+    /// Local: `store-private` (the modes of the root and of everything under it). S3:
+    /// `store-private` (the bucket's public-access block), `bucket-encryption`,
+    /// `bucket-versioning`. Read-only; problems reading a setting are failed findings, not errors.
+    /// A store with nothing to say (a test double) says nothing.
+    async fn audit(&self) -> Vec<Finding> {
+        Vec::new()
+    }
 }
 
 /// Store requests this process made, by kind, for `-v` and `drctl_store_requests` (a run's cost in
@@ -169,15 +231,28 @@ impl Store for Counted {
         requests::count(7);
         self.0.now().await
     }
+    async fn audit(&self) -> Vec<Finding> {
+        requests::count(7);
+        self.0.audit().await
+    }
 }
 
 /// Open the store a `[store] url` names: `s3://bucket/prefix` or `file:///path`. Config loading has
 /// already made a relative `file://./rel` absolute against drctl.toml's directory; a relative path
 /// reaching here (a test, `verify-chain --artifacts`) is taken relative to the working directory.
+/// Written with no server-side encryption of drctl's own (the bucket's default applies): for
+/// stores drctl only reads, like `verify-chain --artifacts`.
 pub async fn open(url: &str, aws: &crate::clients::aws::Aws) -> Result<Box<dyn Store>> {
+    open_with(url, aws, None).await
+}
+
+/// `open`, with `[store] sse` applied to every object written to an S3 store (config loading
+/// refuses `sse` for a file store, whose objects are private files instead).
+pub async fn open_with(url: &str, aws: &crate::clients::aws::Aws, sse: Option<Sse>) -> Result<Box<dyn Store>> {
     if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        Ok(Box::new(Counted(Box::new(s3::S3Store::new(url, aws.s3().await, bucket, prefix)))))
+        let s3 = s3::S3Store::new(url, aws.s3().await, bucket, prefix).with_sse(sse);
+        Ok(Box::new(Counted(Box::new(s3))))
     } else if let Some(path) = url.strip_prefix("file://") {
         Ok(Box::new(Counted(Box::new(local::LocalStore::new(url, path)))))
     } else {

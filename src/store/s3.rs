@@ -6,6 +6,12 @@
 //! is dropped is aborted by a task spawned from `Drop` when a runtime is still there, and otherwise
 //! left for `remove_unfinished`, which the engine runs for prefixes of dead runs.
 //! Retries are the SDK's own (its standard retry mode); this module never loops on an error.
+//!
+//! Server-side encryption (`[store] sse`): every write goes through `put_request` (PutObject: plain,
+//! `If-None-Match`, `If-Match`) or `start_multipart` (CreateMultipartUpload; UploadPart and
+//! CompleteMultipartUpload inherit the upload's encryption), which both ask for it. There is no
+//! CopyObject here; one added later must ask for it too, as S3 does not carry a source object's
+//! encryption over to its copy.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,13 +20,16 @@ use async_trait::async_trait;
 use aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef;
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{
+    BucketVersioningStatus, ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption,
+};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{ByteRx, ObjectInfo, Store, Versioned};
+use super::{ByteRx, Finding, ObjectInfo, Sse, Store, Versioned};
 use crate::error::{Error, Result, Transience};
 
 /// S3 wants at least 5 MiB for every part but the last, and at most 10 000 parts: 8 MiB parts
@@ -35,6 +44,8 @@ pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
     prefix: String,
+    /// Asked for on every write; `None`: the bucket's default encryption, if any, applies.
+    sse: Option<Sse>,
 }
 
 impl S3Store {
@@ -44,7 +55,37 @@ impl S3Store {
             client,
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
+            sse: None,
         }
+    }
+
+    /// `[store] sse` (and `kms_key_id`), applied to every object this store writes.
+    pub fn with_sse(mut self, sse: Option<Sse>) -> Self {
+        self.sse = sse;
+        self
+    }
+
+    /// (algorithm, KMS key id) for a write request's `x-amz-server-side-encryption` headers.
+    fn sse_headers(&self) -> (Option<ServerSideEncryption>, Option<String>) {
+        match &self.sse {
+            None => (None, None),
+            Some(Sse::Aes256) => (Some(ServerSideEncryption::Aes256), None),
+            Some(Sse::Kms { key_id }) => (Some(ServerSideEncryption::AwsKms), key_id.clone()),
+        }
+    }
+
+    /// A PutObject of `object_key` with the store's encryption: every PutObject starts here, so
+    /// none can go out without it (an overwrite with no SSE header would store the new version
+    /// unencrypted, whatever the old one was).
+    fn put_request(&self, object_key: &str, data: Bytes) -> PutObjectFluentBuilder {
+        let (algorithm, key_id) = self.sse_headers();
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(object_key)
+            .set_server_side_encryption(algorithm)
+            .set_ssekms_key_id(key_id)
+            .body(ByteStream::from(data))
     }
 
     fn object_key(&self, key: &str) -> String {
@@ -94,23 +135,21 @@ impl S3Store {
     }
 
     async fn put_object(&self, op: &str, object_key: &str, data: Bytes) -> Result<()> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(object_key)
-            .body(ByteStream::from(data))
-            .send()
-            .await
-            .map_err(|e| self.sdk_err(op, object_key, &e))?;
+        self.put_request(object_key, data).send().await.map_err(|e| self.sdk_err(op, object_key, &e))?;
         Ok(())
     }
 
     async fn start_multipart(&self, object_key: &str) -> Result<Multipart> {
+        // The encryption is the upload's, named here once: S3 refuses SSE headers on UploadPart
+        // (for SSE-S3 and SSE-KMS) and applies the upload's to the completed object.
+        let (algorithm, key_id) = self.sse_headers();
         let out = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(object_key)
+            .set_server_side_encryption(algorithm)
+            .set_ssekms_key_id(key_id)
             // The SDK adds a CRC32 to each part by default; naming it here too keeps S3 from
             // rejecting the parts for a checksum type the upload was not created with.
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
@@ -273,6 +312,185 @@ impl S3Store {
             None => Ok(SystemTime::now()),
         }
     }
+}
+
+/// The four settings of a public-access block, as the AWS CLI names them.
+const PUBLIC_ACCESS_SETTINGS: [&str; 4] =
+    ["BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets"];
+
+/// `check`'s findings about the bucket (`Store::audit`). Each is one read-only request; a failed
+/// read is a failed finding naming the permission it needs, never an error of the run.
+impl S3Store {
+    /// What a failed bucket-settings read says, with the IAM action that allows it.
+    fn read_failed<E>(&self, op: &str, action: &str, e: &SdkError<E>) -> String
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let (detail, _, _) = describe(e, &self.bucket, op);
+        let needs = if detail.contains("AccessDenied") { format!(" (drctl needs {action})") } else { String::new() };
+        format!("{op} on s3://{}: {detail}{needs}", self.bucket)
+    }
+
+    /// `store-private`: the bucket's public-access block has all four settings on. Without it a
+    /// bucket policy or ACL (a typo, a console click) can make every backup readable by anyone.
+    async fn public_access_finding(&self) -> Finding {
+        const ID: &str = "store-private";
+        let fix = format!(
+            "aws s3api put-public-access-block --bucket {} --public-access-block-configuration {}",
+            self.bucket,
+            PUBLIC_ACCESS_SETTINGS.map(|k| format!("{k}=true")).join(",")
+        );
+        match self.client.get_public_access_block().bucket(&self.bucket).send().await {
+            Ok(out) => {
+                let c = out.public_access_block_configuration();
+                let on = [
+                    c.and_then(|c| c.block_public_acls()),
+                    c.and_then(|c| c.ignore_public_acls()),
+                    c.and_then(|c| c.block_public_policy()),
+                    c.and_then(|c| c.restrict_public_buckets()),
+                ];
+                let off: Vec<&str> =
+                    PUBLIC_ACCESS_SETTINGS.iter().zip(on).filter(|(_, v)| *v != Some(true)).map(|(k, _)| *k).collect();
+                if off.is_empty() {
+                    Finding::pass(
+                        ID,
+                        format!("s3://{}: public-access block on ({})", self.bucket, PUBLIC_ACCESS_SETTINGS.join(", ")),
+                    )
+                } else {
+                    Finding::fail(
+                        ID,
+                        format!(
+                            "s3://{}: the public-access block leaves {} off, so a bucket policy or ACL could make the backups public; run {fix}",
+                            self.bucket,
+                            off.join(", ")
+                        ),
+                    )
+                }
+            }
+            Err(e) if e.code() == Some("NoSuchPublicAccessBlockConfiguration") => Finding::fail(
+                ID,
+                format!(
+                    "s3://{}: no public-access block on the bucket (an account-wide one is not looked at), so a bucket policy or ACL could make the backups public; run {fix}",
+                    self.bucket
+                ),
+            ),
+            Err(e) => Finding::fail(ID, self.read_failed("GetPublicAccessBlock", "s3:GetBucketPublicAccessBlock", &e)),
+        }
+    }
+
+    /// `bucket-encryption`: objects are encrypted at rest, by the bucket's default encryption or
+    /// by drctl asking for `[store] sse` on every write (either is enough).
+    async fn encryption_finding(&self) -> Finding {
+        const ID: &str = "bucket-encryption";
+        let default = match self.client.get_bucket_encryption().bucket(&self.bucket).send().await {
+            Ok(out) => {
+                let rules = out.server_side_encryption_configuration().map(|c| c.rules()).unwrap_or_default();
+                let shown: Vec<String> = rules
+                    .iter()
+                    .filter_map(|r| r.apply_server_side_encryption_by_default())
+                    .map(|d| match d.kms_master_key_id() {
+                        Some(k) => format!("{} (key {k})", d.sse_algorithm().as_str()),
+                        None => d.sse_algorithm().as_str().to_string(),
+                    })
+                    .collect();
+                Ok((!shown.is_empty()).then(|| shown.join(", ")))
+            }
+            Err(e) if e.code() == Some("ServerSideEncryptionConfigurationNotFoundError") => Ok(None),
+            Err(e) => Err(self.read_failed("GetBucketEncryption", "s3:GetEncryptionConfiguration", &e)),
+        };
+        let bucket = &self.bucket;
+        match (&self.sse, default) {
+            (Some(sse), Ok(Some(d))) => Finding::pass(
+                ID,
+                format!(
+                    "s3://{bucket}: default encryption {d}; drctl also asks for {} on every object",
+                    sse.describe()
+                ),
+            ),
+            (Some(sse), Ok(None)) => Finding::pass(
+                ID,
+                format!(
+                    "s3://{bucket}: no default encryption, but drctl asks for {} on every object it writes ([store] sse)",
+                    sse.describe()
+                ),
+            ),
+            (Some(sse), Err(why)) => Finding::pass(
+                ID,
+                format!(
+                    "drctl asks for {} on every object it writes ([store] sse); the bucket's default: {why}",
+                    sse.describe()
+                ),
+            ),
+            (None, Ok(Some(d))) => {
+                Finding::pass(ID, format!("s3://{bucket}: default encryption {d} ([store] sse not set)"))
+            }
+            (None, Ok(None)) => Finding::fail(
+                ID,
+                format!(
+                    "s3://{bucket}: no default encryption and [store] sse is not set, so backups would be stored unencrypted; \
+                     set [store] sse = \"AES256\" (or \"aws:kms\" with kms_key_id), or run aws s3api put-bucket-encryption --bucket {bucket} \
+                     --server-side-encryption-configuration '{{\"Rules\":[{{\"ApplyServerSideEncryptionByDefault\":{{\"SSEAlgorithm\":\"AES256\"}}}}]}}'"
+                ),
+            ),
+            (None, Err(why)) => {
+                Finding::fail(ID, format!("{why}; or set [store] sse = \"AES256\" so drctl asks for encryption itself"))
+            }
+        }
+    }
+
+    /// `bucket-versioning`: Enabled, so an overwritten or deleted object (a journal entry, a
+    /// manifest, a backup: by a bug, an operator, or stolen credentials) stays recoverable.
+    async fn versioning_finding(&self) -> Finding {
+        const ID: &str = "bucket-versioning";
+        let bucket = &self.bucket;
+        let fix = format!(
+            "run aws s3api put-bucket-versioning --bucket {bucket} --versioning-configuration Status=Enabled \
+             (a lifecycle rule expiring noncurrent versions bounds the cost)"
+        );
+        let status = match self.client.get_bucket_versioning().bucket(bucket).send().await {
+            Ok(out) => Ok(out.status().cloned()),
+            // A 200 the SDK could not read: moto 5.2 names the root element
+            // `GetBucketVersioningResponse` where S3 says `VersioningConfiguration`, and the SDK
+            // insists on the latter. The answer is still there: `<Status>` holds it, and no
+            // `<Status>` means versioning was never enabled (S3's empty `<VersioningConfiguration/>`).
+            Err(e) if status_of(&e) == Some(200) && e.raw_response().and_then(|r| r.body().bytes()).is_some() => {
+                let body = e.raw_response().and_then(|r| r.body().bytes()).unwrap_or_default();
+                Ok(xml_element(&String::from_utf8_lossy(body), "Status")
+                    .map(|v| BucketVersioningStatus::from(v.as_str())))
+            }
+            Err(e) => Err(e),
+        };
+        match status {
+            Ok(status) => match status {
+                Some(BucketVersioningStatus::Enabled) => Finding::pass(
+                    ID,
+                    format!("s3://{bucket}: versioning Enabled (overwritten or deleted objects stay recoverable)"),
+                ),
+                Some(other) => Finding::fail(
+                    ID,
+                    format!(
+                        "s3://{bucket}: versioning is {}, so an overwritten or deleted journal entry or backup cannot be recovered; {fix}",
+                        other.as_str()
+                    ),
+                ),
+                None => Finding::fail(
+                    ID,
+                    format!(
+                        "s3://{bucket}: versioning was never enabled, so an overwritten or deleted journal entry or backup cannot be recovered; {fix}"
+                    ),
+                ),
+            },
+            Err(e) => Finding::fail(ID, self.read_failed("GetBucketVersioning", "s3:GetBucketVersioning", &e)),
+        }
+    }
+}
+
+/// The text of the first `<name>…</name>` in `xml`, trimmed (no entities are expected in it).
+fn xml_element(xml: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{name}>"))? + start;
+    Some(xml[start..end].trim().to_string())
 }
 
 /// What happened, in words an operator acts on, with the service's code in parentheses (never
@@ -504,15 +722,7 @@ impl Store for S3Store {
 
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool> {
         let ok = self.object_key(key);
-        let sent = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&ok)
-            .if_none_match("*")
-            .body(ByteStream::from(data))
-            .send()
-            .await;
+        let sent = self.put_request(&ok, data).if_none_match("*").send().await;
         match sent {
             Ok(_) => Ok(true),
             Err(e) if condition_failed(&e) => Ok(false),
@@ -522,15 +732,7 @@ impl Store for S3Store {
 
     async fn put_if_match(&self, key: &str, data: Bytes, etag: &str) -> Result<bool> {
         let ok = self.object_key(key);
-        let sent = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&ok)
-            .if_match(etag)
-            .body(ByteStream::from(data))
-            .send()
-            .await;
+        let sent = self.put_request(&ok, data).if_match(etag).send().await;
         match sent {
             Ok(_) => Ok(true),
             // NoSuchKey: the object is gone, so it certainly is not at `etag` any more (but
@@ -658,6 +860,12 @@ impl Store for S3Store {
 
     async fn now(&self) -> Result<SystemTime> {
         self.server_date().await
+    }
+
+    async fn audit(&self) -> Vec<Finding> {
+        let (private, encryption, versioning) =
+            tokio::join!(self.public_access_finding(), self.encryption_finding(), self.versioning_finding());
+        vec![private, encryption, versioning]
     }
 }
 
@@ -963,6 +1171,132 @@ mod tests {
         let local = SystemTime::now();
         let skew = local.duration_since(server).or_else(|e| Ok::<_, ()>(e.duration())).unwrap();
         assert!(skew < Duration::from_secs(60), "skew {skew:?}");
+    }
+
+    /// (algorithm, KMS key id) moto reports for `object_key`.
+    async fn encryption_of(s: &S3Store, object_key: &str) -> (Option<String>, Option<String>) {
+        let out = s.client.head_object().bucket(&s.bucket).key(object_key).send().await.unwrap();
+        (out.server_side_encryption().map(|a| a.as_str().to_string()), out.ssekms_key_id().map(str::to_string))
+    }
+
+    #[tokio::test]
+    async fn every_write_asks_for_the_configured_encryption() {
+        let moto = start_moto();
+        let c = client(&moto);
+        c.create_bucket().bucket("drctl-sse").send().await.unwrap();
+        let kms = Some(Sse::Kms { key_id: Some("alias/drctl-test".into()) });
+        for (prefix, sse, want) in [
+            ("aes", Some(Sse::Aes256), (Some("AES256"), None)),
+            ("kms", kms, (Some("aws:kms"), Some("alias/drctl-test"))),
+            ("none", None, (None, None)),
+        ] {
+            let s = S3Store::new(&format!("s3://drctl-sse/{prefix}"), c.clone(), "drctl-sse", prefix).with_sse(sse);
+            s.put("a", Bytes::from_static(b"x")).await.unwrap();
+            assert!(s.put_if_absent("b", Bytes::from_static(b"x")).await.unwrap());
+            let b = s.get("b").await.unwrap().unwrap();
+            // An overwrite carries it too: the new version is what is stored.
+            assert!(s.put_if_match("b", Bytes::from_static(b"y"), &b.etag).await.unwrap());
+            let (rx, _) = feed(1, None);
+            s.upload("small", rx).await.unwrap();
+            // 9 MiB: past the 8 MiB part size, so a multipart upload.
+            let (rx, _) = feed(9, None);
+            s.upload("big", rx).await.unwrap();
+            let etag = s.get("big").await.unwrap().unwrap().etag;
+            assert!(etag.trim_matches('"').ends_with("-2"), "multipart etag {etag}");
+            let want = (want.0.map(str::to_string), want.1.map(str::to_string));
+            for key in ["a", "b", "small", "big"] {
+                assert_eq!(encryption_of(&s, &s.object_key(key)).await, want, "{prefix}/{key}");
+            }
+        }
+    }
+
+    /// The findings of `audit` by id.
+    async fn audit(s: &S3Store) -> std::collections::BTreeMap<&'static str, Finding> {
+        s.audit().await.into_iter().map(|f| (f.check, f)).collect()
+    }
+
+    #[tokio::test]
+    async fn audit_passes_a_bucket_set_up_right_and_says_what_to_do_about_a_bare_one() {
+        use aws_sdk_s3::types::{
+            BucketVersioningStatus, PublicAccessBlockConfiguration, ServerSideEncryptionByDefault,
+            ServerSideEncryptionConfiguration, ServerSideEncryptionRule, VersioningConfiguration,
+        };
+        let (_moto, s) = setup().await;
+        let bare = audit(&s).await;
+        assert_eq!(
+            bare.keys().copied().collect::<Vec<_>>(),
+            ["bucket-encryption", "bucket-versioning", "store-private"]
+        );
+        assert!(bare.values().all(|f| !f.ok), "{bare:?}");
+        assert!(bare["store-private"].detail.contains("no public-access block"), "{bare:?}");
+        assert!(
+            bare["store-private"].detail.contains("aws s3api put-public-access-block --bucket drctl-test"),
+            "{bare:?}"
+        );
+        assert!(bare["bucket-encryption"].detail.contains("[store] sse"), "{bare:?}");
+        assert!(bare["bucket-versioning"].detail.contains("never enabled"), "{bare:?}");
+        assert!(bare["bucket-versioning"].detail.contains("Status=Enabled"), "{bare:?}");
+
+        // drctl's own sse is enough for encryption.
+        let with_sse =
+            S3Store::new("s3://drctl-test/run/1", s.client.clone(), "drctl-test", "run/1").with_sse(Some(Sse::Aes256));
+        let f = &audit(&with_sse).await["bucket-encryption"];
+        assert!(f.ok && f.detail.contains("drctl asks for AES256"), "{f:?}");
+
+        // Half a public-access block names what is off.
+        let half = PublicAccessBlockConfiguration::builder().block_public_acls(true).ignore_public_acls(true).build();
+        s.client
+            .put_public_access_block()
+            .bucket("drctl-test")
+            .public_access_block_configuration(half)
+            .send()
+            .await
+            .unwrap();
+        let f = &audit(&s).await["store-private"];
+        assert!(!f.ok && f.detail.contains("leaves BlockPublicPolicy, RestrictPublicBuckets off"), "{f:?}");
+
+        let all = PublicAccessBlockConfiguration::builder()
+            .block_public_acls(true)
+            .ignore_public_acls(true)
+            .block_public_policy(true)
+            .restrict_public_buckets(true)
+            .build();
+        s.client
+            .put_public_access_block()
+            .bucket("drctl-test")
+            .public_access_block_configuration(all)
+            .send()
+            .await
+            .unwrap();
+        let rule = ServerSideEncryptionRule::builder()
+            .apply_server_side_encryption_by_default(
+                ServerSideEncryptionByDefault::builder().sse_algorithm(ServerSideEncryption::Aes256).build().unwrap(),
+            )
+            .build();
+        let conf = ServerSideEncryptionConfiguration::builder().rules(rule).build().unwrap();
+        s.client
+            .put_bucket_encryption()
+            .bucket("drctl-test")
+            .server_side_encryption_configuration(conf)
+            .send()
+            .await
+            .unwrap();
+        let on = VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build();
+        s.client.put_bucket_versioning().bucket("drctl-test").versioning_configuration(on).send().await.unwrap();
+        let good = audit(&s).await;
+        assert!(good.values().all(|f| f.ok), "{good:?}");
+        assert!(good["bucket-encryption"].detail.contains("default encryption AES256"), "{good:?}");
+
+        let off = VersioningConfiguration::builder().status(BucketVersioningStatus::Suspended).build();
+        s.client.put_bucket_versioning().bucket("drctl-test").versioning_configuration(off).send().await.unwrap();
+        let f = &audit(&s).await["bucket-versioning"];
+        assert!(!f.ok && f.detail.contains("versioning is Suspended"), "{f:?}");
+
+        // A missing bucket fails every finding, saying so.
+        let gone = S3Store::new("s3://no-such-bucket/p", s.client.clone(), "no-such-bucket", "p");
+        for f in gone.audit().await {
+            assert!(!f.ok && f.detail.contains("`no-such-bucket` does not exist"), "{f:?}");
+        }
     }
 
     #[test]

@@ -16,5 +16,6 @@ mod journal;
 mod notify;
 mod promote_replica;
 mod smoke;
+mod store_private;
 mod sync;
 mod verify_chain;
