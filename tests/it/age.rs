@@ -149,6 +149,23 @@ fn an_encrypted_backup_is_age_over_zstd_restores_with_the_age_cli_and_deep_verif
     assert_eq!(table_counts(&restored), table_counts(&db));
     assert_eq!(table_counts(&db), "300,20000,0,77");
 
+    // And the line `backup --help` shows, as written, run in the backup's directory.
+    let help = run(drctl(&config).args(["backup", "--help"]), 0, &[]).stdout;
+    let line = help
+        .lines()
+        .map(str::trim)
+        .find(|l| l.contains("| age -d -i KEY |"))
+        .unwrap_or_else(|| panic!("no age restore line in `backup --help`:\n{help}"));
+    let from_help = crate::harness::unique_name("age_help_restored");
+    pg.create_db(&from_help);
+    let line = line
+        .replace("DB.dump", &format!("{db}.dump"))
+        .replace("KEY", &key.path.display().to_string())
+        .replace("USER@HOST", &format!("postgres@127.0.0.1:{}", pg.port))
+        .replace("NEWDB", &from_help);
+    sh_env(&format!("cd {} && {line} --no-owner", backup_dir.display()), &[("PGPASSWORD", pg.password())]);
+    assert_eq!(table_counts(&from_help), table_counts(&db));
+
     // verify-chain re-hashes the stored bytes: no key needed, none configured.
     let v = run(drctl(&config).args(["verify-chain", "--backups", "--deep", "-o", "json"]), 0, &[&key]);
     assert_eq!(v.json()["ok"], true, "{}", v.stdout);

@@ -36,7 +36,8 @@ pub fn backup(cx: &Ctx, env: &EnvConfig) -> Runbook {
     rb
         // Partial objects and unfinished uploads of backups whose run died: never listed, removed here.
         .step(CleanPartial { env: env.name.clone(), own_id: cx.run_id.clone() })
-        // pg_dump → zstd → store, sha256 and row counts taken in the dump's own snapshot.
+        // pg_dump → zstd (→ age with [store] age_recipients) → store, sha256 and row counts taken in
+        // the dump's own snapshot.
         .step(DumpToStore { state: state.clone() })
         // The manifest names every object with its size and sha256: written only after them.
         .step(WriteManifest { state: state.clone() })
