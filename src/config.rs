@@ -529,7 +529,6 @@ fn rds_instance_id(id: &str) -> std::result::Result<(), String> {
 /// `[store] age_recipients` and `age_identity_file`: every recipient an age X25519 public key
 /// (public: quoting one is fine, but an identity pasted by mistake is never echoed), the identity
 /// file's path made absolute against the config file's directory. Err((key, problem)).
-#[allow(clippy::type_complexity)]
 fn store_age(
     store: Option<&RawStore>,
     config_file: &Path,
