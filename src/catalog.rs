@@ -36,8 +36,15 @@ pub struct Manifest {
     pub env: String,
     #[serde(rename = "type")]
     pub kind: String,
-    /// How to read the objects back: `pg_dump -Fc, zstd` = `cat OBJECTS | zstd -dc | pg_restore`.
+    /// How to read the objects back: `pg_dump -Fc, zstd` = `cat OBJECTS | zstd -dc | pg_restore`;
+    /// `pg_dump -Fc, zstd, age` = `cat OBJECTS | age -d -i KEY | zstd -dc | pg_restore`.
     pub format: String,
+    /// `age` when the objects are the zstd stream encrypted with age (absent: not encrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
+    /// The age recipients (public keys, `age1...`) the objects are encrypted to; never a secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub age_recipients: Vec<String>,
     pub database: String,
     pub server_version: String,
     pub pg_dump_version: String,
@@ -45,9 +52,10 @@ pub struct Manifest {
     pub started: String,
     pub finished: String,
     pub duration_ms: u64,
-    /// Stored (compressed) bytes, all objects.
+    /// Stored (compressed, and encrypted if so) bytes, all objects.
     pub bytes: u64,
-    /// sha256 of all objects concatenated in order (`cat OBJECTS | sha256sum`).
+    /// sha256 of all objects concatenated in order (`cat OBJECTS | sha256sum`): of the stored
+    /// bytes, so `verify-chain --backups --deep` checks an encrypted backup without its key.
     pub sha256: String,
     /// The uncompressed pg_dump stream's size.
     pub dump_bytes: u64,
@@ -75,11 +83,14 @@ pub struct LogicalDump<'a> {
 impl Manifest {
     /// The manifest of a `pg_dump -Fc -Z0 | zstd` backup (backup, and the audit copy sync keeps).
     pub fn logical(d: LogicalDump) -> Manifest {
+        let encrypted = !d.stored.age_recipients.is_empty();
         Manifest {
             id: d.id.to_string(),
             env: d.env.to_string(),
             kind: "logical".into(),
-            format: "pg_dump -Fc, zstd".into(),
+            format: if encrypted { "pg_dump -Fc, zstd, age" } else { "pg_dump -Fc, zstd" }.into(),
+            encryption: encrypted.then(|| AGE.to_string()),
+            age_recipients: d.stored.age_recipients.clone(),
             database: d.database.to_string(),
             server_version: d.server_version,
             pg_dump_version: d.pg_dump_version.to_string(),
@@ -96,6 +107,16 @@ impl Manifest {
             wal_end: None,
         }
     }
+}
+
+/// `Manifest::encryption` of age-encrypted objects.
+pub const AGE: &str = "age";
+
+/// A logical dump's objects, before the `.000`, `.001`, ... suffix: `backups/ENV/ID/DB.dump.zst`,
+/// or `DB.dump.zst.age` when encrypted (`cat DB.dump.zst.age.* | age -d -i KEY | zstd -dc`).
+pub fn dump_base(env: &str, id: &str, database: &str, encrypted: bool) -> String {
+    let age = if encrypted { ".age" } else { "" };
+    format!("{}{database}.dump.zst{age}", backup_prefix(env, id))
 }
 
 pub fn backup_prefix(env: &str, id: &str) -> String {

@@ -109,6 +109,16 @@ pub enum Command {
     ///
     ///     cat DB.dump.zst.* | zstd -dc | pg_restore -d postgres://USER@HOST/NEWDB
     ///
+    /// With [store] age_recipients (age public keys) the zstd stream is encrypted with age as it
+    /// streams, to every recipient, and stored as `DB.dump.zst.age.000`, ...; the host taking
+    /// backups needs no secret, and verify-chain --deep checks the stored bytes without a key.
+    /// Restore one with the identity file KEY of any recipient (`age-keygen -o KEY` made it):
+    ///
+    ///     cat DB.dump.zst.age.* | age -d -i KEY | zstd -dc | pg_restore -d postgres://USER@HOST/NEWDB
+    ///
+    /// Within drctl only a resumed sync reads a stored dump back: it needs [store]
+    /// age_identity_file (or $DRCTL_AGE_IDENTITY naming the file), else exit 2.
+    ///
     /// Objects are written first, then the manifest, then the journal entry `backup-done`: a backup
     /// whose run died is never listed, and its partial objects are removed by the next backup or
     /// prune of that env. A backup never resumes: a rerun starts a new one.

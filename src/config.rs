@@ -38,6 +38,8 @@ struct RawStore {
     sse: Option<String>,
     /// The KMS key for `sse = "aws:kms"` (id, ARN or alias); without it, the account's aws/s3 key.
     kms_key_id: Option<String>,
+    age_recipients: Option<Vec<String>>,
+    age_identity_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +150,11 @@ pub struct Config {
     pub store_url: String,
     /// `[store] sse` and `kms_key_id`: only ever set for an s3:// store.
     pub store_sse: Option<crate::store::Sse>,
+    /// `[store] age_recipients`, parsed: data objects are age-encrypted to these (empty: not).
+    pub age_recipients: Vec<age::x25519::Recipient>,
+    /// `[store] age_identity_file`, relative paths resolved against the config file's directory:
+    /// only reading encrypted data back needs it. Never read at load (a backup host has none).
+    pub age_identity_file: Option<PathBuf>,
     pub aws: AwsSettings,
     pub policy: Policy,
     pub environments: BTreeMap<String, EnvConfig>,
@@ -276,6 +283,7 @@ impl Config {
         let file = path.display().to_string();
         let bad = |key: &str, problem: String| Error::config(&file, format!("{key}: {problem}"));
 
+        let (age_recipients, age_identity_file) = store_age(raw.store.as_ref(), path).map_err(|(k, p)| bad(&k, p))?;
         let (store_url, sse, kms_key_id) = match raw.store {
             Some(s) => (s.url, s.sse, s.kms_key_id),
             None => (None, None, None),
@@ -443,6 +451,8 @@ impl Config {
             file: path.to_path_buf(),
             store_url,
             store_sse,
+            age_recipients,
+            age_identity_file,
             aws,
             policy,
             environments,
@@ -535,6 +545,58 @@ fn rds_instance_id(id: &str) -> std::result::Result<(), String> {
             "`{id}` is not an RDS instance identifier (letters, digits and single hyphens, starting with a letter)"
         ))
     }
+}
+
+/// `[store] age_recipients` and `age_identity_file`: every recipient an age X25519 public key
+/// (public: quoting one is fine, but an identity pasted by mistake is never echoed), the identity
+/// file's path made absolute against the config file's directory. Err((key, problem)).
+fn store_age(
+    store: Option<&RawStore>,
+    config_file: &Path,
+) -> std::result::Result<(Vec<age::x25519::Recipient>, Option<PathBuf>), (String, String)> {
+    let mut recipients = Vec::new();
+    if let Some(list) = store.and_then(|s| s.age_recipients.as_ref()) {
+        if list.is_empty() {
+            return Err((
+                "[store] age_recipients".into(),
+                "is empty: list at least one age public key (age1...), or remove the key to store data unencrypted"
+                    .into(),
+            ));
+        }
+        for (i, r) in list.iter().enumerate() {
+            let key = format!("[store] age_recipients[{i}]");
+            let r = r.trim();
+            if r.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+                return Err((
+                    key,
+                    "is an age identity (a secret key), not a recipient: list its public key instead                      (`age-keygen -y KEYFILE`) and keep the secret off this host"
+                        .into(),
+                ));
+            }
+            let parsed = r.parse::<age::x25519::Recipient>().map_err(|_| {
+                (
+                    key,
+                    format!(
+                        "`{r}` is not an age X25519 recipient (`age1` and 58 more characters, as `age-keygen -y`                          prints; plugin, post-quantum and SSH recipients are not supported)"
+                    ),
+                )
+            })?;
+            recipients.push(parsed);
+        }
+    }
+    let identity = match store.and_then(|s| s.age_identity_file.as_ref()) {
+        None => None,
+        Some(p) if p.as_os_str().is_empty() => {
+            return Err(("[store] age_identity_file".into(), "must not be empty".into()));
+        }
+        Some(p) if p.is_absolute() => Some(p.clone()),
+        Some(p) => {
+            let dir = config_file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+            Some(dir.join(p))
+        }
+    };
+    Ok((recipients, identity))
 }
 
 /// `file://./x` and `file://x` name `x` beside the config file (not in the working directory, which
@@ -830,7 +892,7 @@ mod tests {
         let lines: Vec<&str> = msg.lines().collect();
         assert_eq!(lines[0], "/tmp/drctl.toml: 4 unknown keys:", "{msg}");
         assert!(
-            lines[1].contains("line 3: unknown key `bukcet` in [store] (known keys: url, sse, kms_key_id)"),
+            lines[1].contains("line 3: unknown key `bukcet` in [store] (known keys: url, sse, kms_key_id, age_recipients, age_identity_file)"),
             "{msg}"
         );
         assert!(lines[2].contains("line 7: unknown key `health` in [environments.prod]"), "{msg}");
@@ -843,7 +905,7 @@ mod tests {
 
     #[test]
     fn known_keys_come_from_the_structs_renames_included() {
-        assert_eq!(fields_of::<RawStore>(), &["url", "sse", "kms_key_id"]);
+        assert_eq!(fields_of::<RawStore>(), &["url", "sse", "kms_key_id", "age_recipients", "age_identity_file"]);
         assert!(fields_of::<RawDns>().contains(&"type"));
         assert!(fields_of::<RawConfig>().contains(&"environments"));
         // A valid file has none, whatever its nesting.
@@ -961,6 +1023,46 @@ mod tests {
             parse(&format!("{env}[notify]\nwebhook_url = \"https://hooks.example.com/services/{secret}\"\n")).unwrap();
         assert_eq!(ok.notify_webhook.as_deref(), Some("https://hooks.example.com/services/T000/B000/SECRETTOKEN123"));
         assert!(parse(env).unwrap().notify_webhook.is_none());
+    }
+
+    #[test]
+    fn age_recipients_are_parsed_at_load_and_a_bad_one_is_named_by_index() {
+        use age::secrecy::ExposeSecret;
+        let env = "[environments.p]\ndatabase_url = \"postgres://a@h/d\"\n";
+        let (a, b) = (age::x25519::Identity::generate(), age::x25519::Identity::generate());
+        let (pa, pb) = (a.to_public().to_string(), b.to_public().to_string());
+        let ok = parse(&format!("[store]\nage_recipients = [\"{pa}\", \" {pb} \"]\n{env}")).unwrap();
+        assert_eq!(ok.age_recipients.iter().map(|r| r.to_string()).collect::<Vec<_>>(), [pa.clone(), pb.clone()]);
+        assert!(ok.age_identity_file.is_none());
+        assert!(parse(env).unwrap().age_recipients.is_empty());
+
+        let e = parse(&format!("[store]\nage_recipients = [\"{pa}\", \"age1nope\"]\n{env}")).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::USAGE);
+        let msg = e.to_string();
+        assert!(msg.contains("[store] age_recipients[1]") && msg.contains("age1nope"), "{msg}");
+        let e = parse(&format!("[store]\nage_recipients = []\n{env}")).unwrap_err().to_string();
+        assert!(e.contains("[store] age_recipients: is empty"), "{e}");
+        // An identity pasted where its public key belongs is refused without being echoed.
+        let secret = a.to_string();
+        let e = parse(&format!("[store]\nage_recipients = [\"{}\"]\n{env}", secret.expose_secret())).unwrap_err();
+        let msg = format!("{e} {}", e.hint().unwrap_or_default());
+        assert!(msg.contains("[store] age_recipients[0]") && msg.contains("secret key"), "{msg}");
+        assert!(!msg.contains(&secret.expose_secret()[15..]), "{msg}");
+    }
+
+    #[test]
+    fn age_identity_file_resolves_against_the_config_directory() {
+        let env = "[environments.p]\ndatabase_url = \"postgres://a@h/d\"\n";
+        let c = Config::parse(
+            &format!("[store]\nage_identity_file = \"keys/age.txt\"\n{env}"),
+            Path::new("/etc/drctl/drctl.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.age_identity_file.as_deref(), Some(Path::new("/etc/drctl/keys/age.txt")));
+        let c = parse(&format!("[store]\nage_identity_file = \"/root/age.txt\"\n{env}")).unwrap();
+        assert_eq!(c.age_identity_file.as_deref(), Some(Path::new("/root/age.txt")));
+        let e = parse(&format!("[store]\nage_identity_file = \"\"\n{env}")).unwrap_err().to_string();
+        assert!(e.contains("[store] age_identity_file: must not be empty"), "{e}");
     }
 
     #[test]

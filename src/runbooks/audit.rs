@@ -69,10 +69,17 @@ pub async fn audit(cx: &Ctx) -> (Value, String, Option<Error>) {
     let url = cx.store.url().to_string();
     let store = StoreAt::of(&url);
     let mut items = vec![Item::new("store-private", &url, store_private(cx, &store).await)];
-    // The third argument is drctl's own encryption of what it writes, as the [store] config
-    // describes it. This build has no such setting, so it is None here and only a bucket's
-    // default encryption counts.
-    items.push(Item::new("store-encrypted", &url, store_encrypted(cx, &store, None).await));
+    // The third argument is drctl's own encryption of what it writes, as [store] configures it:
+    // age (client-side, every data object) or S3 server-side encryption on every write.
+    let own = match (&cx.config.age_recipients[..], &cx.config.store_sse) {
+        ([], None) => None,
+        ([], Some(crate::store::Sse::Aes256)) => Some("[store] sse = \"AES256\" on every object drctl writes".into()),
+        ([], Some(crate::store::Sse::Kms { .. })) => {
+            Some("[store] sse = \"aws:kms\" on every object drctl writes".into())
+        }
+        (r, _) => Some(format!("[store] age_recipients: every data object age-encrypted to {} key(s)", r.len())),
+    };
+    items.push(Item::new("store-encrypted", &url, store_encrypted(cx, &store, own).await));
     if let StoreAt::Bucket(bucket) = &store {
         items.push(Item::new("bucket-versioning", &url, bucket_versioning(cx, bucket).await));
     }

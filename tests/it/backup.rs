@@ -14,7 +14,7 @@ use crate::harness::pg::Cluster;
 
 /// A database with a few tables: a sequence, an index, a foreign key, an empty table and a
 /// 20,000-row one.
-fn seeded_db(prefix: &str) -> String {
+pub(crate) fn seeded_db(prefix: &str) -> String {
     let pg = Cluster::shared();
     let db = crate::harness::unique_name(prefix);
     pg.create_db(&db);
@@ -71,7 +71,7 @@ fn object_files(store: &Path, id: &str) -> Vec<PathBuf> {
     v
 }
 
-fn table_counts(db: &str) -> String {
+pub(crate) fn table_counts(db: &str) -> String {
     Cluster::shared().psql(
         db,
         "SELECT (SELECT count(*) FROM customers) || ',' || (SELECT count(*) FROM orders) || ',' || \
@@ -471,11 +471,11 @@ fn dry_run_plans_and_writes_nothing() {
     assert!(!dir.path().join("store").exists(), "a dry run writes nothing");
 }
 
-fn sh(cmd: &str) -> String {
+pub(crate) fn sh(cmd: &str) -> String {
     sh_env(cmd, &[])
 }
 
-fn sh_env(cmd: &str, env: &[(&str, &str)]) -> String {
+pub(crate) fn sh_env(cmd: &str, env: &[(&str, &str)]) -> String {
     let out =
         Command::new("bash").arg("-o").arg("pipefail").arg("-c").arg(cmd).envs(env.iter().copied()).output().unwrap();
     assert!(

@@ -1,6 +1,7 @@
 //! The one integration binary: every scenario drives the real `drctl` against a real PostgreSQL
 //! and moto_server, started once per process by `harness`.
 
+mod age;
 mod audit;
 mod backup;
 mod check;

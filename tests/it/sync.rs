@@ -42,11 +42,11 @@ const TARGET_SQL: &str = "
 
 const TABLES: &[&str] = &["customers", "orders", "empty_one", "audit.\"Events\"", "marker", "order_totals"];
 
-struct Pair {
-    dir: TestDir,
-    from: String,
-    to: String,
-    config: PathBuf,
+pub(crate) struct Pair {
+    pub(crate) dir: TestDir,
+    pub(crate) from: String,
+    pub(crate) to: String,
+    pub(crate) config: PathBuf,
 }
 
 fn pg() -> &'static Cluster {
@@ -54,7 +54,7 @@ fn pg() -> &'static Cluster {
 }
 
 /// A source and a target database and a config naming them prod and staging.
-fn pair(prefix: &str, staging_extra: &str, extra: &str) -> Pair {
+pub(crate) fn pair(prefix: &str, staging_extra: &str, extra: &str) -> Pair {
     let (from, to) = (unique_name(&format!("{prefix}_src")), unique_name(&format!("{prefix}_dst")));
     pg().create_db(&from);
     pg().psql(&from, SOURCE_SQL);
@@ -73,21 +73,21 @@ fn pair(prefix: &str, staging_extra: &str, extra: &str) -> Pair {
     Pair { dir, from, to, config }
 }
 
-fn drctl(config: &Path) -> Drctl {
+pub(crate) fn drctl(config: &Path) -> Drctl {
     Drctl::new().config(config).env("TEST_PG_PASSWORD", pg().password())
 }
 
-fn checked(r: RunResult) -> RunResult {
+pub(crate) fn checked(r: RunResult) -> RunResult {
     r.assert_no_secret(pg().password());
     r
 }
 
-fn sync(p: &Pair) -> Drctl {
+pub(crate) fn sync(p: &Pair) -> Drctl {
     drctl(&p.config).args(["sync", "--from", "prod", "--to", "staging", "-o", "json"])
 }
 
 /// Per table: row count and an md5 over its rows in a stable order.
-fn fingerprint(db: &str) -> Vec<String> {
+pub(crate) fn fingerprint(db: &str) -> Vec<String> {
     TABLES
         .iter()
         .map(|t| {
@@ -108,11 +108,11 @@ fn sequences(db: &str) -> String {
     pg().psql(db, "SELECT string_agg(sequencename || '=' || coalesce(last_value::text, 'null'), ',' ORDER BY 1) FROM pg_sequences")
 }
 
-fn databases_like(name: &str) -> String {
+pub(crate) fn databases_like(name: &str) -> String {
     pg().psql("postgres", &format!("SELECT string_agg(datname, ',' ORDER BY datname COLLATE \"C\") FROM pg_database WHERE datname LIKE '{name}%'"))
 }
 
-fn journal_events(store: &Path) -> Vec<Value> {
+pub(crate) fn journal_events(store: &Path) -> Vec<Value> {
     let mut files: Vec<PathBuf> =
         std::fs::read_dir(store.join("journal")).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
@@ -416,7 +416,7 @@ fn a_live_target_is_refused_and_left_unchanged() {
 /// Start a sync and kill -9 it once its dump is committed as a backup of prod and its swap is under
 /// way: a session holding an uncommitted update of the target's pg_database row makes the swap's
 /// ALTER DATABASE wait, so the kill lands at that exact point. Returns the killed run's id.
-fn kill_9_after_the_commit(p: &Pair) -> String {
+pub(crate) fn kill_9_after_the_commit(p: &Pair) -> String {
     let mut blocker = std::process::Command::new(pg().bin_dir().join("psql"))
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
         .args(["-p", &pg().port.to_string()])
@@ -456,7 +456,7 @@ fn kill_9_after_the_commit(p: &Pair) -> String {
     done["run_id"].as_str().unwrap().to_string()
 }
 
-fn step_states(doc: &Value) -> Vec<(String, String)> {
+pub(crate) fn step_states(doc: &Value) -> Vec<(String, String)> {
     doc["steps"]
         .as_array()
         .unwrap()
@@ -466,7 +466,7 @@ fn step_states(doc: &Value) -> Vec<(String, String)> {
 }
 
 /// The stored dump's data object(s) of backup `id` of prod.
-fn dump_objects(p: &Pair, id: &str) -> Vec<PathBuf> {
+pub(crate) fn dump_objects(p: &Pair, id: &str) -> Vec<PathBuf> {
     let dir = p.dir.path().join("store/backups/prod").join(id);
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()

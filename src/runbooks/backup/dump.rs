@@ -7,6 +7,12 @@
 //! the store's streaming upload, so memory stays flat (a few chunk buffers and the upload's parts)
 //! whatever the database size. Objects are split every `SPLIT_BYTES` so that no single object
 //! exceeds what S3 and the operator's tools comfortably handle: `cat NAME.* | zstd -dc` restores.
+//!
+//! With `[store] age_recipients`, zstd's output is encrypted with age on the same thread before it
+//! reaches the sink: age's `StreamWriter` seals 64 KiB chunks (ChaCha20-Poly1305) as they come, so
+//! the pipeline stays streaming with one more bounded buffer. The objects then split one age
+//! stream (`cat NAME.age.* | age -d -i KEY | zstd -dc` restores), and their sizes and sha256 are of
+//! the encrypted bytes, which is what the store holds and what `verify-chain --deep` re-hashes.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -38,6 +44,8 @@ pub struct Stored {
     pub sha256: String,
     /// Uncompressed bytes read from the dump.
     pub dump_bytes: u64,
+    /// The age recipients (public keys) the objects are encrypted to; empty: not encrypted.
+    pub age_recipients: Vec<String>,
 }
 
 /// The expected size of the uncompressed dump stream, for the progress bar's total and ETA: the
@@ -75,17 +83,21 @@ impl Drop for Uploads {
     }
 }
 
-/// Stream `source` (a child's stdout) compressed into objects `{base}.000`, `{base}.001`, …
+/// Stream `source` (a child's stdout) compressed, and encrypted to `recipients` unless there are
+/// none, into objects `{base}.000`, `{base}.001`, …
 pub async fn compress_to_store<R>(
     source: R,
     store: Arc<dyn Store>,
     base: &str,
     split_bytes: u64,
+    recipients: &[age::x25519::Recipient],
     progress: Progress,
 ) -> Result<Stored>
 where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
 {
+    let recipients = recipients.to_vec();
+    let age_recipients: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
     let uploads = Arc::new(Uploads::default());
     let handle = tokio::runtime::Handle::current();
     let sink = Sink {
@@ -105,7 +117,8 @@ where
     };
     let compress = tokio::task::spawn_blocking(move || -> std::io::Result<(Sink, u64)> {
         let mut source = source;
-        let mut enc = zstd::stream::write::Encoder::new(sink, ZSTD_LEVEL)?;
+        let sealed = Sealed::new(sink, &recipients)?;
+        let mut enc = zstd::stream::write::Encoder::new(sealed, ZSTD_LEVEL)?;
         enc.multithread(ZSTD_WORKERS)?;
         let mut buf = vec![0u8; CHUNK];
         let mut raw = 0u64;
@@ -118,7 +131,7 @@ where
             progress.inc(n as u64);
             enc.write_all(&buf[..n])?;
         }
-        let mut sink = enc.finish()?;
+        let mut sink = enc.finish()?.finish()?;
         sink.finish_object()?;
         Ok((sink, raw))
     });
@@ -142,7 +155,58 @@ where
         bytes: sink.total_bytes,
         sha256: hex::encode(sink.total_hash.finalize()),
         dump_bytes: raw,
+        age_recipients,
     })
+}
+
+/// What the compressor writes to: the sink itself, or an age stream into it. age's writer keeps
+/// one 64 KiB plaintext chunk and writes each sealed chunk through at once.
+enum Sealed<W: Write> {
+    Plain(W),
+    Age(age::stream::StreamWriter<W>),
+}
+
+impl<W: Write> Sealed<W> {
+    /// Writes the age header (the file key wrapped for each recipient) when there are recipients.
+    fn new(w: W, recipients: &[age::x25519::Recipient]) -> std::io::Result<Self> {
+        if recipients.is_empty() {
+            return Ok(Sealed::Plain(w));
+        }
+        let enc = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(|e| std::io::Error::other(format!("age: {e}")))?;
+        Ok(Sealed::Age(enc.wrap_output(w)?))
+    }
+
+    /// The sink, after the last (possibly short) age chunk is sealed and written.
+    fn finish(self) -> std::io::Result<W> {
+        match self {
+            Sealed::Plain(w) => Ok(w),
+            Sealed::Age(s) => s.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Sealed<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sealed::Plain(w) => w.write(data),
+            Sealed::Age(s) => s.write(data),
+        }
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sealed::Plain(w) => w.write_all(data),
+            Sealed::Age(s) => s.write_all(data),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sealed::Plain(w) => w.flush(),
+            Sealed::Age(s) => s.flush(),
+        }
+    }
 }
 
 /// The compressor's output: hashes and counts every byte, cuts objects at `split_bytes`, and hands
@@ -243,6 +307,14 @@ mod tests {
     use crate::store::local::LocalStore;
 
     async fn roundtrip(len: usize, split: u64) -> (Vec<u8>, Stored, tempfile::TempDir) {
+        roundtrip_to(len, split, &[]).await
+    }
+
+    async fn roundtrip_to(
+        len: usize,
+        split: u64,
+        recipients: &[age::x25519::Recipient],
+    ) -> (Vec<u8>, Stored, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().display().to_string();
         let store: Arc<dyn Store> = Arc::new(LocalStore::new(&format!("file://{root}"), &root));
@@ -253,6 +325,7 @@ mod tests {
             store,
             "b/x.dump.zst",
             split,
+            recipients,
             Progress::new(false, "", None, false),
         )
         .await
@@ -261,6 +334,11 @@ mod tests {
     }
 
     fn read_back(dir: &std::path::Path, s: &Stored) -> Vec<u8> {
+        zstd::decode_all(&stored_bytes(dir, s)[..]).unwrap()
+    }
+
+    /// The objects concatenated, each checked against its size and sha256.
+    fn stored_bytes(dir: &std::path::Path, s: &Stored) -> Vec<u8> {
         let mut all = Vec::new();
         for o in &s.objects {
             let bytes = std::fs::read(dir.join(&o.key)).unwrap();
@@ -270,7 +348,7 @@ mod tests {
         }
         assert_eq!(all.len() as u64, s.bytes);
         assert_eq!(hex::encode(Sha256::digest(&all)), s.sha256);
-        zstd::decode_all(&all[..]).unwrap()
+        all
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,6 +367,36 @@ mod tests {
         assert!(stored.objects.iter().all(|o| o.size <= 100_000));
         assert!(stored.objects[0].key.ends_with(".000") && stored.objects[1].key.ends_with(".001"));
         assert_eq!(read_back(dir.path(), &stored), data);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_recipients_the_split_objects_are_one_age_stream_of_the_zstd_stream() {
+        use std::io::Read;
+        let (a, b) = (age::x25519::Identity::generate(), age::x25519::Identity::generate());
+        let recipients = [a.to_public(), b.to_public()];
+        let (data, stored, dir) = roundtrip_to(3 << 20, 100_000, &recipients).await;
+        assert!(stored.objects.len() > 2, "{}", stored.objects.len());
+        assert_eq!(stored.age_recipients, recipients.iter().map(|r| r.to_string()).collect::<Vec<_>>());
+        let all = stored_bytes(dir.path(), &stored);
+        assert!(all.starts_with(b"age-encryption.org/v1\n"));
+        assert!(zstd::decode_all(&all[..]).is_err(), "the stored bytes are not readable as zstd");
+        // Either recipient's identity opens it; the plaintext is the zstd stream of the input.
+        for id in [&a, &b] {
+            let mut zst = Vec::new();
+            age::Decryptor::new_buffered(&all[..])
+                .unwrap()
+                .decrypt(std::iter::once(id as &dyn age::Identity))
+                .unwrap()
+                .read_to_end(&mut zst)
+                .unwrap();
+            assert_eq!(zstd::decode_all(&zst[..]).unwrap(), data);
+        }
+        let other = age::x25519::Identity::generate();
+        let no = age::Decryptor::new_buffered(&all[..]).unwrap().decrypt(std::iter::once(&other as &dyn age::Identity));
+        assert!(matches!(no, Err(age::DecryptError::NoMatchingKeys)));
+        // Not encrypted: no recipients recorded.
+        let (_, plain, _dir) = roundtrip(1000, SPLIT_BYTES).await;
+        assert!(plain.age_recipients.is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 //! only once its commit entry is in the journal; everything before that is invisible and cleaned up.
 
 pub mod dump;
+pub mod encryption;
 pub mod list;
 pub mod prune;
 
@@ -35,7 +36,8 @@ pub fn backup(cx: &Ctx, env: &EnvConfig) -> Runbook {
     rb
         // Partial objects and unfinished uploads of backups whose run died: never listed, removed here.
         .step(CleanPartial { env: env.name.clone(), own_id: cx.run_id.clone() })
-        // pg_dump → zstd → store, sha256 and row counts taken in the dump's own snapshot.
+        // pg_dump → zstd (→ age with [store] age_recipients) → store, sha256 and row counts taken in
+        // the dump's own snapshot.
         .step(DumpToStore { state: state.clone() })
         // The manifest names every object with its size and sha256: written only after them.
         .step(WriteManifest { state: state.clone() })
@@ -263,7 +265,8 @@ impl Step for DumpToStore {
         let db_err = |e: tokio_postgres::Error| pg::db_error(url, &e);
         let DumpSnapshot { tx, id: snapshot, server_version, tables } = export_snapshot(&mut client, url).await?;
 
-        let base = format!("{}{}.dump.zst", backup_prefix(&env.name, &self.state.id), env.database_url.dbname);
+        let recipients = &cx.config.age_recipients;
+        let base = catalog::dump_base(&env.name, &self.state.id, &url.dbname, !recipients.is_empty());
         let mut child =
             tools.spawn("pg_dump", &["-Fc", "-Z0", "--no-password", "--snapshot", &snapshot], Some(url), false)?;
         let stdout = child.stdout.take().ok_or_else(|| Error::step("dump", "pg_dump has no stdout"))?;
@@ -274,7 +277,8 @@ impl Step for DumpToStore {
             cx.run.report("expected_bytes", n);
         }
         let progress = cx.out.progress("dump", expected, true);
-        let upload = dump::compress_to_store(stdout, cx.store.clone(), &base, dump::SPLIT_BYTES, progress.clone());
+        let upload =
+            dump::compress_to_store(stdout, cx.store.clone(), &base, dump::SPLIT_BYTES, recipients, progress.clone());
         let counts = async { count_rows(&tx, &tables).await.map_err(db_err) };
         let (stored, counts) = tokio::join!(upload, counts);
         progress.finish();
@@ -304,11 +308,16 @@ impl Step for DumpToStore {
         log.set("dump_bytes", manifest.dump_bytes);
         log.set("sha256", manifest.sha256.clone());
         log.set("objects", manifest.objects.len() as u64);
+        if let Some(e) = &manifest.encryption {
+            log.set("encryption", e.clone());
+            cx.run.report("encryption", e.clone());
+        }
         log.summary(format!(
-            "{} -> {} in {}, {}",
+            "{} -> {} in {}{}, {}",
             crate::output::table::bytes(manifest.dump_bytes),
             crate::output::table::bytes(manifest.bytes),
             count(manifest.objects.len() as u64, "object"),
+            if manifest.encryption.is_some() { " (age-encrypted)" } else { "" },
             count(manifest.tables.len() as u64, "table")
         ));
         cx.run.report("id", manifest.id.clone());

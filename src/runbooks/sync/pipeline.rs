@@ -8,21 +8,28 @@
 //! one pass, with flat memory (one 1 MiB chunk in flight plus a 1 MiB pipe to the compressor); a
 //! slower consumer slows pg_dump down instead of growing a buffer. The restore's own index builds
 //! are serial, which is the price; the benchmark (scripts/bench-sync) measures the whole.
+//!
+//! With `[store] age_recipients` only the stored copy is encrypted (after zstd, in the backup
+//! pipeline): pg_restore reads the plaintext stream of the tee, so the normal path needs no key.
+//! Only a resumed run restoring the stored dump decrypts, with `[store] age_identity_file`.
 
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
-use std::io::Write;
-
+use bytes::{Buf, Bytes};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 use super::toc::{self, Parsed, SeqValue};
 use super::{Restored, State};
-use crate::catalog::{LogicalDump, Manifest, TableCount, backup_prefix};
+use crate::catalog::{LogicalDump, Manifest, TableCount, dump_base};
 use crate::clients::{pg, pgtools::PgTools};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::runbooks::backup::{DumpSnapshot, count_rows, dump, export_snapshot, leaf_tables};
+use crate::runbooks::backup::{DumpSnapshot, count_rows, dump, encryption, export_snapshot, leaf_tables};
 
 const CHUNK: usize = 1 << 20;
 /// A TOC larger than this is not read for sequence values (the run fails rather than guess).
@@ -87,13 +94,16 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
         drop(to_store);
         Ok::<_, Error>(parsed)
     };
-    let base = format!("{}{}.dump.zst", backup_prefix(&from.name, &st.backup.id), src.dbname);
+    // Only what is stored is encrypted: pg_restore reads the plaintext stream of the tee.
+    let recipients = &cx.config.age_recipients;
+    let base = dump_base(&from.name, &st.backup.id, &src.dbname, !recipients.is_empty());
     let expected = dump::expected_bytes(&tx, &tables).await.map_err(src_err)?;
     if let Some(n) = expected {
         cx.out.info(&format!("sync: about {} expected (the tables' size)", crate::output::table::bytes(n)));
     }
     let progress = cx.out.progress("sync", expected, true);
-    let upload = dump::compress_to_store(from_tee, cx.store.clone(), &base, dump::SPLIT_BYTES, progress.clone());
+    let upload =
+        dump::compress_to_store(from_tee, cx.store.clone(), &base, dump::SPLIT_BYTES, recipients, progress.clone());
     let counts = async { count_rows(&tx, &tables).await.map_err(src_err) };
     let (teed, stored, counts) = tokio::join!(tee, upload, counts);
     progress.finish();
@@ -183,19 +193,26 @@ fn spawn_restore(st: &State) -> Result<crate::clients::pgtools::Running> {
 /// truncation or missing object is an integrity failure (exit 4) that wins over whatever the
 /// decoder or pg_restore made of the bad bytes; the copy is then validated against the row counts
 /// and sequence values the dump recorded.
+///
+/// The hashed bytes go on, through a bounded channel, to a feeder thread (`feed`) that decrypts
+/// them when the manifest says age (with the identity file's identities, loaded and matched to the
+/// backup's recipients before anything is created), decompresses and writes pg_restore's stdin.
 pub(super) async fn restore_stored(cx: &Ctx, st: &State, m: &Manifest) -> Result<Restored> {
     let t0 = Instant::now();
     let chain = format!("backup {} of {}", m.id, m.env);
+    let identities = encryption::identities_for(cx, m)?;
     create_scratch(st).await?;
     let mut restoring = spawn_restore(st)?;
-    let mut restore_in = Some(restoring.stdin.take().ok_or_else(|| Error::step("restore", "pg_restore has no stdin"))?);
-    let mut decoder = Some(zstd::stream::write::Decoder::new(Vec::new()).map_err(|e| Error::step("restore", e))?);
-    // The first thing that went wrong feeding pg_restore; reported only if the bytes are intact.
-    let mut feed_err: Option<String> = None;
+    let restore_in = restoring.stdin.take().ok_or_else(|| Error::step("restore", "pg_restore has no stdin"))?;
+    // Bounded: a slow pg_restore slows the download down instead of growing memory.
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let whole = Arc::new(AtomicBool::new(false));
+    let source = Received { rx, chunk: Bytes::new(), whole: whole.clone() };
+    let handle = tokio::runtime::Handle::current();
+    let feeder = tokio::task::spawn_blocking(move || feed(source, identities, restore_in, handle));
+    // None once the feeder stopped (its error is reported only if the bytes are intact).
+    let mut to_feeder = Some(tx);
     let mut all = Sha256::new();
-    let mut head: Vec<u8> = Vec::new();
-    let mut parsed = Parsed::Incomplete;
-    let mut dump_bytes = 0u64;
     let progress = cx.out.progress("sync", Some(m.bytes), true);
     for o in &m.objects {
         let mut rx = cx
@@ -210,29 +227,11 @@ pub(super) async fn restore_stored(cx: &Ctx, st: &State, m: &Manifest) -> Result
             all.update(&chunk);
             size += chunk.len() as u64;
             progress.inc(chunk.len() as u64);
-            if let (Some(dec), Some(sink), None) = (decoder.as_mut(), restore_in.as_mut(), &feed_err) {
-                let fed = async {
-                    dec.write_all(&chunk).map_err(|e| format!("decompressing {}: {e}", o.key))?;
-                    let out = std::mem::take(dec.get_mut());
-                    dump_bytes += out.len() as u64;
-                    if parsed == Parsed::Incomplete {
-                        head.extend_from_slice(&out);
-                        parsed = toc::parse(&head);
-                        if parsed != Parsed::Incomplete {
-                            head = Vec::new();
-                        } else if head.len() > MAX_TOC {
-                            parsed =
-                                Parsed::Unsupported(format!("the archive's TOC is larger than {} MiB", MAX_TOC >> 20));
-                        }
-                    }
-                    sink.write_all(&out).await.map_err(|e| format!("pg_restore stopped reading: {e}"))
-                };
-                if let Err(e) = fed.await {
-                    feed_err = Some(e);
-                    // pg_restore sees EOF; the rest of the bytes are still read, for their sha256.
-                    restore_in = None;
-                    decoder = None;
-                }
+            if let Some(t) = &to_feeder
+                && t.send(chunk).await.is_err()
+            {
+                // The rest of the bytes are still read, for their sha256.
+                to_feeder = None;
             }
         }
         if size != o.size {
@@ -252,23 +251,23 @@ pub(super) async fn restore_stored(cx: &Ctx, st: &State, m: &Manifest) -> Result
     if sha != m.sha256 {
         return Err(Error::integrity(&chain, "all objects", format!("sha256 {sha}, the manifest has {}", m.sha256)));
     }
-    if let (Some(dec), Some(sink), None) = (decoder.as_mut(), restore_in.as_mut(), &feed_err) {
-        let flushed = async {
-            dec.flush().map_err(|e| format!("decompressing the end of the dump: {e}"))?;
-            let out = std::mem::take(dec.get_mut());
-            dump_bytes += out.len() as u64;
-            sink.write_all(&out).await.map_err(|e| format!("pg_restore stopped reading: {e}"))
-        };
-        if let Err(e) = flushed.await {
-            feed_err = Some(e);
-        }
-    }
-    drop(restore_in);
+    // Every byte is in and intact: only now does the feeder see the end of the stream.
+    whole.store(true, Ordering::Release);
+    drop(to_feeder);
+    let Fed { parsed, dump_bytes, error } =
+        feeder.await.map_err(|e| Error::step("restore", format!("feeder thread: {e}")))?;
     let restore_stderr = restoring.wait().await?;
+    // A wrong key explains pg_restore's empty input better than pg_restore does.
+    if let Some(FeedError::Key(e)) = error {
+        return Err(Error::config(
+            cx.config.file.display(),
+            format!("[store] age_identity_file: decrypting {chain}: {e}"),
+        ));
+    }
     if let Some(line) = restore_stderr.lines().find(|l| l.contains("error")) {
         return Err(Error::step("restore", format!("pg_restore reported: {line}")));
     }
-    if let Some(e) = feed_err {
+    if let Some(FeedError::Other(e)) = error {
         return Err(Error::step("restore", e));
     }
     let sequences = match parsed {
@@ -295,6 +294,122 @@ pub(super) async fn restore_stored(cx: &Ctx, st: &State, m: &Manifest) -> Result
         source: "stored",
         expected_bytes: Some(m.bytes),
     })
+}
+
+/// The stored bytes as the feeder reads them: the chunks the download loop sends, hashed already.
+/// The channel closing is the end of the stream only once every object was read and matched its
+/// sha256 (`whole`); before that (an integrity failure, a dropped run) it is an error, so a short
+/// stream is never finished as if it were the whole dump.
+struct Received {
+    rx: mpsc::Receiver<Bytes>,
+    chunk: Bytes,
+    whole: Arc<AtomicBool>,
+}
+
+impl std::io::BufRead for Received {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(c) => self.chunk = c,
+                None if self.whole.load(Ordering::Acquire) => break,
+                None => return Err(std::io::Error::other("the stored dump was not read whole")),
+            }
+        }
+        Ok(&self.chunk)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.chunk.advance(n);
+    }
+}
+
+impl Read for Received {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::BufRead;
+        let have = self.fill_buf()?;
+        let n = have.len().min(buf.len());
+        buf[..n].copy_from_slice(&have[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+enum FeedError {
+    /// The identities open none of the header's stanzas: the key is wrong, not the data.
+    Key(String),
+    Other(String),
+}
+
+/// What the feeder made of the stream.
+struct Fed {
+    parsed: Parsed,
+    dump_bytes: u64,
+    /// The first thing that went wrong feeding pg_restore; pg_restore then sees EOF.
+    error: Option<FeedError>,
+}
+
+/// On a blocking thread: stored bytes -> (age) -> zstd -> pg_restore's stdin, the TOC parsed for
+/// the sequence values on the way. Returns at the first error, which drops the receiver, so the
+/// download loop stops sending and only hashes.
+fn feed(
+    source: Received,
+    identities: Option<Vec<age::x25519::Identity>>,
+    mut sink: tokio::process::ChildStdin,
+    handle: tokio::runtime::Handle,
+) -> Fed {
+    let mut fed = Fed { parsed: Parsed::Incomplete, dump_bytes: 0, error: None };
+    let compressed: Box<dyn std::io::BufRead + Send> = match identities {
+        None => Box::new(source),
+        Some(ids) => {
+            let opened = age::Decryptor::new_buffered(source)
+                .and_then(|d| d.decrypt(ids.iter().map(|i| i as &dyn age::Identity)));
+            match opened {
+                Ok(plain) => Box::new(std::io::BufReader::with_capacity(CHUNK, plain)),
+                Err(age::DecryptError::NoMatchingKeys) => {
+                    fed.error = Some(FeedError::Key("no identity in the file opens it".into()));
+                    return fed;
+                }
+                Err(e) => {
+                    fed.error = Some(FeedError::Other(format!("decrypting the stored dump (age): {e}")));
+                    return fed;
+                }
+            }
+        }
+    };
+    let mut decoder = match zstd::stream::read::Decoder::with_buffer(compressed) {
+        Ok(d) => d,
+        Err(e) => {
+            fed.error = Some(FeedError::Other(format!("decompressing the stored dump: {e}")));
+            return fed;
+        }
+    };
+    let mut head: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match decoder.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                fed.error = Some(FeedError::Other(format!("reading the stored dump back: {e}")));
+                return fed;
+            }
+        };
+        fed.dump_bytes += n as u64;
+        if fed.parsed == Parsed::Incomplete {
+            head.extend_from_slice(&buf[..n]);
+            fed.parsed = toc::parse(&head);
+            if fed.parsed != Parsed::Incomplete {
+                head = Vec::new();
+            } else if head.len() > MAX_TOC {
+                fed.parsed = Parsed::Unsupported(format!("the archive's TOC is larger than {} MiB", MAX_TOC >> 20));
+            }
+        }
+        if let Err(e) = handle.block_on(sink.write_all(&buf[..n])) {
+            fed.error = Some(FeedError::Other(format!("pg_restore stopped reading: {e}")));
+            return fed;
+        }
+    }
+    fed
 }
 
 /// (schema, name, populated) of every materialized view.
