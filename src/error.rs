@@ -247,6 +247,19 @@ pub fn store_hint(url: &str, problem: &str) -> Option<String> {
     })
 }
 
+/// An error with its causes, `: `-joined: reqwest's own line hides why a request failed (a TLS
+/// handshake, a refused connection).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::cli::{BackupAction, Command};
+use crate::error::error_chain;
 use crate::runbooks::Done;
 
 /// How long a POST may take before it is given up (with a warning).
@@ -130,18 +131,6 @@ pub async fn post(url: &str, text: &str, timeout: Duration) -> Result<(), String
         Err(e) if e.is_timeout() => Err(format!("the webhook did not answer within {}", human(timeout.as_secs()))),
         Err(e) => Err(scrub(&error_chain(&e.without_url()), url)),
     }
-}
-
-/// An error with its causes (reqwest's own line is only "error sending request").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 /// Belt and braces over `without_url`: the URL, or its path and query (where the token lives),

@@ -20,7 +20,7 @@ use crate::ctx::Ctx;
 use crate::engine::run::{Confirm, Runbook};
 use crate::engine::runctx::wait_for;
 use crate::engine::step::{Check, Step, StepLog};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, error_chain};
 use crate::runbooks::check::health;
 
 /// How often GetChange is asked while waiting for INSYNC (Route 53 takes about a minute).
@@ -89,13 +89,26 @@ impl PointRecord {
         restore: Restore,
         api: Arc<dyn Dns>,
     ) -> PointRecord {
+        Self::with(cx, "restore-record", dns, to.cloned(), previous, Some(restore), api)
+    }
+
+    /// The fields both steps share: the policy's limits, nothing read yet.
+    fn with(
+        cx: &Ctx,
+        id: &'static str,
+        dns: &DnsConfig,
+        to: Option<EnvConfig>,
+        create: RecordSet,
+        restore: Option<Restore>,
+        api: Arc<dyn Dns>,
+    ) -> PointRecord {
         let p = &cx.config.policy;
         PointRecord {
-            id: "restore-record",
+            id,
             dns: dns.clone(),
-            to: to.cloned(),
-            create: previous,
-            restore: Some(restore),
+            to,
+            create,
+            restore,
             api,
             read: Mutex::new(None),
             rpo: p.rpo,
@@ -136,21 +149,7 @@ impl PointRecord {
                 RecordSet::alias(dns.record.clone(), RecordType::A, alias)
             }
         };
-        let p = &cx.config.policy;
-        Ok(PointRecord {
-            id: "point-record",
-            dns: dns.clone(),
-            to: Some(to.clone()),
-            create,
-            restore: None,
-            api,
-            read: Mutex::new(None),
-            rpo: p.rpo,
-            max_lag: p.max_replica_lag_bytes,
-            health_timeout: p.health_timeout,
-            cors_origin: p.cors_origin.clone(),
-            timeout: p.dns_timeout,
-        })
+        Ok(Self::with(cx, "point-record", dns, Some(to.clone()), create, None, api))
     }
 
     /// Where the record will send resolvers (an A record with addresses, restored by rollback,
@@ -527,18 +526,6 @@ pub fn same_record(a: &RecordSet, b: &RecordSet) -> bool {
         }
         _ => false,
     }
-}
-
-/// An error with its causes (reqwest's own line hides why a TLS handshake failed).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
