@@ -48,6 +48,10 @@ complete -c drctl -n "__fish_drctl_needs_command" -f -a "dns-cutover" -d 'Point 
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "failover" -d 'The incident command: promote (when ENV is a replica), point the record at ENV, report readiness'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "rollback" -d 'Undo the newest dns-cutover or failover: the record back to its exact previous value'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "status" -d 'Readiness of every env: reachable, role, replication lag, live, healthy, data age vs RPO'
+complete -c drctl -n "__fish_drctl_needs_command" -f -a "wal-push" -d 'Archive one WAL file into the store: PostgreSQL\'s archive_command'
+complete -c drctl -n "__fish_drctl_needs_command" -f -a "wal-fetch" -d 'Restore one archived WAL file from the store: PostgreSQL\'s restore_command'
+complete -c drctl -n "__fish_drctl_needs_command" -f -a "pitr-restore" -d 'Point-in-time recovery: a base backup plus archived WAL into a new data directory, or an RDS instance restored to a point in time'
+complete -c drctl -n "__fish_drctl_needs_command" -f -a "drill" -d 'A recovery rehearsal: restore a backup into a scratch copy, verify it, measure RTO and RPO, remove the copy'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "log" -d 'Show the journal, newest first'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "completions" -d 'Print shell completions for SHELL'
 complete -c drctl -n "__fish_drctl_needs_command" -f -a "man" -d 'Print the man page (roff)'
@@ -256,6 +260,78 @@ complete -c drctl -n "__fish_drctl_using_subcommand status" -s q -l quiet -d 'Fo
 complete -c drctl -n "__fish_drctl_using_subcommand status" -l no-progress -d 'No progress bars, even on a TTY (where they show bytes, rate, and the expected total and ETA when the tables\' size is known; the report\'s expected_bytes holds that total)'
 complete -c drctl -n "__fish_drctl_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c drctl -n "__fish_drctl_using_subcommand status" -s V -l version -d 'Print version'
+complete -c drctl -n "__fish_drctl_using_subcommand wal-push" -s e -l env -d 'The environment (a table under [environments] in drctl.toml); defaults to $DRCTL_ENV, or the only env when there is one' -r
+complete -c drctl -n "__fish_drctl_using_subcommand wal-push" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand wal-push" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand wal-push" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
+complete -c drctl -n "__fish_drctl_using_subcommand wal-push" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
+complete -c drctl -n "__fish_drctl_using_subcommand wal-push" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand wal-push" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand wal-push" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
+complete -c drctl -n "__fish_drctl_using_subcommand wal-push" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
+complete -c drctl -n "__fish_drctl_using_subcommand wal-push" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
+complete -c drctl -n "__fish_drctl_using_subcommand wal-push" -s q -l quiet -d 'For cron: a successful run prints nothing at all (no report, no log lines), so MAILTO mails only failures; a failed run prints its report and the error whatever -q says'
+complete -c drctl -n "__fish_drctl_using_subcommand wal-push" -l no-progress -d 'No progress bars, even on a TTY (where they show bytes, rate, and the expected total and ETA when the tables\' size is known; the report\'s expected_bytes holds that total)'
+complete -c drctl -n "__fish_drctl_using_subcommand wal-push" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c drctl -n "__fish_drctl_using_subcommand wal-push" -s V -l version -d 'Print version'
+complete -c drctl -n "__fish_drctl_using_subcommand wal-fetch" -s e -l env -d 'The environment (a table under [environments] in drctl.toml); defaults to $DRCTL_ENV, or the only env when there is one' -r
+complete -c drctl -n "__fish_drctl_using_subcommand wal-fetch" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand wal-fetch" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand wal-fetch" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
+complete -c drctl -n "__fish_drctl_using_subcommand wal-fetch" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
+complete -c drctl -n "__fish_drctl_using_subcommand wal-fetch" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand wal-fetch" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand wal-fetch" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
+complete -c drctl -n "__fish_drctl_using_subcommand wal-fetch" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
+complete -c drctl -n "__fish_drctl_using_subcommand wal-fetch" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
+complete -c drctl -n "__fish_drctl_using_subcommand wal-fetch" -s q -l quiet -d 'For cron: a successful run prints nothing at all (no report, no log lines), so MAILTO mails only failures; a failed run prints its report and the error whatever -q says'
+complete -c drctl -n "__fish_drctl_using_subcommand wal-fetch" -l no-progress -d 'No progress bars, even on a TTY (where they show bytes, rate, and the expected total and ETA when the tables\' size is known; the report\'s expected_bytes holds that total)'
+complete -c drctl -n "__fish_drctl_using_subcommand wal-fetch" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c drctl -n "__fish_drctl_using_subcommand wal-fetch" -s V -l version -d 'Print version'
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -s e -l env -d 'The environment (a table under [environments] in drctl.toml); defaults to $DRCTL_ENV, or the only env when there is one' -r
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l target-time -d 'Recover up to this moment (RFC 3339, e.g. 2026-12-01T13:59:00Z)' -r
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l target-lsn -d 'Recover up to this WAL location (e.g. 0/3000060); self-managed only' -r
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l data-dir -d 'Self-managed: the new data directory (absent or empty)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l target-instance -d 'RDS (an env with rds_instance): the identifier of the instance to create' -r
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l port -d 'Self-managed: the port the restored server listens on [default: a free one]' -r
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l latest -d 'Recover everything archived'
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l no-start -d 'Self-managed: leave a ready-to-start data directory instead of starting the server'
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -s q -l quiet -d 'For cron: a successful run prints nothing at all (no report, no log lines), so MAILTO mails only failures; a failed run prints its report and the error whatever -q says'
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l no-progress -d 'No progress bars, even on a TTY (where they show bytes, rate, and the expected total and ETA when the tables\' size is known; the report\'s expected_bytes holds that total)'
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -s V -l version -d 'Print version'
+complete -c drctl -n "__fish_drctl_using_subcommand drill" -s e -l env -d 'The environment (a table under [environments] in drctl.toml); defaults to $DRCTL_ENV, or the only env when there is one' -r
+complete -c drctl -n "__fish_drctl_using_subcommand drill" -l from-backup -d 'The backup to rehearse with (an id from `backup list`) [default: the env\'s newest]' -r
+complete -c drctl -n "__fish_drctl_using_subcommand drill" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand drill" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand drill" -l accept -d 'Waive one named preflight check (repeatable); the waiver is journaled' -r
+complete -c drctl -n "__fish_drctl_using_subcommand drill" -l lock-wait -d 'Wait up to DURATION (e.g. 10m) for a held lock instead of exiting 5 at once' -r
+complete -c drctl -n "__fish_drctl_using_subcommand drill" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand drill" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
+complete -c drctl -n "__fish_drctl_using_subcommand drill" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
+complete -c drctl -n "__fish_drctl_using_subcommand drill" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'
+complete -c drctl -n "__fish_drctl_using_subcommand drill" -s v -l verbose -d 'More log lines on stderr (repeat for more)'
+complete -c drctl -n "__fish_drctl_using_subcommand drill" -s q -l quiet -d 'For cron: a successful run prints nothing at all (no report, no log lines), so MAILTO mails only failures; a failed run prints its report and the error whatever -q says'
+complete -c drctl -n "__fish_drctl_using_subcommand drill" -l no-progress -d 'No progress bars, even on a TTY (where they show bytes, rate, and the expected total and ETA when the tables\' size is known; the report\'s expected_bytes holds that total)'
+complete -c drctl -n "__fish_drctl_using_subcommand drill" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c drctl -n "__fish_drctl_using_subcommand drill" -s V -l version -d 'Print version'
 complete -c drctl -n "__fish_drctl_using_subcommand log" -l runbook -d 'Only entries of this runbook (e.g. backup)' -r
 complete -c drctl -n "__fish_drctl_using_subcommand log" -l since -d 'Only entries at or after T (RFC 3339, or a duration back from now such as 24h)' -r
 complete -c drctl -n "__fish_drctl_using_subcommand log" -l limit -d 'At most N entries' -r
@@ -304,18 +380,22 @@ complete -c drctl -n "__fish_drctl_using_subcommand man" -s q -l quiet -d 'For c
 complete -c drctl -n "__fish_drctl_using_subcommand man" -l no-progress -d 'No progress bars, even on a TTY (where they show bytes, rate, and the expected total and ETA when the tables\' size is known; the report\'s expected_bytes holds that total)'
 complete -c drctl -n "__fish_drctl_using_subcommand man" -s h -l help -d 'Print help'
 complete -c drctl -n "__fish_drctl_using_subcommand man" -s V -l version -d 'Print version'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "check" -d 'Validate the config and reach every endpoint it names with the privileges the runbooks need'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "backup" -d 'Take a backup of an env into the store, or list / prune the stored backups'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "verify-chain" -d 'Verify hash chains: the journal and backups, application tables, content-addressed artifacts'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "sync" -d 'Refresh a warm standby: FROM\'s database dumped, restored into a scratch copy on TO, validated, then swapped in'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "promote-replica" -d 'Promote a streaming replica (an env declaring replica_of) to a primary, fencing the old one'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "dns-cutover" -d 'Point [dns].record at ENV\'s dns_target: checked, one atomic change, INSYNC, read back'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "failover" -d 'The incident command: promote (when ENV is a replica), point the record at ENV, report readiness'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "rollback" -d 'Undo the newest dns-cutover or failover: the record back to its exact previous value'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "status" -d 'Readiness of every env: reachable, role, replication lag, live, healthy, data age vs RPO'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "log" -d 'Show the journal, newest first'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "completions" -d 'Print shell completions for SHELL'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "man" -d 'Print the man page (roff)'
-complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status log completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status wal-push wal-fetch pitr-restore drill log completions man help" -f -a "check" -d 'Validate the config and reach every endpoint it names with the privileges the runbooks need'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status wal-push wal-fetch pitr-restore drill log completions man help" -f -a "backup" -d 'Take a backup of an env into the store, or list / prune the stored backups'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status wal-push wal-fetch pitr-restore drill log completions man help" -f -a "verify-chain" -d 'Verify hash chains: the journal and backups, application tables, content-addressed artifacts'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status wal-push wal-fetch pitr-restore drill log completions man help" -f -a "sync" -d 'Refresh a warm standby: FROM\'s database dumped, restored into a scratch copy on TO, validated, then swapped in'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status wal-push wal-fetch pitr-restore drill log completions man help" -f -a "promote-replica" -d 'Promote a streaming replica (an env declaring replica_of) to a primary, fencing the old one'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status wal-push wal-fetch pitr-restore drill log completions man help" -f -a "dns-cutover" -d 'Point [dns].record at ENV\'s dns_target: checked, one atomic change, INSYNC, read back'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status wal-push wal-fetch pitr-restore drill log completions man help" -f -a "failover" -d 'The incident command: promote (when ENV is a replica), point the record at ENV, report readiness'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status wal-push wal-fetch pitr-restore drill log completions man help" -f -a "rollback" -d 'Undo the newest dns-cutover or failover: the record back to its exact previous value'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status wal-push wal-fetch pitr-restore drill log completions man help" -f -a "status" -d 'Readiness of every env: reachable, role, replication lag, live, healthy, data age vs RPO'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status wal-push wal-fetch pitr-restore drill log completions man help" -f -a "wal-push" -d 'Archive one WAL file into the store: PostgreSQL\'s archive_command'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status wal-push wal-fetch pitr-restore drill log completions man help" -f -a "wal-fetch" -d 'Restore one archived WAL file from the store: PostgreSQL\'s restore_command'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status wal-push wal-fetch pitr-restore drill log completions man help" -f -a "pitr-restore" -d 'Point-in-time recovery: a base backup plus archived WAL into a new data directory, or an RDS instance restored to a point in time'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status wal-push wal-fetch pitr-restore drill log completions man help" -f -a "drill" -d 'A recovery rehearsal: restore a backup into a scratch copy, verify it, measure RTO and RPO, remove the copy'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status wal-push wal-fetch pitr-restore drill log completions man help" -f -a "log" -d 'Show the journal, newest first'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status wal-push wal-fetch pitr-restore drill log completions man help" -f -a "completions" -d 'Print shell completions for SHELL'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status wal-push wal-fetch pitr-restore drill log completions man help" -f -a "man" -d 'Print the man page (roff)'
+complete -c drctl -n "__fish_drctl_using_subcommand help; and not __fish_seen_subcommand_from check backup verify-chain sync promote-replica dns-cutover failover rollback status wal-push wal-fetch pitr-restore drill log completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c drctl -n "__fish_drctl_using_subcommand help; and __fish_seen_subcommand_from backup" -f -a "list" -d 'The complete backups in the store, newest first'
 complete -c drctl -n "__fish_drctl_using_subcommand help; and __fish_seen_subcommand_from backup" -f -a "prune" -d 'Apply [retention] (keep_last, keep_daily, keep_weekly); never deletes the newest good backup'

@@ -284,6 +284,36 @@ pub enum Command {
     /// hint names the failed ids.
     Status(StatusArgs),
 
+    /// Archive one WAL file into the store: PostgreSQL's archive_command
+    ///
+    /// archive_command = '/usr/bin/drctl -c /etc/drctl/drctl.toml wal-push --env ENV %p'
+    ///
+    /// Not built yet.
+    #[command(hide = true)]
+    WalPush(WalPushArgs),
+
+    /// Restore one archived WAL file from the store: PostgreSQL's restore_command
+    ///
+    /// restore_command = '/usr/bin/drctl -c /etc/drctl/drctl.toml wal-fetch --env ENV %f %p'
+    ///
+    /// Not built yet.
+    #[command(hide = true)]
+    WalFetch(WalFetchArgs),
+
+    /// Point-in-time recovery: a base backup plus archived WAL into a new data directory, or an
+    /// RDS instance restored to a point in time
+    ///
+    /// Not built yet.
+    #[command(hide = true)]
+    PitrRestore(PitrRestoreArgs),
+
+    /// A recovery rehearsal: restore a backup into a scratch copy, verify it, measure RTO and RPO,
+    /// remove the copy
+    ///
+    /// Not built yet.
+    #[command(hide = true)]
+    Drill(DrillArgs),
+
     /// Show the journal, newest first
     ///
     /// On a TTY, a table. Otherwise (a pipe, a file, cron) one entry a line with no padding: seq,
@@ -338,6 +368,8 @@ pub struct BackupArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackupType {
     Logical,
+    #[value(hide = true)]
+    Base,
 }
 
 #[derive(Debug, Subcommand)]
@@ -435,6 +467,65 @@ pub enum Genesis {
 pub enum ByteaHash {
     Hex,
     Raw,
+}
+
+#[derive(Debug, Args)]
+pub struct WalPushArgs {
+    #[command(flatten)]
+    pub env: EnvArg,
+    /// The WAL file to archive (%p: relative to the data directory, e.g. pg_wal/000000010000000000000003)
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct WalFetchArgs {
+    #[command(flatten)]
+    pub env: EnvArg,
+    /// The WAL file's name (%f), e.g. 000000010000000000000003 or 00000002.history
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Where PostgreSQL wants it (%p)
+    #[arg(value_name = "DEST")]
+    pub dest: PathBuf,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["target_time", "target_lsn", "latest"])))]
+#[command(group(clap::ArgGroup::new("into").required(true).args(["data_dir", "target_instance"])))]
+pub struct PitrRestoreArgs {
+    #[command(flatten)]
+    pub env: EnvArg,
+    /// Recover up to this moment (RFC 3339, e.g. 2026-12-01T13:59:00Z)
+    #[arg(long, value_name = "RFC3339")]
+    pub target_time: Option<String>,
+    /// Recover up to this WAL location (e.g. 0/3000060); self-managed only
+    #[arg(long, value_name = "LSN")]
+    pub target_lsn: Option<String>,
+    /// Recover everything archived
+    #[arg(long)]
+    pub latest: bool,
+    /// Self-managed: the new data directory (absent or empty)
+    #[arg(long, value_name = "DIR", conflicts_with = "target_instance")]
+    pub data_dir: Option<PathBuf>,
+    /// RDS (an env with rds_instance): the identifier of the instance to create
+    #[arg(long, value_name = "ID")]
+    pub target_instance: Option<String>,
+    /// Self-managed: the port the restored server listens on [default: a free one]
+    #[arg(long, value_name = "N", requires = "data_dir")]
+    pub port: Option<u16>,
+    /// Self-managed: leave a ready-to-start data directory instead of starting the server
+    #[arg(long, requires = "data_dir")]
+    pub no_start: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    #[command(flatten)]
+    pub env: EnvArg,
+    /// The backup to rehearse with (an id from `backup list`) [default: the env's newest]
+    #[arg(long, value_name = "ID")]
+    pub from_backup: Option<String>,
 }
 
 #[derive(Debug, Args)]

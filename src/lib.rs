@@ -14,6 +14,7 @@ pub mod notify;
 pub mod output;
 pub mod runbooks;
 pub mod store;
+pub mod wal;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -40,6 +41,10 @@ pub fn run(cli: Cli) -> u8 {
             out.bytes(&man_page());
             return exit::OK;
         }
+        // PostgreSQL's archive_command / restore_command: their own config discovery, start-up and
+        // exit codes (wal-fetch's 126), so they never go through the runbook path below.
+        Command::WalPush(a) => return runbooks::wal::push_main(&cli.global, a, &out),
+        Command::WalFetch(a) => return runbooks::wal::fetch_main(&cli.global, a, &out),
         _ => {}
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

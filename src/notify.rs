@@ -32,6 +32,11 @@ fn subject(command: &Command) -> Option<(&'static str, Option<&str>)> {
         Command::DnsCutover(a) => ("dns-cutover", Some(a.to.as_str())),
         Command::Failover(a) => ("failover", Some(a.to.as_str())),
         Command::Rollback(_) => ("rollback", None),
+        Command::PitrRestore(a) => ("pitr-restore", a.env.env.as_deref()),
+        Command::Drill(a) => ("drill", a.env.env.as_deref()),
+        // PostgreSQL retries a failed archive_command and aborts recovery on a failed
+        // restore_command; a message a segment would flood the channel (and they run apart).
+        Command::WalPush(_) | Command::WalFetch(_) => return None,
         Command::Check(_) | Command::Status(_) | Command::Log(_) | Command::Completions { .. } | Command::Man => {
             return None;
         }

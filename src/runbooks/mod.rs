@@ -4,17 +4,20 @@ pub mod audit;
 pub mod backup;
 pub mod check;
 pub mod dns_cutover;
+pub mod drill;
 pub mod failover;
 pub mod log;
+pub mod pitr_restore;
 pub mod promote_replica;
 pub mod rollback;
 pub mod status;
 pub mod sync;
 pub mod verify_chain;
+pub mod wal;
 
 use serde_json::Value;
 
-use crate::cli::{BackupAction, Command};
+use crate::cli::{BackupAction, BackupType, Command};
 use crate::ctx::Ctx;
 use crate::engine::run::{Outcome, execute};
 use crate::error::Error;
@@ -61,6 +64,10 @@ pub async fn dispatch(cx: &Ctx, command: &Command) -> Done {
     match command {
         Command::Backup(a) => match &a.action {
             None => match cx.config.resolve_env(a.env.env.as_deref()) {
+                Ok(env) if a.kind == BackupType::Base => match backup::base::backup_base(cx, env) {
+                    Ok(rb) => Done::Run(execute(cx, rb).await),
+                    Err(e) => Done::doc(Err(e)),
+                },
                 Ok(env) => Done::Run(execute(cx, backup::backup(cx, env)).await),
                 Err(e) => Done::doc(Err(e)),
             },
@@ -129,6 +136,20 @@ pub async fn dispatch(cx: &Ctx, command: &Command) -> Done {
             Done::Doc { json, text, error, metrics: Some(("status".to_string(), String::new(), None, Vec::new())) }
         }
         Command::Log(a) => Done::doc(log::log(cx, a).await),
+        Command::PitrRestore(a) => match pitr_restore::pitr_restore(cx, a).await {
+            Ok(rb) => Done::Run(execute(cx, rb).await),
+            Err(e) => Done::doc(Err(e)),
+        },
+        Command::Drill(a) => match cx.config.resolve_env(a.env.env.as_deref()) {
+            Ok(env) => match drill::drill(cx, env, a.from_backup.as_deref()).await {
+                Ok(rb) => Done::Run(execute(cx, rb).await),
+                Err(e) => Done::doc(Err(e)),
+            },
+            Err(e) => Done::doc(Err(e)),
+        },
+        Command::WalPush(_) | Command::WalFetch(_) => {
+            unreachable!("wal-push and wal-fetch run before the config loads")
+        }
         Command::Completions { .. } | Command::Man => unreachable!("handled before the config loads"),
     }
 }

@@ -4,6 +4,7 @@
 //! failures went unnoticed and whose half-written dumps looked like good ones. Here a backup exists
 //! only once its commit entry is in the journal; everything before that is invisible and cleaned up.
 
+pub mod base;
 pub mod dump;
 pub mod encryption;
 pub mod list;
