@@ -62,8 +62,31 @@ pub struct Manifest {
     pub objects: Vec<ObjectRef>,
     /// Exact row counts in the dump's snapshot.
     pub tables: Vec<TableCount>,
+    /// Base backups: the first and last WAL segment a restore needs (names as in pg_wal).
     pub wal_start: Option<String>,
     pub wal_end: Option<String>,
+    /// Base backups only: where in the cluster's history the backup sits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseInfo>,
+}
+
+/// What a physical base backup's manifest records beyond a logical one's: enough for pitr-restore
+/// to pick the newest base backup ending before a target, and for verify-chain and prune to know
+/// which archived WAL it needs (`wal_start` .. `wal_end`, then everything after on its timeline).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseInfo {
+    /// Decimal, as `pg_controldata` prints it (the archive's `wal/ENV/SYSID/`).
+    pub system_identifier: String,
+    pub timeline: u32,
+    /// As PostgreSQL prints an LSN (`0/3000028`).
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    /// RFC 3339, ms: the backup is consistent from `stop_time` on (a recovery target before it
+    /// cannot be reached from this backup).
+    pub start_time: String,
+    pub stop_time: String,
+    pub wal_segment_size: u32,
+    pub pg_basebackup_version: String,
 }
 
 /// What a logical dump run knows when its objects are stored.
@@ -105,6 +128,7 @@ impl Manifest {
             tables: d.tables,
             wal_start: None,
             wal_end: None,
+            base: None,
         }
     }
 }

@@ -60,6 +60,7 @@ struct RawPolicy {
     cors_origin: Option<String>,
     lock_ttl: Option<String>,
     verify_max_age: Option<String>,
+    restore_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,6 +181,9 @@ pub struct Policy {
     /// `status --audit`'s `backup-deep-verified`: the newest backup's last `verify-chain --backups
     /// --deep` must be at most this old.
     pub verify_max_age: Duration,
+    /// pitr-restore's and drill's waits (recovery to the target, an RDS restore until available);
+    /// past it exit 6.
+    pub restore_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -339,6 +343,11 @@ impl Config {
                 "verify_max_age",
                 p.as_ref().and_then(|p| p.verify_max_age.as_ref()),
                 Duration::from_secs(7 * 24 * 3600),
+            )?,
+            restore_timeout: dur(
+                "restore_timeout",
+                p.as_ref().and_then(|p| p.restore_timeout.as_ref()),
+                Duration::from_secs(60 * 60),
             )?,
         };
         if policy.lock_ttl < Duration::from_secs(3) {
