@@ -42,6 +42,12 @@ impl Cluster {
 
     /// A fresh primary owned by the caller, stopped and removed on drop.
     pub fn start_new() -> Cluster {
+        Cluster::start_new_with("")
+    }
+
+    /// A fresh primary whose postgresql.conf ends with `extra_conf` before the first start (for
+    /// settings that need a restart, such as archive_mode).
+    pub fn start_new_with(extra_conf: &str) -> Cluster {
         let bin = bin_dir();
         let dir = new_dir();
         let password = random_hex(16);
@@ -84,6 +90,7 @@ impl Cluster {
              ssl_cert_file = 'server.crt'\n\
              ssl_key_file = 'server.key'\n",
         );
+        append(&data_dir.join("postgresql.conf"), &format!("{extra_conf}\n"));
         Cluster::launch(bin, dir, data_dir, password)
     }
 
