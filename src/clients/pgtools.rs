@@ -61,7 +61,25 @@ impl PgTools {
         self.pg_ctl(data_dir, "start", &["-l", log]).await
     }
 
+    /// `pg_ctl start -W`, the server's output to `log`: returns once the postmaster is launched,
+    /// for a server whose start-up (a recovery) the caller watches itself.
+    pub async fn start_server_detached(&self, data_dir: &Path, log: &Path) -> Result<()> {
+        let log = log.to_str().ok_or_else(|| Error::step("pg_ctl start", "the log path is not UTF-8"))?;
+        self.pg_ctl_with(data_dir, "start", &["-l", log, "-W"]).await
+    }
+
+    /// `pg_ctl status`: whether a postmaster runs in `data_dir`.
+    pub async fn server_running(&self, data_dir: &Path) -> bool {
+        data_dir.join("postmaster.pid").exists() && self.pg_ctl_with(data_dir, "status", &[]).await.is_ok()
+    }
+
     async fn pg_ctl(&self, data_dir: &Path, action: &str, args: &[&str]) -> Result<()> {
+        let mut all = args.to_vec();
+        all.extend(["-w", "-t", "60"]);
+        self.pg_ctl_with(data_dir, action, &all).await
+    }
+
+    async fn pg_ctl_with(&self, data_dir: &Path, action: &str, args: &[&str]) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
         let what = format!("pg_ctl {action}");
         let pg_ctl = self.path("pg_ctl");
@@ -76,7 +94,7 @@ impl PgTools {
         } else {
             tokio::process::Command::new(&pg_ctl)
         };
-        cmd.arg(action).args(args).args(["-w", "-t", "60", "-D"]).arg(data_dir);
+        cmd.arg(action).args(args).arg("-D").arg(data_dir);
         for (key, _) in std::env::vars_os() {
             if key.to_str().is_some_and(|k| k.starts_with("PG")) {
                 cmd.env_remove(key);

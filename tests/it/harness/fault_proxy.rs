@@ -99,6 +99,8 @@ struct Shared {
     /// Answer Route 53 GetChange with PENDING instead of moto's immediate INSYNC.
     route53_pending: AtomicBool,
     rds: Mutex<Option<RdsState>>,
+    /// While set, every request whose path contains this is reset (see `unreachable_for`).
+    unreachable: Mutex<Option<String>>,
     seen: AtomicU64,
     stats: Mutex<Stats>,
     /// One line per request, for a failing test's message.
@@ -126,6 +128,7 @@ impl FaultProxy {
             every,
             route53_pending: AtomicBool::new(false),
             rds: Mutex::new(None),
+            unreachable: Mutex::new(None),
             seen: AtomicU64::new(0),
             stats: Mutex::new(Stats::default()),
             log: Mutex::new(Vec::new()),
@@ -159,6 +162,13 @@ impl FaultProxy {
     /// once): a change that never finishes propagating, for exit 6 and resume-by-waiting tests.
     pub fn route53_pending(&self, on: bool) {
         self.shared.route53_pending.store(on, Ordering::SeqCst);
+    }
+
+    /// While `Some(part)`, every request whose path contains `part` has its connection reset, as
+    /// if the store could no longer be reached for those keys only (the WAL objects a recovery
+    /// fetches, while drctl's own reads of the journal still pass).
+    pub fn unreachable_for(&self, part: Option<&str>) {
+        *lock(&self.shared.unreachable) = part.map(str::to_string);
     }
 
     /// Model RDS's promotion states in front of moto (see `RdsSim`).
@@ -444,8 +454,13 @@ fn serve(shared: &Shared, client: TcpStream) -> io::Result<()> {
             shared.note(format!("#{seq} {method} {path} -> RDS (simulated states)"));
             continue;
         }
-        let fault = (shared.every > 0 && seq.is_multiple_of(shared.every))
-            .then(|| ROTATION[((seq / shared.every - 1) % ROTATION.len() as u64) as usize]);
+        let blocked = lock(&shared.unreachable).as_deref().is_some_and(|part| path.contains(part));
+        let fault = if blocked {
+            Some(Fault::Reset)
+        } else {
+            (shared.every > 0 && seq.is_multiple_of(shared.every))
+                .then(|| ROTATION[((seq / shared.every - 1) % ROTATION.len() as u64) as usize])
+        };
         {
             let mut st = lock(&shared.stats);
             st.total += 1;
