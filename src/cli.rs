@@ -303,8 +303,27 @@ pub enum Command {
     /// Point-in-time recovery: a base backup plus archived WAL into a new data directory, or an
     /// RDS instance restored to a point in time
     ///
-    /// Not built yet.
-    #[command(hide = true)]
+    /// Self-managed (--data-dir DIR): the env's newest base backup that ends before the target is
+    /// streamed from the store (sha256 checked as it streams, exit 4 on a mismatch) and unpacked
+    /// into DIR, which must be absent or empty. postgresql.auto.conf gets restore_command (this
+    /// drctl's absolute path, `-c` with this config's absolute path, `wal-fetch --env ENV %f %p`),
+    /// the target, recovery_target_action = promote, the port, and archive_mode = off (a restored
+    /// copy never archives into the env's WAL), then recovery.signal. The server is started
+    /// (pg_ctl, its log in DIR/drctl-pitr-restore.log; as root, as the owner of the unpacked
+    /// files) and drctl waits, up to policy.restore_timeout (exit 6), until it is promoted and
+    /// takes a write, then reports the point reached (the last replayed transaction's time and
+    /// LSN) and the port. --no-start stops before starting it and prints the pg_ctl command.
+    ///
+    /// Preflight (exit 3, nothing created): target-window (the target lies between the end of the
+    /// oldest base backup and the newest archived WAL; the window is stated when it does not),
+    /// data-dir-empty, port-free, postgres-version (the backup's major version). A recovery that
+    /// wal-fetch aborts (a corrupted or unreadable segment: its exit 126) is exit 4 naming the
+    /// segment; the server stops in recovery and is never promoted with fewer rows.
+    ///
+    /// A rerun of the same command resumes: DIR/drctl-pitr-restore.json says what this command
+    /// unpacked, so a half-unpacked directory is unpacked again and a promoted one is done. The
+    /// restored server keeps running when drctl exits; stop it with pg_ctl stop -D DIR. Locks
+    /// pitr:ENV (one restore of an env at a time); the env itself is only read.
     PitrRestore(PitrRestoreArgs),
 
     /// A recovery rehearsal: restore a backup into a scratch copy, verify it, measure RTO and RPO,
