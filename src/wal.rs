@@ -318,14 +318,14 @@ pub fn data_dir_system_id(dir: &Path) -> std::io::Result<Option<SystemId>> {
 
 /// Checks a segment's (or partial segment's) first page against its name: a long page header,
 /// the name's timeline, the segment's own start address, and (for a segment) the size the
-/// header says segments have. Returns the header; `Err` says what is wrong.
-pub fn segment_header(f: &WalFile, data: &[u8]) -> std::result::Result<PageHeader, String> {
+/// header says segments have. `first` is the file's first bytes (at least its first page
+/// header), `len` its size. Returns the header; `Err` says what is wrong.
+pub fn segment_header(f: &WalFile, first: &[u8], len: u64) -> std::result::Result<PageHeader, String> {
     let (WalFile::Segment { tli, log, seg } | WalFile::Partial { tli, log, seg }) = *f else {
         return Err(format!("{} has no page header (only segments and .partial files do)", f.name()));
     };
-    let h = PageHeader::parse(data).ok_or_else(|| {
-        format!("does not start with a WAL long page header ({} bytes): not a WAL segment", data.len())
-    })?;
+    let h = PageHeader::parse(first)
+        .ok_or_else(|| format!("does not start with a WAL long page header ({len} bytes): not a WAL segment"))?;
     if h.tli != tli {
         return Err(format!("its page header says timeline {:08X}, its name timeline {tli:08X}", h.tli));
     }
@@ -337,8 +337,8 @@ pub fn segment_header(f: &WalFile, data: &[u8]) -> std::result::Result<PageHeade
             format_lsn(start)
         ));
     }
-    if matches!(f, WalFile::Segment { .. }) && data.len() as u64 != u64::from(h.seg_size) {
-        return Err(format!("it is {} bytes, but its page header says segments are {} bytes", data.len(), h.seg_size));
+    if matches!(f, WalFile::Segment { .. }) && len != u64::from(h.seg_size) {
+        return Err(format!("it is {len} bytes, but its page header says segments are {} bytes", h.seg_size));
     }
     Ok(h)
 }
@@ -472,7 +472,6 @@ pub async fn timelines(store: &dyn Store, env: &str, sysid: SystemId) -> Result<
         .iter()
         .filter_map(|o| o.key.strip_prefix(&prefix)?.split('/').next().and_then(hex8))
         .collect();
-    out.dedup();
     out.sort_unstable();
     out.dedup();
     Ok(out)
@@ -627,17 +626,17 @@ mod tests {
         let name = "000000020000000100000003";
         let f = WalFile::parse(name).unwrap();
         let b = segment(name, 99);
-        assert_eq!(segment_header(&f, &b).unwrap().sysid, 99);
+        assert_eq!(segment_header(&f, &b, b.len() as u64).unwrap().sysid, 99);
         let other_tli = WalFile::parse("000000030000000100000003").unwrap();
-        assert!(segment_header(&other_tli, &b).unwrap_err().contains("timeline 00000002"), "tli");
+        assert!(segment_header(&other_tli, &b, b.len() as u64).unwrap_err().contains("timeline 00000002"), "tli");
         let renamed = WalFile::parse("000000020000000100000004").unwrap();
-        assert!(segment_header(&renamed, &b).unwrap_err().contains("starts at 1/4000000"));
-        assert!(segment_header(&f, &b[..1 << 20]).unwrap_err().contains("1048576 bytes"));
+        assert!(segment_header(&renamed, &b, b.len() as u64).unwrap_err().contains("starts at 1/4000000"));
+        assert!(segment_header(&f, &b, 1 << 20).unwrap_err().contains("1048576 bytes"));
         let partial = WalFile::parse("000000020000000100000003.partial").unwrap();
-        assert!(segment_header(&partial, &b).is_ok());
-        assert!(segment_header(&f, &[0u8; 100]).unwrap_err().contains("not a WAL segment"));
+        assert!(segment_header(&partial, &b, b.len() as u64).is_ok());
+        assert!(segment_header(&f, &[0u8; 100], 100).unwrap_err().contains("not a WAL segment"));
         let history = WalFile::parse("00000002.history").unwrap();
-        assert!(segment_header(&history, &b).is_err());
+        assert!(segment_header(&history, &b, b.len() as u64).is_err());
     }
 
     #[tokio::test]

@@ -752,8 +752,14 @@ impl Store for S3Store {
             .e_tag()
             .ok_or_else(|| self.fail("get", &ok, "response has no ETag", Transience::Permanent))?
             .to_string();
-        let data = out.body.collect().await.map_err(|e| self.fail("get", &ok, e, Transience::Temporary))?;
-        Ok(Some((Versioned { data: data.into_bytes(), etag }, meta)))
+        // Into one buffer of the object's size as the chunks arrive: `collect().into_bytes()`
+        // would hold the chunks and their copy at once (2 x 16 MiB for a WAL segment).
+        let mut data = BytesMut::with_capacity(out.content_length().unwrap_or(0).clamp(0, 1 << 30) as usize);
+        let mut body = out.body;
+        while let Some(chunk) = body.next().await {
+            data.extend_from_slice(&chunk.map_err(|e| self.fail("get", &ok, e, Transience::Temporary))?);
+        }
+        Ok(Some((Versioned { data: data.freeze(), etag }, meta)))
     }
 
     async fn head_with(&self, key: &str) -> Result<Option<(ObjectInfo, Metadata)>> {

@@ -143,6 +143,30 @@ fn sh(script: &str) -> Vec<u8> {
     out.stdout
 }
 
+/// Runs `d` to its end; its exit code and its peak RSS (VmHWM of its post-exec address space,
+/// polled, as verify_chain's streaming test does) in MiB.
+fn peak_rss_mib(d: Drctl) -> (i32, u64) {
+    let mut child = d.spawn();
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    let status = loop {
+        if let Ok(text) = std::fs::read_to_string(&status_file)
+            && let Some(kib) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            peak_kib = peak_kib.max(kib);
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    assert!(peak_kib > 0, "drctl's VmHWM was never read");
+    (status.code().unwrap_or(-1), peak_kib / 1024)
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. A real cluster archiving through wal-push into moto.
 
@@ -555,6 +579,20 @@ fn encrypted_wal_on_s3_is_age_over_zstd_and_fetches_only_with_the_identity() {
     one_error_naming(&r, s1);
     assert!(r.stderr.contains("sha256"), "{}", r.stderr);
     assert!(!data.join("pg_wal/RECOVERYXLOG.bad").exists());
+
+    // Memory: a segment that does not compress at all, encrypted, stays within 64 MiB both ways.
+    let s3 = "000000010000000000000003";
+    let mut noise = segment(s3, A, 3);
+    getrandom::fill(&mut noise[8192..]).unwrap();
+    std::fs::write(data.join("pg_wal").join(s3), &noise).unwrap();
+    let (code, push_mib) =
+        peak_rss_mib(Drctl::new().config(&pusher).cwd(&data).args(["wal-push", &format!("pg_wal/{s3}")]));
+    assert_eq!(code, 0);
+    let (code, fetch_mib) = peak_rss_mib(Drctl::new().config(&reader).cwd(&data).args(["wal-fetch", s3, "pg_wal/R3"]));
+    assert_eq!(code, 0);
+    assert_eq!(std::fs::read(data.join("pg_wal/R3")).unwrap(), noise);
+    eprintln!("peak RSS for an incompressible 16 MiB segment: wal-push {push_mib} MiB, wal-fetch {fetch_mib} MiB");
+    assert!(push_mib <= 64 && fetch_mib <= 64, "wal-push {push_mib} MiB, wal-fetch {fetch_mib} MiB");
 
     // A store answering 500 / 503 / resets (not 404): 126, never "not archived".
     let proxy = FaultProxy::start(moto.port, 1);

@@ -4,22 +4,24 @@
 //! file.
 //!
 //! Order, and why a `kill -9` anywhere leaves nothing PostgreSQL's retry cannot finish:
-//! 1. read the file and its sha256 (16 MiB: read whole, memory stays near 2 × 16 MiB);
+//! 1. read the file's first page: its header must match its name;
 //! 2. the cluster: the page header's system identifier (segments) or `global/pg_control`'s
 //!    (history and .backup files), which must be the env's recorded one (the first push records
 //!    it, create-if-absent);
-//! 3. the object, create-if-absent with its sha256 in the same atomic write: it exists whole or
+//! 3. compress (and seal) it, reading it in chunks and hashing them, so only the output is
+//!    held whole; then the object, create-if-absent with its sha256 in the same atomic write: it exists whole or
 //!    not at all, and is never overwritten;
 //! 4. its index line (compare-and-swap). A push killed after 3 left an object the index lacks:
 //!    the retry finds the identical object (same sha256: not an error) and adds the line.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 
 use super::{failpoint, open, runtime, wal_error};
-use crate::catalog::sha256_hex;
 use crate::cli::{Global, WalPushArgs};
 use crate::error::{Error, Result};
 use crate::output::Output;
@@ -32,6 +34,8 @@ use crate::wal::{
 
 /// Level 1: WAL compresses well even there, and archive_command runs once a segment.
 const ZSTD_LEVEL: i32 = 1;
+/// Read size; below main.rs's 1 MiB mmap threshold, so the buffer comes from malloc's arenas.
+const CHUNK: usize = 512 << 10;
 
 const RETRY_HINT: &str = "PostgreSQL keeps the file in pg_wal and runs archive_command again until it exits 0: \
                           fix the cause (each attempt's error is in the server log)";
@@ -71,21 +75,20 @@ async fn push(global: &Global, args: &WalPushArgs) -> Result<Pushed> {
     })?;
     let name = f.name();
     let (config, env, store) = open(global, args.env.env.as_deref()).await?;
-    let data = std::fs::read(&args.path).map_err(|e| Error::io(shown, e))?;
-    let sha256 = sha256_hex(&data);
+    let (first, len) = first_page(&args.path).map_err(|e| Error::io(&shown, e))?;
     let header = match f.has_page_header() {
-        true => Some(segment_header(&f, &data).map_err(|why| Error::integrity("wal", &name, why))?),
+        true => Some(segment_header(&f, &first, len).map_err(|why| Error::integrity("wal", &name, why))?),
         false => None,
     };
     let sysid = cluster(&*store, &env, &name, header.map(|h| h.sysid)).await?;
 
-    let bytes = data.len() as u64;
     let recipients = config.age_recipients.clone();
     let encrypted = !recipients.is_empty();
-    let sealed = tokio::task::spawn_blocking(move || compress(data, &recipients))
+    let path = args.path.clone();
+    let (sealed, sha256, bytes) = tokio::task::spawn_blocking(move || compress(&path, &recipients))
         .await
         .map_err(|e| Error::step("wal-push", format!("compressor thread: {e}")))?
-        .map_err(|e| Error::step("wal-push", format!("compressing {name}: {e}")))?;
+        .map_err(|e| Error::io(&shown, e))?;
     let stored_bytes = sealed.len() as u64;
     let key = object_key(&env, sysid, &f, encrypted);
     let meta = Metadata::from([(SHA256_META.to_string(), sha256.clone())]);
@@ -219,18 +222,44 @@ async fn same_as_stored(
     if theirs == sha256 { Ok(()) } else { Err(differs(&theirs)) }
 }
 
-/// The file as stored: zstd (with its content size and checksum, so `zstd -l` and `zstd -t` work
-/// on the object), sealed with age when there are recipients. `data` is freed as soon as it is
-/// compressed.
-fn compress(data: Vec<u8>, recipients: &[age::x25519::Recipient]) -> std::io::Result<Vec<u8>> {
+/// The file's first page (at most 8 KiB: the long page header is its first 40 bytes) and size.
+fn first_page(path: &Path) -> std::io::Result<(Vec<u8>, u64)> {
+    let f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut first = Vec::with_capacity(8192);
+    f.take(8192).read_to_end(&mut first)?;
+    Ok((first, len))
+}
+
+/// The file as stored, its sha256 and size: read in 1 MiB chunks, hashed and compressed as they
+/// come (so only the output is held whole), zstd with its content size and checksum (`zstd -l`
+/// and `zstd -t` work on the object), then sealed with age when there are recipients.
+fn compress(path: &Path, recipients: &[age::x25519::Recipient]) -> std::io::Result<(Vec<u8>, String, u64)> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
     // Room for incompressible input: capacity that is never written is never resident.
-    let out = Vec::with_capacity(data.len() + data.len() / 64 + (64 << 10));
-    let mut enc = zstd::stream::write::Encoder::new(Sealed::new(out, recipients)?, ZSTD_LEVEL)?;
+    let room = len as usize + len as usize / 64 + (64 << 10);
+    let mut enc = zstd::stream::write::Encoder::new(Sealed::new(Vec::with_capacity(room), recipients)?, ZSTD_LEVEL)?;
     enc.include_checksum(true)?;
-    enc.set_pledged_src_size(Some(data.len() as u64))?;
-    enc.write_all(&data)?;
-    drop(data);
-    enc.finish()?.finish()
+    enc.set_pledged_src_size(Some(len))?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut read = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hash.update(&buf[..n]);
+        enc.write_all(&buf[..n])?;
+        read += n as u64;
+    }
+    if read != len {
+        return Err(std::io::Error::other(format!("changed size while being read ({len} bytes, then {read})")));
+    }
+    Ok((enc.finish()?.finish()?, hex::encode(hash.finalize()), read))
 }
 
 #[cfg(test)]
@@ -240,12 +269,16 @@ mod tests {
     #[test]
     fn stored_bytes_are_zstd_or_age_over_zstd_and_read_back() {
         use std::io::Read;
-        let data: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
-        let plain = compress(data.clone(), &[]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000000010000000000000001");
+        let data: Vec<u8> = (0..1_000_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        std::fs::write(&path, &data).unwrap();
+        let (plain, sha, len) = compress(&path, &[]).unwrap();
+        assert_eq!((sha, len), (crate::catalog::sha256_hex(&data), data.len() as u64));
         assert!(plain.len() < data.len() / 4);
         assert_eq!(zstd::decode_all(&plain[..]).unwrap(), data);
         let id = age::x25519::Identity::generate();
-        let sealed = compress(data.clone(), &[id.to_public()]).unwrap();
+        let (sealed, _, _) = compress(&path, &[id.to_public()]).unwrap();
         assert!(sealed.starts_with(b"age-encryption.org/v1\n"));
         let mut zst = Vec::new();
         age::Decryptor::new_buffered(&sealed[..])
@@ -255,5 +288,6 @@ mod tests {
             .read_to_end(&mut zst)
             .unwrap();
         assert_eq!(zstd::decode_all(&zst[..]).unwrap(), data);
+        assert_eq!(first_page(&path).unwrap(), (data[..8192].to_vec(), data.len() as u64));
     }
 }
