@@ -12,7 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 ///
 /// Exit codes: 0 ok or already done, 1 a step failed (rerun resumes), 2 usage or config error,
 /// 3 preflight failed (nothing changed), 4 integrity failure, 5 locked by another run,
-/// 6 outcome unknown, 130/143 interrupted by SIGINT/SIGTERM.
+/// 6 outcome unknown, 126 wal-fetch did not restore (for any reason but "not archived", which
+/// is 1), 130/143 interrupted by SIGINT/SIGTERM.
 #[derive(Debug, Parser)]
 #[command(name = "drctl", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {

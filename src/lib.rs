@@ -282,6 +282,9 @@ another run holds the lock, or this run's lock was taken over
 6
 outcome unknown: a change was sent (a Route 53 batch, a promotion) and not seen to take within policy.dns_timeout or policy.promote_timeout; rerun the same command, it waits on what was sent and never sends it again
 .TP
+126
+wal\-fetch only: the file was not restored for any reason but "not archived" (exit 1), so PostgreSQL stops recovery instead of ending it early
+.TP
 130, 143
 interrupted by SIGINT, SIGTERM
 .SH FILES
@@ -303,6 +306,10 @@ One lock per target (env:NAME, dns), never deleted.
 .TP
 \fISTORE\fR/backups/\fIENV\fR/\fIID\fR/\fIDB\fR.dump.zst.000, manifest.json
 A logical backup (pg_dump \-Fc \-Z0 through zstd; .001, ... past 64 GiB) and its manifest.
+.TP
+\fISTORE\fR/wal/\fIENV\fR/\fISYSID\fR/\fITLI\fR/\fINAME\fR.zst[.age], index/\fILOGID\fR.json
+An archived WAL file (zstd, then age with age_recipients; its sha256 in the object's metadata) and the
+timeline's index; wal/\fIENV\fR/system.json records the env's cluster.
 .SH ENVIRONMENT
 .TP
 \fBDRCTL_CONFIG\fR
