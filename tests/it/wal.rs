@@ -472,6 +472,38 @@ fn wal_push_refuses_what_differs_and_wal_fetch_fails_loudly_but_for_not_archived
         let r = Drctl::new().config(&cfg).cwd(&data).args(bad).run().expect_code(126);
         one_error_naming(&r, s1);
     }
+    // === check on a server that does not archive: not applicable for an env with no WAL in the
+    // store, a failure for one whose WAL the store holds (its archiving stopped).
+    let pg = Cluster::shared();
+    let url = format!("postgres://postgres:${{TEST_PG_PASSWORD}}@127.0.0.1:{}/postgres?sslmode=disable", pg.port);
+    let check_cfg = dir.write(
+        "check.toml",
+        &format!(
+            "[store]\nurl = \"file://{}/store\"\n\n[environments.prod]\ndatabase_url = \"{url}\"\n\n\
+             [environments.fresh]\ndatabase_url = \"{url}\"\n",
+            dir.path().display()
+        ),
+    );
+    let r = Drctl::new().config(&check_cfg).env("TEST_PG_PASSWORD", pg.password()).args(["check", "-o", "json"]).run();
+    r.assert_no_secret(pg.password());
+    let doc = r.json();
+    let row = |target: &str| {
+        doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["target"] == target && c["check"] == "wal-archiving")
+            .cloned()
+    };
+    let fresh = row("fresh").unwrap_or_else(|| panic!("{doc}"));
+    assert_eq!(fresh["ok"], true, "{fresh}");
+    assert!(fresh["detail"].as_str().unwrap().contains("not archiving (archive_mode = off)"), "{fresh}");
+    assert!(fresh["detail"].as_str().unwrap().contains("wal-push --env fresh %p"), "{fresh}");
+    let prod = row("prod").unwrap_or_else(|| panic!("{doc}"));
+    assert_eq!(prod["ok"], false, "{prod}");
+    assert!(prod["detail"].as_str().unwrap().contains("holds WAL archived from this env"), "{prod}");
+    assert_eq!(r.code, 3, "a failed check is exit 3");
+
     let r = Drctl::new().config(&cfg).cwd(&data).args(["wal-fetch", "RECOVERYXLOG", "x"]).run().expect_code(126);
     one_error_naming(&r, "RECOVERYXLOG");
     Drctl::new().args(["wal-fetch", "--help"]).run().expect_code(0);
