@@ -18,8 +18,11 @@
 //! timeline as 8 upper-case hex digits (as in segment names). The object holds the file
 //! zstd-compressed (then age-encrypted with `[store] age_recipients`): by hand,
 //! `zstd -dc NAME.zst > NAME`. The sha256 of the original (uncompressed) file is in the object's
-//! metadata (`sha256`) and in the index, so wal-fetch checks what it hands PostgreSQL, and
-//! verification needs no listing of every segment.
+//! metadata (`SHA256_META`: S3 user metadata `x-amz-meta-sha256`, a file store's extended
+//! attribute `user.drctl.sha256`) and in the index, so wal-fetch checks what it hands PostgreSQL,
+//! and verification needs no listing of every segment. An index chunk is `{"files": [...]}` with
+//! one `Archived` a line, sorted by name (`IndexChunk::to_bytes`); readers take an object's key
+//! from its line (`Archived::key`: with or without `.age`), not from `object_key`.
 //!
 //! Writing (wal-push): `record_system` (create-if-absent of system.json), then the object with
 //! `Store::put_if_absent_with` (its metadata in the same atomic step), then `add_to_index`. A
