@@ -12,7 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 ///
 /// Exit codes: 0 ok or already done, 1 a step failed (rerun resumes), 2 usage or config error,
 /// 3 preflight failed (nothing changed), 4 integrity failure, 5 locked by another run,
-/// 6 outcome unknown, 130/143 interrupted by SIGINT/SIGTERM.
+/// 6 outcome unknown, 126 wal-fetch did not restore (for any reason but "not archived", which
+/// is 1), 130/143 interrupted by SIGINT/SIGTERM.
 #[derive(Debug, Parser)]
 #[command(name = "drctl", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
@@ -96,6 +97,12 @@ pub enum Command {
     /// directory). Every unknown key of the file is reported at once with its line. A database_url
     /// without a password uses $PGPASSWORD, else the matching line of $PGPASSFILE or ~/.pgpass
     /// (ignored, with a warning, when group or others may read it), as libpq does.
+    ///
+    /// wal-archiving: for a primary whose archive_command runs drctl wal-push, a round trip: a
+    /// commit record (txid_current()) and pg_switch_wal() (granted to the env's user, or a
+    /// superuser), then a wait of up to 60 s until that segment is in the store's WAL index.
+    /// An env with archive_mode off passes as not archiving (with the settings to add), unless
+    /// the store holds WAL archived from it; archive_mode on with an empty archive_command fails.
     Check(CheckArgs),
 
     /// Take a backup of an env into the store, or list / prune the stored backups
@@ -286,18 +293,54 @@ pub enum Command {
 
     /// Archive one WAL file into the store: PostgreSQL's archive_command
     ///
-    /// archive_command = '/usr/bin/drctl -c /etc/drctl/drctl.toml wal-push --env ENV %p'
+    /// In postgresql.conf (archive_mode needs a restart):
     ///
-    /// Not built yet.
-    #[command(hide = true)]
+    ///     archive_mode = on
+    ///
+    ///     archive_command = '/usr/bin/drctl -c /etc/drctl/drctl.toml wal-push --env ENV %p'
+    ///
+    /// The server runs it from its data directory with its own environment and user: the config
+    /// file (and a file store) must be readable (writable) by that user, and every ${NAME} in
+    /// the config set in the server's environment. The config is found only through -c,
+    /// $DRCTL_CONFIG or /etc/drctl/drctl.toml, never ./drctl.toml. No lock, no journal entry.
+    ///
+    /// A segment or .partial file must start with a WAL page header for its name (its timeline
+    /// and address) whose system identifier is the env's cluster: the first push records it in
+    /// wal/ENV/system.json, and another cluster's segment is exit 4 naming both ids. A history
+    /// or .backup file has no header: its cluster is that of global/pg_control in the working
+    /// directory. The file is compressed with zstd, encrypted with age when [store]
+    /// age_recipients is set, and created (never replaced) at wal/ENV/SYSID/TLI/NAME.zst[.age]
+    /// with the sha256 of the original bytes in the object's metadata (S3 x-amz-meta-sha256; a
+    /// file store's extended attribute user.drctl.sha256), then listed with it in the timeline's
+    /// index, wal/ENV/SYSID/TLI/index/LOGID.json (history files in history.json).
+    ///
+    /// Exit 0 once the object and its index line are stored, also when an identical copy was
+    /// there already (the index line a killed push left out is added then). Exit 4, nothing
+    /// overwritten: a different file under the same name, another cluster's segment, a segment
+    /// whose header does not match its name. Exit 2 for a config error, 1 when the store failed.
+    /// PostgreSQL keeps the file in pg_wal and retries after any non-zero exit.
     WalPush(WalPushArgs),
 
     /// Restore one archived WAL file from the store: PostgreSQL's restore_command
     ///
-    /// restore_command = '/usr/bin/drctl -c /etc/drctl/drctl.toml wal-fetch --env ENV %f %p'
+    /// In postgresql.conf, or written by pitr-restore:
     ///
-    /// Not built yet.
-    #[command(hide = true)]
+    ///     restore_command = '/usr/bin/drctl -c /etc/drctl/drctl.toml wal-fetch --env ENV %f %p'
+    ///
+    /// The cluster is that of global/pg_control in the working directory (the data directory),
+    /// else the env's recorded one. Reads wal/ENV/SYSID/TLI/NAME.zst, or NAME.zst.age decrypted
+    /// with the identity file $DRCTL_AGE_IDENTITY or [store] age_identity_file names,
+    /// decompresses it, checks the result against the sha256 stored with it, and writes DEST
+    /// atomically (DEST.drctl-tmp beside it, fsync, rename, fsync of the directory).
+    ///
+    /// Exit 0: DEST holds the file. Exit 1, printing nothing, only when the store answered that
+    /// neither NAME.zst nor NAME.zst.age exists (S3 404 NoSuchKey, no such file), as for the
+    /// segment after the last archived one, or the history file of a timeline that does not
+    /// exist. Exit 126 for everything else, after one error line naming NAME: a sha256 mismatch
+    /// (DEST is not written), an unreadable object, an unreachable store, S3 403, a config or
+    /// command-line error, a bad age identity, a bug. PostgreSQL reads 1-125 as "not archived"
+    /// and would end recovery and promote early, losing what follows; above 125 it stops
+    /// instead, and starting the server again resumes recovery.
     WalFetch(WalFetchArgs),
 
     /// Point-in-time recovery: a base backup plus archived WAL into a new data directory, or an
@@ -492,7 +535,8 @@ pub enum ByteaHash {
 pub struct WalPushArgs {
     #[command(flatten)]
     pub env: EnvArg,
-    /// The WAL file to archive (%p: relative to the data directory, e.g. pg_wal/000000010000000000000003)
+    /// The WAL file to archive (%p: relative to the data directory, e.g.
+    /// pg_wal/000000010000000000000003); its name says what it is
     #[arg(value_name = "PATH")]
     pub path: PathBuf,
 }
@@ -504,7 +548,8 @@ pub struct WalFetchArgs {
     /// The WAL file's name (%f), e.g. 000000010000000000000003 or 00000002.history
     #[arg(value_name = "NAME")]
     pub name: String,
-    /// Where PostgreSQL wants it (%p)
+    /// Where PostgreSQL wants it (%p, e.g. pg_wal/RECOVERYXLOG); written atomically, and only
+    /// with the archived sha256
     #[arg(value_name = "DEST")]
     pub dest: PathBuf,
 }

@@ -100,6 +100,12 @@ pub enum Error {
     /// Local I/O (metrics file, temp files) outside the store.
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
+
+    /// wal-push / wal-fetch: what went wrong with one WAL file, named as PostgreSQL named it.
+    /// Every wal-fetch failure is exit 126 (PostgreSQL reads 1-125 from restore_command as "not
+    /// archived" and would end recovery there); a wal-push failure keeps its cause's code.
+    #[error("{command} {name}: {cause}")]
+    Wal { command: &'static str, name: String, cause: Box<Error>, hint: Option<String> },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -117,6 +123,8 @@ impl Error {
             Error::Locked { .. } | Error::LockLost { .. } => exit::LOCKED,
             Error::Step { .. } | Error::Store { .. } | Error::Db { .. } | Error::Io { .. } => exit::STEP_FAILED,
             Error::OutcomeUnknown { .. } => exit::UNKNOWN_OUTCOME,
+            Error::Wal { command: "wal-fetch", .. } => exit::WAL_FETCH_FAILED,
+            Error::Wal { cause, .. } => cause.exit_code(),
             Error::Interrupted { signal } => {
                 if *signal == libc::SIGINT {
                     exit::SIGINT
@@ -179,6 +187,7 @@ impl Error {
                 Some("rerun the same command: it resumes by waiting, never by sending again".into())
             }
             Error::Interrupted { .. } => Some("rerun the same command to resume".into()),
+            Error::Wal { cause, hint, .. } => hint.clone().or_else(|| cause.hint()),
         }
     }
 
@@ -276,5 +285,15 @@ mod tests {
         assert_eq!(Error::Interrupted { signal: libc::SIGINT }.exit_code(), 130);
         assert_eq!(Error::Interrupted { signal: libc::SIGTERM }.exit_code(), 143);
         assert_eq!(Error::Interrupted { signal: libc::SIGTERM }.status(), "interrupted");
+        let wal = |command, cause| Error::Wal {
+            command,
+            name: "000000010000000000000003".into(),
+            cause: Box::new(cause),
+            hint: None,
+        };
+        assert_eq!(wal("wal-fetch", Error::usage("x")).exit_code(), 126);
+        assert_eq!(wal("wal-fetch", Error::integrity("wal", "x", "y")).exit_code(), 126);
+        assert_eq!(wal("wal-push", Error::integrity("wal", "x", "y")).exit_code(), 4);
+        assert_eq!(wal("wal-push", Error::usage("bad")).to_string(), "wal-push 000000010000000000000003: bad");
     }
 }

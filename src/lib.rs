@@ -29,6 +29,32 @@ use error::{Error, exit};
 use output::Output;
 use runbooks::Done;
 
+/// A command line clap refused. For wal-fetch that is exit 126, not clap's 2: PostgreSQL reads
+/// 1-125 from restore_command as "not archived" and would end recovery early. Everything else
+/// is clap's own handling (help and version to stdout and exit 0, errors exit 2).
+pub fn parse_failed(e: clap::Error) -> u8 {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit()
+    }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let Some(name) = runbooks::wal::fetch_command_line(&args) else { e.exit() };
+    let rendered = e.render().to_string();
+    // clap's first paragraph, on one line ("the following required arguments were not provided: <DEST>").
+    let first: Vec<&str> = rendered.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+    let first = first.join(" ").trim_start_matches("error: ").to_string();
+    let usage = rendered.lines().find(|l| l.starts_with("Usage:")).map(str::trim).unwrap_or("Usage: drctl wal-fetch");
+    output::error_line(&Error::Wal {
+        command: "wal-fetch",
+        name,
+        cause: Box::new(Error::usage(format!("the command line does not parse: {first}"))),
+        hint: Some(format!(
+            "restore_command = '/usr/bin/drctl -c /etc/drctl/drctl.toml wal-fetch --env ENV %f %p' ({usage})"
+        )),
+    });
+    exit::WAL_FETCH_FAILED
+}
+
 /// Run one command line; returns the process exit code. Errors are rendered here, once.
 pub fn run(cli: Cli) -> u8 {
     let out = Output::new(&cli.global);
@@ -256,6 +282,9 @@ another run holds the lock, or this run's lock was taken over
 6
 outcome unknown: a change was sent (a Route 53 batch, a promotion) and not seen to take within policy.dns_timeout or policy.promote_timeout; rerun the same command, it waits on what was sent and never sends it again
 .TP
+126
+wal\-fetch only: the file was not restored for any reason but "not archived" (exit 1), so PostgreSQL stops recovery instead of ending it early
+.TP
 130, 143
 interrupted by SIGINT, SIGTERM
 .SH FILES
@@ -277,6 +306,10 @@ One lock per target (env:NAME, dns), never deleted.
 .TP
 \fISTORE\fR/backups/\fIENV\fR/\fIID\fR/\fIDB\fR.dump.zst.000, manifest.json
 A logical backup (pg_dump \-Fc \-Z0 through zstd; .001, ... past 64 GiB) and its manifest.
+.TP
+\fISTORE\fR/wal/\fIENV\fR/\fISYSID\fR/\fITLI\fR/\fINAME\fR.zst[.age], index/\fILOGID\fR.json
+An archived WAL file (zstd, then age with age_recipients; its sha256 in the object's metadata) and the
+timeline's index; wal/\fIENV\fR/system.json records the env's cluster.
 .SH ENVIRONMENT
 .TP
 \fBDRCTL_CONFIG\fR

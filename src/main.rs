@@ -12,5 +12,10 @@ fn main() -> std::process::ExitCode {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    std::process::ExitCode::from(drctl::run(drctl::cli::Cli::parse()))
+    // try_parse: a wal-fetch command line clap refuses must exit 126, not clap's 2.
+    let code = match drctl::cli::Cli::try_parse() {
+        Ok(cli) => drctl::run(cli),
+        Err(e) => drctl::parse_failed(e),
+    };
+    std::process::ExitCode::from(code)
 }

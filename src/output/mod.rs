@@ -156,3 +156,30 @@ impl Output {
         }
     }
 }
+
+/// `error: …` and `hint: …` on stderr, for a command line that failed before any `Output` could
+/// be made from it.
+pub fn error_line(e: &Error) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "error: {e}");
+    if let Some(h) = e.hint() {
+        let _ = writeln!(err, "hint: {h}");
+    }
+}
+
+/// From here on, a panic prints one `error: CONTEXT: …` line and `hint: HINT` instead of Rust's
+/// panic message (for wal-fetch, whose every failure must read as one error line and exit 126).
+pub fn panic_as_error(context: String, hint: &'static str) {
+    std::panic::set_hook(Box::new(move |info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "error: {context}: drctl panicked (a bug: please report it): {what}{at}");
+        let _ = writeln!(err, "hint: {hint}");
+    }));
+}

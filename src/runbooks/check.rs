@@ -6,6 +6,10 @@
 //! (`Store::audit`): `store-private` (a file store's modes; an S3 bucket's public-access block),
 //! and for S3 `bucket-encryption` and `bucket-versioning`. They run after `store-writable`, whose
 //! probe has by then created a missing file-store root the way every later write would.
+//!
+//! `wal-archiving` (runbooks/wal/archiving.rs) proves that a primary archiving through drctl
+//! wal-push reaches this store: it switches the server to a new WAL segment and waits for the
+//! old one in the store's WAL index.
 
 use std::time::Duration;
 
@@ -133,6 +137,7 @@ async fn check_env(cx: &Ctx, e: &EnvConfig) -> Vec<Check> {
                 });
             }
             let in_recovery = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map(|r| r.get::<_, bool>(0));
+            let replica = in_recovery.as_ref().is_ok_and(|r| *r);
             let promoted = cx.journal.state().await.map(|s| s.promoted.contains(&e.name)).unwrap_or(false);
             out.push(match (in_recovery, e.replica_of.is_some()) {
                 (Ok(r), declared) if r == declared => {
@@ -160,6 +165,8 @@ async fn check_env(cx: &Ctx, e: &EnvConfig) -> Vec<Check> {
                 (Ok(d), None) => Check::pass("pg-dump-version", format!("pg_dump {d}")),
                 (Err(err), _) => Check::fail("pg-dump-version", err.to_string()),
             });
+            // Last: its round trip may wait for the archiver.
+            out.push(super::wal::archiving::wal_archiving(cx, e, &client, replica).await);
         }
     }
     if let Some(h) = &e.health_url {

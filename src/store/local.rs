@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use super::{ByteRx, Finding, ObjectInfo, Store, Versioned};
+use super::{ByteRx, Finding, Metadata, ObjectInfo, Store, Versioned};
 use crate::error::{Error, Result, Transience};
 
 /// Temp files live here, inside the root, so that `rename` and `link` never cross a filesystem.
@@ -191,10 +191,17 @@ impl Fs {
 
     /// Writes and fsyncs a temp file holding `data`.
     fn write_temp(&self, data: &[u8]) -> io::Result<TempFile> {
+        self.write_temp_with(data, &Metadata::new())
+    }
+
+    /// `write_temp`, with `meta` as extended attributes of the inode: set before it gets a name,
+    /// so the object and its metadata appear together.
+    fn write_temp_with(&self, data: &[u8], meta: &Metadata) -> io::Result<TempFile> {
         let tmp = self.temp_path()?;
         let mut f = OpenOptions::new().write(true).create_new(true).mode(FILE_MODE).open(&tmp.path)?;
         make_private(&f)?;
         f.write_all(data)?;
+        set_metadata(&f, meta)?;
         f.sync_all()?;
         Ok(tmp)
     }
@@ -237,8 +244,39 @@ impl Fs {
         self.replace_with(key, tmp)
     }
 
+    fn get_with(&self, key: &str) -> io::Result<Option<(Versioned, Metadata)>> {
+        let mut f = match File::open(self.path(key)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut data = Vec::new();
+        f.read_to_end(&mut data)?;
+        // From the same descriptor: the metadata of the inode whose bytes were read.
+        let meta = read_metadata(&f)?;
+        let etag = sha256_hex(&data);
+        Ok(Some((Versioned { data: Bytes::from(data), etag }, meta)))
+    }
+
+    fn head_with(&self, key: &str) -> io::Result<Option<(ObjectInfo, Metadata)>> {
+        let f = match File::open(self.path(key)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let m = f.metadata()?;
+        if !m.is_file() {
+            return Ok(None);
+        }
+        Ok(Some((ObjectInfo { key: key.to_string(), size: m.len() }, read_metadata(&f)?)))
+    }
+
     fn put_if_absent(&self, key: &str, data: &[u8]) -> io::Result<bool> {
-        let tmp = self.write_temp(data)?;
+        self.put_if_absent_with(key, data, &Metadata::new())
+    }
+
+    fn put_if_absent_with(&self, key: &str, data: &[u8], meta: &Metadata) -> io::Result<bool> {
+        let tmp = self.write_temp_with(data, meta)?;
         let path = self.prepare_final(key)?;
         // link(2) refuses an existing name, so "absent?" and "create" are one atomic step, and the
         // name only ever points at a complete, fsynced file.
@@ -616,6 +654,73 @@ fn sync_parent(path: &Path) -> io::Result<()> {
         .map_err(|e| io::Error::other(format!("fsync of directory {}: {e} (not retried)", parent.display())))
 }
 
+/// Where an object's metadata lives: extended attribute `user.drctl.NAME` of its file. They
+/// belong to the inode, so they are set on the temp file before link(2) gives it its name, go
+/// with it through rename, and are removed with it; `cp -a`, `rsync -X` and `tar --xattrs` keep
+/// them (a plain `cp -r` does not: wal-fetch then checks against the WAL index instead).
+const XATTR_PREFIX: &str = "user.drctl.";
+
+fn xattr_name(name: &[u8]) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "metadata name holds NUL"))
+}
+
+fn set_metadata(f: &File, meta: &Metadata) -> io::Result<()> {
+    for (name, value) in meta {
+        let full = xattr_name(format!("{XATTR_PREFIX}{name}").as_bytes())?;
+        // SAFETY: a descriptor we own, a NUL-terminated name, and a pointer and length of a live slice.
+        let rc = unsafe { libc::fsetxattr(f.as_raw_fd(), full.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOTSUP) {
+                return Err(io::Error::other(
+                    "the store's filesystem does not support extended attributes (user.*), where drctl keeps \
+                     a WAL file's sha256 with it: put the file store on ext4, xfs or btrfs, or use an s3:// store",
+                ));
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Every `user.drctl.*` attribute of `f`; none on a filesystem without extended attributes.
+fn read_metadata(f: &File) -> io::Result<Metadata> {
+    let fd = f.as_raw_fd();
+    let mut meta = Metadata::new();
+    // SAFETY: a descriptor we own; a null buffer of length 0 asks for the size.
+    let len = unsafe { libc::flistxattr(fd, std::ptr::null_mut(), 0) };
+    if len < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENOTSUP) { Ok(meta) } else { Err(e) };
+    }
+    let mut names = vec![0u8; len as usize];
+    // SAFETY: the buffer is `names.len()` bytes long.
+    let len = unsafe { libc::flistxattr(fd, names.as_mut_ptr().cast(), names.len()) };
+    if len < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    names.truncate(len as usize);
+    for name in names.split(|b| *b == 0) {
+        let Some(short) = name.strip_prefix(XATTR_PREFIX.as_bytes()) else {
+            continue;
+        };
+        let cname = xattr_name(name)?;
+        // SAFETY: as above: a size query, then a read into a buffer of that size.
+        let size = unsafe { libc::fgetxattr(fd, cname.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut value = vec![0u8; size as usize];
+        let size = unsafe { libc::fgetxattr(fd, cname.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        if size < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        value.truncate(size as usize);
+        meta.insert(String::from_utf8_lossy(short).into_owned(), String::from_utf8_lossy(&value).into_owned());
+    }
+    Ok(meta)
+}
+
 /// Reads up to `buf.len()` bytes, short only at end of file.
 fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
@@ -652,6 +757,24 @@ impl Store for LocalStore {
         self.check_key("put_if_absent", key)?;
         let k = key.to_string();
         self.blocking("put_if_absent", key, move |fs| fs.put_if_absent(&k, &data)).await
+    }
+
+    async fn put_if_absent_with(&self, key: &str, data: Bytes, meta: &Metadata) -> Result<bool> {
+        self.check_key("put_if_absent", key)?;
+        let (k, meta) = (key.to_string(), meta.clone());
+        self.blocking("put_if_absent", key, move |fs| fs.put_if_absent_with(&k, &data, &meta)).await
+    }
+
+    async fn get_with(&self, key: &str) -> Result<Option<(Versioned, Metadata)>> {
+        self.check_key("get", key)?;
+        let k = key.to_string();
+        self.blocking("get", key, move |fs| fs.get_with(&k)).await
+    }
+
+    async fn head_with(&self, key: &str) -> Result<Option<(ObjectInfo, Metadata)>> {
+        self.check_key("head", key)?;
+        let k = key.to_string();
+        self.blocking("head", key, move |fs| fs.head_with(&k)).await
     }
 
     async fn put_if_match(&self, key: &str, data: Bytes, etag: &str) -> Result<bool> {
@@ -857,6 +980,31 @@ mod tests {
         assert!(s.put_if_absent("journal/0", Bytes::from_static(b"first")).await.unwrap());
         assert!(!s.put_if_absent("journal/0", Bytes::from_static(b"second")).await.unwrap());
         assert_eq!(&s.get("journal/0").await.unwrap().unwrap().data[..], b"first");
+        assert!(tmp_entries(&dir).is_empty());
+    }
+
+    #[tokio::test]
+    async fn metadata_is_the_file_s_xattrs_and_comes_with_the_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let meta: Metadata = [("sha256".to_string(), "ab12".to_string())].into();
+        assert!(s.get_with("wal/x.zst").await.unwrap().is_none());
+        assert!(s.head_with("wal/x.zst").await.unwrap().is_none());
+        assert!(s.put_if_absent_with("wal/x.zst", Bytes::from_static(b"one"), &meta).await.unwrap());
+        let other: Metadata = [("sha256".to_string(), "cd34".to_string())].into();
+        assert!(!s.put_if_absent_with("wal/x.zst", Bytes::from_static(b"two"), &other).await.unwrap());
+        let (v, got) = s.get_with("wal/x.zst").await.unwrap().unwrap();
+        assert_eq!((&v.data[..], &got), (&b"one"[..], &meta));
+        assert_eq!(
+            s.head_with("wal/x.zst").await.unwrap().unwrap(),
+            (ObjectInfo { key: "wal/x.zst".into(), size: 3 }, meta)
+        );
+        // What an operator sees: getfattr -n user.drctl.sha256 FILE.
+        let raw = std::fs::File::open(dir.path().join("store/wal/x.zst")).unwrap();
+        assert_eq!(read_metadata(&raw).unwrap().get("sha256").map(String::as_str), Some("ab12"));
+        // A plain put has none, and a lost race left no temp file.
+        s.put("plain", Bytes::from_static(b"p")).await.unwrap();
+        assert!(s.get_with("plain").await.unwrap().unwrap().1.is_empty());
         assert!(tmp_entries(&dir).is_empty());
     }
 

@@ -7,6 +7,7 @@
 pub mod local;
 pub mod s3;
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -29,6 +30,12 @@ pub struct Versioned {
     /// S3: the ETag; local: the hex sha256 of the content.
     pub etag: String,
 }
+
+/// A few short name/value pairs stored with an object and written in the same atomic step:
+/// S3 user metadata (`x-amz-meta-NAME`; S3 lowercases names), the local store's extended
+/// attributes (`user.drctl.NAME` on the file). wal-push keeps each WAL file's sha256 there.
+/// Names are lowercase ASCII letters, digits and `-`; values are ASCII.
+pub type Metadata = BTreeMap<String, String>;
 
 /// `[store] sse`: the server-side encryption drctl asks S3 for on every object it writes
 /// (PutObject, CreateMultipartUpload; a CopyObject, should one be added, must carry it too).
@@ -115,6 +122,23 @@ pub trait Store: Send + Sync {
         Ok(all)
     }
 
+    /// `put_if_absent`, with `meta` stored on the object in the same atomic step (the object never
+    /// exists without it). A backend that keeps no metadata refuses (the default).
+    async fn put_if_absent_with(&self, key: &str, _data: Bytes, _meta: &Metadata) -> Result<bool> {
+        Err(no_metadata(self.url(), "put_if_absent_with", key))
+    }
+
+    /// `get`, with the object's metadata (empty when it has none). `Ok(None)` only when the store
+    /// says it does not exist.
+    async fn get_with(&self, key: &str) -> Result<Option<(Versioned, Metadata)>> {
+        Err(no_metadata(self.url(), "get_with", key))
+    }
+
+    /// `head`, with the object's metadata (empty when it has none).
+    async fn head_with(&self, key: &str) -> Result<Option<(ObjectInfo, Metadata)>> {
+        Err(no_metadata(self.url(), "head_with", key))
+    }
+
     /// Remove `key`; removing a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
 
@@ -143,6 +167,14 @@ pub trait Store: Send + Sync {
     /// A store with nothing to say (a test double) says nothing.
     async fn audit(&self) -> Vec<Finding> {
         Vec::new()
+    }
+}
+
+fn no_metadata(url: &str, op: &str, key: &str) -> Error {
+    Error::Store {
+        url: url.to_string(),
+        problem: format!("{op} {key}: this store keeps no object metadata"),
+        transience: crate::error::Transience::Permanent,
     }
 }
 
@@ -206,6 +238,18 @@ impl Store for Counted {
     async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>> {
         requests::count(2);
         self.0.list_after(prefix, after).await
+    }
+    async fn put_if_absent_with(&self, key: &str, data: Bytes, meta: &Metadata) -> Result<bool> {
+        requests::count(1);
+        self.0.put_if_absent_with(key, data, meta).await
+    }
+    async fn get_with(&self, key: &str) -> Result<Option<(Versioned, Metadata)>> {
+        requests::count(0);
+        self.0.get_with(key).await
+    }
+    async fn head_with(&self, key: &str) -> Result<Option<(ObjectInfo, Metadata)>> {
+        requests::count(4);
+        self.0.head_with(key).await
     }
     async fn delete(&self, key: &str) -> Result<()> {
         requests::count(3);

@@ -29,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{ByteRx, Finding, ObjectInfo, Sse, Store, Versioned};
+use super::{ByteRx, Finding, Metadata, ObjectInfo, Sse, Store, Versioned};
 use crate::error::{Error, Result, Transience};
 
 /// S3 wants at least 5 MiB for every part but the last, and at most 10 000 parts: 8 MiB parts
@@ -730,6 +730,52 @@ impl Store for S3Store {
         }
     }
 
+    async fn put_if_absent_with(&self, key: &str, data: Bytes, meta: &Metadata) -> Result<bool> {
+        let ok = self.object_key(key);
+        let user_meta = meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let sent = self.put_request(&ok, data).set_metadata(Some(user_meta)).if_none_match("*").send().await;
+        match sent {
+            Ok(_) => Ok(true),
+            Err(e) if condition_failed(&e) => Ok(false),
+            Err(e) => Err(self.sdk_err("put_if_absent", &ok, &e)),
+        }
+    }
+
+    async fn get_with(&self, key: &str) -> Result<Option<(Versioned, Metadata)>> {
+        let ok = self.object_key(key);
+        let Some(out) = self.get_object("get", key).await? else {
+            return Ok(None);
+        };
+        let meta: Metadata =
+            out.metadata().into_iter().flatten().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+        let etag = out
+            .e_tag()
+            .ok_or_else(|| self.fail("get", &ok, "response has no ETag", Transience::Permanent))?
+            .to_string();
+        // Into one buffer of the object's size as the chunks arrive: `collect().into_bytes()`
+        // would hold the chunks and their copy at once (2 x 16 MiB for a WAL segment).
+        let mut data = BytesMut::with_capacity(out.content_length().unwrap_or(0).clamp(0, 1 << 30) as usize);
+        let mut body = out.body;
+        while let Some(chunk) = body.next().await {
+            data.extend_from_slice(&chunk.map_err(|e| self.fail("get", &ok, e, Transience::Temporary))?);
+        }
+        Ok(Some((Versioned { data: data.freeze(), etag }, meta)))
+    }
+
+    async fn head_with(&self, key: &str) -> Result<Option<(ObjectInfo, Metadata)>> {
+        let ok = self.object_key(key);
+        match self.client.head_object().bucket(&self.bucket).key(&ok).send().await {
+            Ok(out) => {
+                let size = out.content_length().unwrap_or(0).max(0) as u64;
+                let meta: Metadata =
+                    out.metadata().into_iter().flatten().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+                Ok(Some((ObjectInfo { key: key.to_string(), size }, meta)))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(self.sdk_err("head", &ok, &e)),
+        }
+    }
+
     async fn put_if_match(&self, key: &str, data: Bytes, etag: &str) -> Result<bool> {
         let ok = self.object_key(key);
         let sent = self.put_request(&ok, data).if_match(etag).send().await;
@@ -1017,6 +1063,24 @@ mod tests {
         s.delete("a/b.json").await.unwrap();
         assert!(s.get("a/b.json").await.unwrap().is_none());
         s.delete("a/b.json").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn metadata_is_user_metadata_written_with_the_object() {
+        let (_moto, s) = setup().await;
+        let meta: Metadata = [("sha256".to_string(), "ab12".to_string())].into();
+        assert!(s.get_with("w/x.zst").await.unwrap().is_none());
+        assert!(s.head_with("w/x.zst").await.unwrap().is_none());
+        assert!(s.put_if_absent_with("w/x.zst", Bytes::from_static(b"one"), &meta).await.unwrap());
+        let other: Metadata = [("sha256".to_string(), "cd34".to_string())].into();
+        assert!(!s.put_if_absent_with("w/x.zst", Bytes::from_static(b"two"), &other).await.unwrap());
+        let (v, got) = s.get_with("w/x.zst").await.unwrap().unwrap();
+        assert_eq!((&v.data[..], &got), (&b"one"[..], &meta));
+        let (info, got) = s.head_with("w/x.zst").await.unwrap().unwrap();
+        assert_eq!((info.size, &got), (3, &meta));
+        // As S3 (and `aws s3api head-object`) shows it: x-amz-meta-sha256.
+        let raw = s.client.head_object().bucket("drctl-test").key("run/1/w/x.zst").send().await.unwrap();
+        assert_eq!(raw.metadata().and_then(|m| m.get("sha256")).map(String::as_str), Some("ab12"));
     }
 
     #[tokio::test]

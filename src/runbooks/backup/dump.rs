@@ -160,15 +160,16 @@ where
 }
 
 /// What the compressor writes to: the sink itself, or an age stream into it. age's writer keeps
-/// one 64 KiB plaintext chunk and writes each sealed chunk through at once.
-enum Sealed<W: Write> {
+/// one 64 KiB plaintext chunk and writes each sealed chunk through at once. wal-push seals its
+/// compressed WAL files with it too.
+pub(crate) enum Sealed<W: Write> {
     Plain(W),
     Age(age::stream::StreamWriter<W>),
 }
 
 impl<W: Write> Sealed<W> {
     /// Writes the age header (the file key wrapped for each recipient) when there are recipients.
-    fn new(w: W, recipients: &[age::x25519::Recipient]) -> std::io::Result<Self> {
+    pub(crate) fn new(w: W, recipients: &[age::x25519::Recipient]) -> std::io::Result<Self> {
         if recipients.is_empty() {
             return Ok(Sealed::Plain(w));
         }
@@ -178,7 +179,7 @@ impl<W: Write> Sealed<W> {
     }
 
     /// The sink, after the last (possibly short) age chunk is sealed and written.
-    fn finish(self) -> std::io::Result<W> {
+    pub(crate) fn finish(self) -> std::io::Result<W> {
         match self {
             Sealed::Plain(w) => Ok(w),
             Sealed::Age(s) => s.finish(),

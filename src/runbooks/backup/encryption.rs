@@ -13,8 +13,10 @@ use age::secrecy::{ExposeSecret, SecretString};
 use age::x25519;
 
 use crate::catalog::{AGE, Manifest};
+use crate::config::Config;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
+use crate::output::Output;
 
 /// The environment variable naming the identity file; it wins over `[store] age_identity_file`,
 /// so an operator can restore on a host whose drctl.toml names none (or another one).
@@ -69,29 +71,45 @@ pub fn identities_for(cx: &Ctx, m: &Manifest) -> Result<Option<Vec<x25519::Ident
             ));
         }
     }
-    let file = cx.config.file.display().to_string();
     let backup = format!("backup {} of {}", m.id, m.env);
-    let Some((path, named_by)) =
-        identity_path(cx.config.age_identity_file.as_deref(), std::env::var(IDENTITY_ENV).ok())
+    load_identities(&cx.config, &backup, &m.age_recipients, &cx.out).map(Some)
+}
+
+/// The identities of the identity file (`$DRCTL_AGE_IDENTITY`, else `[store] age_identity_file`)
+/// for reading `what` back (`backup ID of ENV`, a WAL file). With `recipients` (the public keys
+/// `what` was encrypted to, when known) one identity must be among them. Every failure is a
+/// config error naming age_identity_file and never quoting the file's contents.
+pub fn load_identities(
+    config: &Config,
+    what: &str,
+    recipients: &[String],
+    out: &Output,
+) -> Result<Vec<x25519::Identity>> {
+    let file = config.file.display().to_string();
+    let whose = if recipients.is_empty() {
+        "one of [store] age_recipients".to_string()
+    } else {
+        format!("one of its recipients ({})", recipients.join(", "))
+    };
+    let Some((path, named_by)) = identity_path(config.age_identity_file.as_deref(), std::env::var(IDENTITY_ENV).ok())
     else {
         return Err(Error::config(
             &file,
             format!(
-                "[store] age_identity_file: {backup} is encrypted with age and reading it back needs an identity, \
+                "[store] age_identity_file: {what} is encrypted with age and reading it back needs an identity, \
                  but neither [store] age_identity_file nor ${IDENTITY_ENV} names a file"
             ),
         )
         .with_hint(format!(
-            "set [store] age_identity_file (or ${IDENTITY_ENV}) to the file holding the secret key of one of its \
-             recipients ({}), readable by this user only, and rerun",
-            m.age_recipients.join(", ")
+            "set [store] age_identity_file (or ${IDENTITY_ENV}) to the file holding the secret key of {whose}, \
+             readable by this user only, and rerun"
         )));
     };
     let bad = |problem: String| {
         Error::config(&file, format!("[store] age_identity_file: {named_by} {}: {problem}", path.display())).with_hint(
             format!(
                 "point {named_by} at an age identity file (age-keygen -o FILE) holding the secret key of one of \
-                 {backup}'s recipients"
+                 {what}'s recipients"
             ),
         )
     };
@@ -102,26 +120,23 @@ pub fn identities_for(cx: &Ctx, m: &Manifest) -> Result<Option<Vec<x25519::Ident
         if let Ok(meta) = std::fs::metadata(&path)
             && meta.permissions().mode() & 0o077 != 0
         {
-            cx.out.warn(&format!(
-                "the age identity file {} can be read by group or others: chmod 600 it",
-                path.display()
-            ));
+            out.warn(&format!("the age identity file {} can be read by group or others: chmod 600 it", path.display()));
         }
     }
     let identities = parse_identities(&text).map_err(bad)?;
     // Match by public key now: a wrong key is named here, not as a failure deep in the restore.
-    if !m.age_recipients.is_empty() {
-        let opens = |id: &x25519::Identity| m.age_recipients.contains(&id.to_public().to_string());
+    if !recipients.is_empty() {
+        let opens = |id: &x25519::Identity| recipients.contains(&id.to_public().to_string());
         if !identities.iter().any(opens) {
             let publics: Vec<String> = identities.iter().map(|i| i.to_public().to_string()).collect();
             return Err(bad(format!(
-                "its identities ({}) are none of {backup}'s recipients ({})",
+                "its identities ({}) are none of {what}'s recipients ({})",
                 publics.join(", "),
-                m.age_recipients.join(", ")
+                recipients.join(", ")
             )));
         }
     }
-    Ok(Some(identities))
+    Ok(identities)
 }
 
 #[cfg(test)]
