@@ -381,7 +381,7 @@ impl IndexChunk {
         Bytes::from(format!("{{\"files\": [\n{}\n]}}\n", lines.join(",\n")))
     }
 
-    fn parse(key: &str, data: &[u8]) -> Result<IndexChunk> {
+    pub fn parse(key: &str, data: &[u8]) -> Result<IndexChunk> {
         let mut chunk: IndexChunk = serde_json::from_slice(data)
             .map_err(|e| Error::integrity(CHAIN, key, format!("not a WAL index chunk ({e})")))?;
         // Written sorted; sorted again so a hand-edited chunk cannot break `find`.

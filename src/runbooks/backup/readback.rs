@@ -42,7 +42,7 @@ pub async fn stream_into(
     // Bounded: a slow consumer slows the download down instead of growing memory.
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let whole = Arc::new(AtomicBool::new(false));
-    let source = Received { rx, chunk: Bytes::new(), whole: whole.clone() };
+    let source = Received::new(rx, whole.clone(), "backup");
     let handle = tokio::runtime::Handle::current();
     let feeder = tokio::task::spawn_blocking(move || feed(source, identities, sink, handle));
     let mut to_feeder = Some(tx);
@@ -96,12 +96,22 @@ pub async fn stream_into(
     }
 }
 
-/// The stored bytes as the feeder reads them; the channel closing is the end of the stream only
-/// once every object was read and matched (`whole`).
-struct Received {
+/// The stored bytes as a feeder thread reads them: the chunks the download loop sends, hashed
+/// already. The channel closing is the end of the stream only once every object was read and
+/// matched its sha256 (`whole`); before that (an integrity failure, a dropped run) it is an error,
+/// so a short stream is never finished as if it were whole. Shared with sync's restore.
+pub(crate) struct Received {
     rx: mpsc::Receiver<Bytes>,
     chunk: Bytes,
     whole: Arc<AtomicBool>,
+    /// What is read, for the error: `dump`, `backup`.
+    what: &'static str,
+}
+
+impl Received {
+    pub(crate) fn new(rx: mpsc::Receiver<Bytes>, whole: Arc<AtomicBool>, what: &'static str) -> Received {
+        Received { rx, chunk: Bytes::new(), whole, what }
+    }
 }
 
 impl std::io::BufRead for Received {
@@ -110,7 +120,7 @@ impl std::io::BufRead for Received {
             match self.rx.blocking_recv() {
                 Some(c) => self.chunk = c,
                 None if self.whole.load(Ordering::Acquire) => break,
-                None => return Err(std::io::Error::other("the stored backup was not read whole")),
+                None => return Err(std::io::Error::other(format!("the stored {} was not read whole", self.what))),
             }
         }
         Ok(&self.chunk)
@@ -132,7 +142,8 @@ impl Read for Received {
     }
 }
 
-enum FeedError {
+pub(crate) enum FeedError {
+    /// The identities open none of the header's stanzas: the key is wrong, not the data.
     Key(String),
     Other(String),
 }

@@ -194,8 +194,7 @@ async fn newest_archived(cx: &Ctx, env: &str, sysid: u64, tli: u32) -> Result<Op
             continue;
         };
         let Some(v) = cx.store.get(&last.key).await? else { continue };
-        let chunk: IndexChunk = serde_json::from_slice(&v.data)
-            .map_err(|e| Error::integrity(format!("WAL index of {env}"), &last.key, format!("unreadable: {e}")))?;
+        let chunk = IndexChunk::parse(&last.key, &v.data)?;
         if let Some(a) = chunk
             .files
             .into_iter()

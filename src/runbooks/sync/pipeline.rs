@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -29,6 +29,7 @@ use crate::catalog::{LogicalDump, Manifest, TableCount, dump_base};
 use crate::clients::{pg, pgtools::PgTools};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
+use crate::runbooks::backup::readback::{FeedError, Received};
 use crate::runbooks::backup::{DumpSnapshot, count_rows, dump, encryption, export_snapshot, leaf_tables};
 
 const CHUNK: usize = 1 << 20;
@@ -207,7 +208,7 @@ pub(super) async fn restore_stored(cx: &Ctx, st: &State, m: &Manifest) -> Result
     // Bounded: a slow pg_restore slows the download down instead of growing memory.
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let whole = Arc::new(AtomicBool::new(false));
-    let source = Received { rx, chunk: Bytes::new(), whole: whole.clone() };
+    let source = Received::new(rx, whole.clone(), "dump");
     let handle = tokio::runtime::Handle::current();
     let feeder = tokio::task::spawn_blocking(move || feed(source, identities, restore_in, handle));
     // None once the feeder stopped (its error is reported only if the bytes are intact).
@@ -294,50 +295,6 @@ pub(super) async fn restore_stored(cx: &Ctx, st: &State, m: &Manifest) -> Result
         source: "stored",
         expected_bytes: Some(m.bytes),
     })
-}
-
-/// The stored bytes as the feeder reads them: the chunks the download loop sends, hashed already.
-/// The channel closing is the end of the stream only once every object was read and matched its
-/// sha256 (`whole`); before that (an integrity failure, a dropped run) it is an error, so a short
-/// stream is never finished as if it were the whole dump.
-struct Received {
-    rx: mpsc::Receiver<Bytes>,
-    chunk: Bytes,
-    whole: Arc<AtomicBool>,
-}
-
-impl std::io::BufRead for Received {
-    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
-        while self.chunk.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(c) => self.chunk = c,
-                None if self.whole.load(Ordering::Acquire) => break,
-                None => return Err(std::io::Error::other("the stored dump was not read whole")),
-            }
-        }
-        Ok(&self.chunk)
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.chunk.advance(n);
-    }
-}
-
-impl Read for Received {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use std::io::BufRead;
-        let have = self.fill_buf()?;
-        let n = have.len().min(buf.len());
-        buf[..n].copy_from_slice(&have[..n]);
-        self.consume(n);
-        Ok(n)
-    }
-}
-
-enum FeedError {
-    /// The identities open none of the header's stanzas: the key is wrong, not the data.
-    Key(String),
-    Other(String),
 }
 
 /// What the feeder made of the stream.
