@@ -210,7 +210,7 @@ _drctl() {
                     return 0
                     ;;
                 --type)
-                    COMPREPLY=($(compgen -W "logical" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "logical base" -- "${cur}"))
                     return 0
                     ;;
                 --config)

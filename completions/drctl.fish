@@ -73,7 +73,8 @@ complete -c drctl -n "__fish_drctl_using_subcommand check" -l no-progress -d 'No
 complete -c drctl -n "__fish_drctl_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c drctl -n "__fish_drctl_using_subcommand check" -s V -l version -d 'Print version'
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -s e -l env -d 'The environment (a table under [environments] in drctl.toml); defaults to $DRCTL_ENV, or the only env when there is one' -r
-complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -l type -d 'logical: pg_dump custom format compressed with zstd' -r -f -a "logical\t''"
+complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -l type -d 'logical: pg_dump custom format compressed with zstd; base: a physical base backup (pg_basebackup) for pitr-restore, needing WAL archived by wal-push' -r -f -a "logical\t''
+base\t''"
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand backup; and not __fish_seen_subcommand_from list prune help" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
 json\t''"

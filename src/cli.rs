@@ -126,6 +126,22 @@ pub enum Command {
     /// Within drctl only a resumed sync reads a stored dump back: it needs [store]
     /// age_identity_file (or $DRCTL_AGE_IDENTITY naming the file), else exit 2.
     ///
+    /// --type base: a physical base backup for point-in-time recovery, `pg_basebackup -D - -Ft -X
+    /// none -c fast` streamed through zstd (and age) into `backups/ENV/ID/base.tar.zst.000`, ...
+    /// It needs the server to archive its WAL with drctl wal-push (preflight wal-archiving: an
+    /// archive_command running wal-push, the archiver not failing), a user with REPLICATION (and a
+    /// `replication` line in pg_hba.conf), no tablespaces besides pg_default, pg_basebackup at
+    /// least the server's version, and the server to be the cluster the env's WAL archive holds
+    /// (system-identifier). The manifest records the system identifier, timeline, start and stop
+    /// LSN and time, and the first and last WAL segment the backup needs (read from the stream's
+    /// backup_label and backup_manifest); `await-wal` waits (up to policy.restore_timeout) until
+    /// that last segment is in drctl's archive before the backup is committed. Restore one by
+    /// hand into an empty directory DATA, then give it recovery settings:
+    ///
+    ///     cat base.tar.zst.* | zstd -dc | tar -x -C DATA     (encrypted: ... | age -d -i KEY | zstd -dc | ...)
+    ///
+    /// or let pitr-restore do all of it. RDS envs are refused (RDS keeps its own backups).
+    ///
     /// Objects are written first, then the manifest, then the journal entry `backup-done`: a backup
     /// whose run died is never listed, and its partial objects are removed by the next backup or
     /// prune of that env. A backup never resumes: a rerun starts a new one.
@@ -142,6 +158,10 @@ pub enum Command {
     /// daily full walk). --backups checks every listed backup's manifest against its journal entry
     /// and every object's presence and size; --deep also re-reads every object, checks its sha256
     /// and journals the result per backup (`backup list` shows when each was last re-hashed).
+    /// For a base backup --backups also checks that the WAL archive is continuous from its first
+    /// segment to the newest archived one on its timeline (a gap names the first missing segment);
+    /// --deep re-reads those segments too, decompressed and re-hashed against the sha256 wal-push
+    /// recorded (age-encrypted segments: their stored size only, the hash needing the key).
     ///
     /// --env ENV --table T verifies a hash-chained table: rows in --order-by order, each prev_hash
     /// equal to the previous row's hash, each hash equal to lowercase hex sha256(prev_hash ||
@@ -422,7 +442,8 @@ pub struct BackupArgs {
     pub action: Option<BackupAction>,
     #[command(flatten)]
     pub env: EnvArg,
-    /// logical: pg_dump custom format compressed with zstd
+    /// logical: pg_dump custom format compressed with zstd; base: a physical base backup
+    /// (pg_basebackup) for pitr-restore, needing WAL archived by wal-push
     #[arg(long = "type", value_enum, default_value_t = BackupType::Logical)]
     pub kind: BackupType,
 }
@@ -430,7 +451,6 @@ pub struct BackupArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackupType {
     Logical,
-    #[value(hide = true)]
     Base,
 }
 
@@ -439,6 +459,8 @@ pub enum BackupAction {
     /// The complete backups in the store, newest first
     ///
     /// The table shows the first 12 hex digits of each backup's sha256; -o json has the full hash.
+    /// For base backups the wal column (JSON wal_start, wal_end) is the first and last WAL segment
+    /// a restore needs; recovery past the backup's end reads the archive from there on.
     List {
         /// Only this env's backups
         #[arg(short = 'e', long, value_name = "ENV")]
@@ -446,8 +468,13 @@ pub enum BackupAction {
     },
     /// Apply [retention] (keep_last, keep_daily, keep_weekly); never deletes the newest good backup
     ///
-    /// Journals `backup-pruned` for each expired backup, then deletes its objects. Also removes the
-    /// partial objects and unfinished uploads of backups whose run died. --dry-run lists what would go.
+    /// Retention counts logical and base backups apart (keep_last = 2 keeps two of each), so a
+    /// newer dump never expires the base backup point-in-time recovery starts from. Journals
+    /// `backup-pruned` for each expired backup, then deletes its objects, then the archived WAL
+    /// that no kept base backup needs (everything before the oldest kept one's first segment, on
+    /// its timeline and earlier ones; history files stay; with no base backup kept, WAL is left
+    /// alone). Also removes the partial objects and unfinished uploads of backups whose run died.
+    /// --dry-run lists what would go.
     Prune {
         #[command(flatten)]
         env: EnvArg,

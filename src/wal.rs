@@ -447,6 +447,39 @@ pub async fn add_to_index(store: &dyn Store, env: &str, sysid: SystemId, f: &Wal
     })
 }
 
+/// Drops the lines named `names` from the index chunk at `key` (backup prune), with the same
+/// conditional rewrite as `add_to_index`, so a push adding a line meanwhile is never lost. A chunk
+/// left empty is deleted: its log id lies wholly before the oldest kept base backup, and
+/// PostgreSQL archives in order, so no push can still be aiming at it. Returns the lines dropped.
+pub async fn remove_from_index(store: &dyn Store, key: &str, names: &[String]) -> Result<usize> {
+    for attempt in 0..INDEX_ATTEMPTS {
+        if attempt > 0 {
+            let jitter = getrandom::u32().unwrap_or(0) % 50;
+            tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt.min(10)) + u64::from(jitter))).await;
+        }
+        let Some(v) = store.get(key).await? else { return Ok(0) };
+        let mut chunk = IndexChunk::parse(key, &v.data)?;
+        let before = chunk.files.len();
+        chunk.files.retain(|a| !names.contains(&a.name));
+        let dropped = before - chunk.files.len();
+        if dropped == 0 {
+            return Ok(0);
+        }
+        if chunk.files.is_empty() {
+            store.delete(key).await?;
+            return Ok(dropped);
+        }
+        if store.put_if_match(key, chunk.to_bytes(), &v.etag).await? {
+            return Ok(dropped);
+        }
+    }
+    Err(Error::Store {
+        url: store.url().to_string(),
+        problem: format!("{key}: changed by other writers {INDEX_ATTEMPTS} times in a row while pruning it"),
+        transience: crate::error::Transience::Temporary,
+    })
+}
+
 /// Every file archived on timeline `tli` of cluster `sysid`, as the index lists them, by name:
 /// segments, `.partial` and `.backup` files, and the timeline's history file.
 pub async fn read_index(store: &dyn Store, env: &str, sysid: SystemId, tli: u32) -> Result<Vec<Archived>> {

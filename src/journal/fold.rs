@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::Entry;
 
 /// The version of what `fold` computes; part of every checkpoint.
-pub const FOLD_VERSION: u32 = 4;
+pub const FOLD_VERSION: u32 = 5;
 
 /// Anchors kept per chain, newest last.
 pub const ANCHORS_KEPT: usize = 64;
@@ -56,12 +56,20 @@ pub struct Committed {
     pub id: String,
     pub env: String,
     pub manifest_sha256: String,
+    /// `logical` or `base` (the `backup-done` entry's `type`): retention keeps each type's own
+    /// newest backups, so a newer dump never expires the base backup PITR starts from.
+    #[serde(default = "logical")]
+    pub kind: String,
     /// The `backup-done` entry's seq and time.
     pub seq: u64,
     pub time: String,
     /// The last `verify-chain --backups --deep` that re-hashed its objects: when, and whether
     /// they matched. None: never re-read since it was written.
     pub deep: Option<DeepCheck>,
+}
+
+fn logical() -> String {
+    "logical".into()
 }
 
 /// One backup's result in a `backups-verified` entry.
@@ -221,6 +229,7 @@ impl State {
                     id: id.to_string(),
                     env: env.to_string(),
                     manifest_sha256: sha.to_string(),
+                    kind: str_of(d, "type").unwrap_or("logical").to_string(),
                     seq: e.seq,
                     time: e.time.clone(),
                     deep: None,

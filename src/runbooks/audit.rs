@@ -626,6 +626,7 @@ mod tests {
             id: "20260101T000000Z-abc".into(),
             env: "prod".into(),
             manifest_sha256: String::new(),
+            kind: "logical".into(),
             seq: 1,
             time: "2026-01-01T00:00:00Z".into(),
             deep: deep.map(|(t, ok)| DeepCheck { time: t.into(), ok }),

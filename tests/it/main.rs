@@ -18,6 +18,7 @@ mod harness;
 mod journal;
 mod notify;
 mod pitr;
+mod pitr_local;
 mod promote_replica;
 mod smoke;
 mod store_private;

@@ -9,102 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::drctl::Drctl;
+use crate::harness::archiving::Archiving;
 use crate::harness::fault_proxy::FaultProxy;
 use crate::harness::moto::Moto;
-use crate::harness::pg::Cluster;
-use crate::harness::{TestDir, wait_until};
-
-/// An archiving cluster, its drctl.toml (S3 on moto, possibly through a proxy) and the store.
-struct Archiving {
-    dir: TestDir,
-    cfg: PathBuf,
-    cluster: Cluster,
-    bucket: String,
-}
-
-/// The server runs archive_command as `postgres` with its own environment: the fake AWS
-/// credentials and "no profile files" the harness gives drctl are spelled out here.
-fn aws_env() -> &'static str {
-    "AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
-     AWS_CONFIG_FILE=/nonexistent/config AWS_SHARED_CREDENTIALS_FILE=/nonexistent/credentials"
-}
-
-impl Archiving {
-    /// `endpoint`: moto's, or a proxy's in front of it.
-    fn start(endpoint: impl Fn() -> String) -> Archiving {
-        let dir = TestDir::new();
-        // archive_command and restore_command run as postgres: they read this directory's config.
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let cfg = dir.path().join("drctl.toml");
-        let drctl = env!("CARGO_BIN_EXE_drctl");
-        let cluster = Cluster::start_new_with(&format!(
-            "archive_mode = on\narchive_command = 'env {} {drctl} -c {} wal-push --env prod %p'\n",
-            aws_env(),
-            cfg.display()
-        ));
-        cluster.create_db("app");
-        let bucket = Moto::unique_bucket("pitr");
-        Moto::shared().create_bucket(&bucket);
-        std::fs::write(
-            &cfg,
-            format!(
-                "[store]\nurl = \"s3://{bucket}/pitr\"\n\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n\
-                 [environments.prod]\ndatabase_url = \"{}\"\npg_bin = \"{}\"\n",
-                endpoint(),
-                cluster.superuser_url("app"),
-                cluster.bin_dir().display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-        cluster.psql("app", "CREATE TABLE t (id int PRIMARY KEY, batch text NOT NULL)");
-        Archiving { dir, cfg, cluster, bucket }
-    }
-
-    fn drctl(&self) -> Drctl {
-        Drctl::new().config(&self.cfg).cwd(self.dir.path())
-    }
-
-    fn insert(&self, batch: &str, ids: std::ops::RangeInclusive<i32>) {
-        self.cluster.psql(
-            "app",
-            &format!("INSERT INTO t SELECT g, '{batch}' FROM generate_series({}, {}) g", ids.start(), ids.end()),
-        );
-    }
-
-    /// Close the current segment and wait until the archiver has stored it; its name.
-    fn switch_and_archive(&self) -> String {
-        let seg = self.cluster.psql("app", "SELECT pg_walfile_name(pg_switch_wal())");
-        let archived = wait_until(Duration::from_secs(60), || {
-            self.cluster.psql("app", "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= seg
-        });
-        assert!(
-            archived,
-            "segment {seg} was not archived within 60 s: {}",
-            self.cluster.psql("app", "SELECT last_failed_wal, last_failed_time FROM pg_stat_archiver")
-        );
-        seg
-    }
-
-    fn base_backup(&self) {
-        let r = self.drctl().args(["backup", "--env", "prod", "--type", "base", "-o", "json"]).run();
-        assert_eq!(r.code, 0, "backup --type base failed:\n{}\n{}", r.stdout, r.stderr);
-    }
-
-    fn sysid(&self) -> String {
-        self.cluster.psql("app", "SELECT system_identifier FROM pg_control_system()")
-    }
-
-    fn restore(&self, target: &[&str], into: &Path) -> crate::harness::drctl::RunResult {
-        self.drctl()
-            .args(["pitr-restore", "--env", "prod", "--data-dir"])
-            .arg(into.as_os_str())
-            .args(target.iter().copied())
-            .args(["-o", "json"])
-            .run()
-    }
-}
+use crate::harness::s3::s3_put;
 
 /// A data directory a test restores into; the server drctl started in it is stopped on drop.
 struct Restored {
@@ -240,22 +148,11 @@ fn a_corrupted_archived_segment_aborts_recovery_and_is_exit_4_naming_it() {
     let seg = a.switch_and_archive();
     a.insert("c", 21..=30);
     a.switch_and_archive();
-    // Replace the stored segment with other bytes under the same key (no sha256 metadata).
+    // Replace the stored segment with other bytes under the same key (no sha256 metadata, so
+    // wal-fetch checks it against the index line).
     let key = format!("pitr/wal/prod/{}/00000001/{seg}.zst", a.sysid());
-    let bad = a.dir.path().join("bad.zst");
-    let zstd = Command::new("sh")
-        .arg("-c")
-        .arg(format!("head -c 16777216 /dev/urandom | zstd -q -c > {}", bad.display()))
-        .status()
-        .unwrap();
-    assert!(zstd.success());
-    let put = Command::new("curl")
-        .args(["-sf", "-X", "PUT", "--data-binary"])
-        .arg(format!("@{}", bad.display()))
-        .arg(format!("{}/{}/{key}", Moto::shared().endpoint(), a.bucket))
-        .status()
-        .unwrap();
-    assert!(put.success(), "could not overwrite {key} in moto");
+    let noise: Vec<u8> = (0..16u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    s3_put(&a.bucket, &key, zstd::encode_all(&noise[..], 1).unwrap(), &[]);
 
     let into = Restored::new(a.cluster.bin_dir());
     let r = a.restore(&["--latest"], &into.data());

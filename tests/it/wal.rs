@@ -24,6 +24,7 @@ use crate::harness::drctl::{Drctl, RunResult};
 use crate::harness::fault_proxy::FaultProxy;
 use crate::harness::moto::Moto;
 use crate::harness::pg::Cluster;
+use crate::harness::s3::{s3_get, s3_put};
 use crate::harness::{TestDir, free_port, tail, wait_until};
 
 const SEG: usize = 16 << 20;
@@ -84,40 +85,6 @@ fn one_error_naming(r: &RunResult, name: &str) {
     );
     assert!(lines.len() == 1 || (lines.len() == 2 && lines[1].starts_with("hint: ")), "{}", r.stderr);
     assert!(r.stdout.is_empty(), "stdout: {}", r.stdout);
-}
-
-fn s3() -> aws_sdk_s3::Client {
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&crate::clients::sdk()).force_path_style(true).build(),
-    )
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
-}
-
-/// An object's bytes and user metadata, `None` for NoSuchKey.
-fn s3_get(bucket: &str, key: &str) -> Option<(Vec<u8>, HashMap<String, String>)> {
-    block_on(async {
-        match s3().get_object().bucket(bucket).key(key).send().await {
-            Ok(o) => {
-                let meta = o.metadata().cloned().unwrap_or_default();
-                Some((o.body.collect().await.unwrap().into_bytes().to_vec(), meta))
-            }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => None,
-            Err(e) => panic!("GET s3://{bucket}/{key}: {e:?}"),
-        }
-    })
-}
-
-fn s3_put(bucket: &str, key: &str, body: Vec<u8>, meta: &[(&str, &str)]) {
-    block_on(async {
-        let mut req = s3().put_object().bucket(bucket).key(key).body(body.into());
-        for (k, v) in meta {
-            req = req.metadata(*k, *v);
-        }
-        req.send().await.unwrap_or_else(|e| panic!("PUT s3://{bucket}/{key}: {e:?}"));
-    })
 }
 
 /// The lines of an index chunk, by name.

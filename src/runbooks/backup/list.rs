@@ -27,7 +27,7 @@ pub async fn list(cx: &Ctx, env: Option<&str>) -> Result<(Value, String)> {
         .await
         .into_iter()
         .collect::<Result<_>>()?;
-    let mut t = new_table(&["id", "env", "type", "started", "duration", "size", "sha256", "verified"]);
+    let mut t = new_table(&["id", "env", "type", "started", "duration", "size", "sha256", "verified", "wal"]);
     for r in &rows {
         t.add_row(r.row.clone());
     }
@@ -62,6 +62,11 @@ async fn describe(cx: &Ctx, c: &catalog::Committed) -> Result<Listed> {
                 // Enough to tell backups apart and to match by prefix; the JSON carries all 64.
                 short_sha(&m.sha256),
                 format!("manifest ok, {deep_text}"),
+                // Base backups: the first and last segment the restore needs (then the archive on).
+                match (&m.wal_start, &m.wal_end) {
+                    (Some(a), Some(b)) => format!("{a} .. {b}"),
+                    _ => "-".into(),
+                },
             ],
             json: json!({
                 "id": m.id, "env": m.env, "type": m.kind, "started": m.started, "duration_ms": m.duration_ms,
@@ -81,6 +86,7 @@ async fn describe(cx: &Ctx, c: &catalog::Committed) -> Result<Listed> {
                     "?".into(),
                     "?".into(),
                     format!("NO: {problem}"),
+                    "?".into(),
                 ],
                 json: json!({
                     "id": c.id, "env": c.env, "type": null, "started": null, "duration_ms": null, "bytes": null,

@@ -9,6 +9,7 @@ pub mod dump;
 pub mod encryption;
 pub mod list;
 pub mod prune;
+pub mod prune_wal;
 pub mod readback;
 
 use std::collections::BTreeSet;

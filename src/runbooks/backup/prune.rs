@@ -2,7 +2,7 @@
 //!
 //! Kept: the newest `keep_last`, the newest of each of the last `keep_daily` days that have a backup,
 //! the newest of each of the last `keep_weekly` ISO weeks that have one, and always the newest good
-//! backup. Without a [retention] section nothing expires (prune only cleans up dead runs): deleting
+//! backup — each of these per type (logical dumps and base backups are counted apart). Without a [retention] section nothing expires (prune only cleans up dead runs): deleting
 //! backups is never a default. Each expired backup is journaled `backup-pruned` before its objects
 //! are deleted, so a crash in between leaves objects that the next prune deletes, never a listed
 //! backup without objects.
@@ -28,6 +28,8 @@ pub fn prune(cx: &Ctx, env: &EnvConfig) -> Runbook {
         Runbook::new("backup-prune", Some(&env.name), format!("--env {}", env.name)).lock(format!("env:{}", env.name));
     rb.step(CleanPartial { env: env.name.clone(), own_id: cx.run_id.clone() })
         .step(Expire { env: env.name.clone(), retention: cx.config.retention.clone() })
+        // Archived WAL older than every kept base backup restores nothing any more.
+        .step(super::prune_wal::PruneWal { env: env.name.clone() })
 }
 
 /// Which committed backups (oldest first) expire under `r`. The newest always stays.
@@ -84,7 +86,16 @@ impl Expire {
     async fn plan(&self, cx: &Ctx) -> Result<Plan> {
         let state = cx.journal.refresh().await?;
         let committed = state.committed(Some(&self.env));
-        let expire = expired(&committed, &self.retention);
+        // Each type by itself: a newer logical dump never expires the base backup a point-in-time
+        // restore starts from, nor a base backup the newest dump.
+        let mut expire: Vec<Committed> = ["logical", "base"]
+            .iter()
+            .flat_map(|kind| {
+                let of: Vec<Committed> = committed.iter().filter(|c| c.kind == *kind).cloned().collect();
+                expired(&of, &self.retention)
+            })
+            .collect();
+        expire.sort_by_key(|c| c.seq);
         let live = live_run_ids(cx).await?;
         // One listing of the env's backups, whatever the number of backups ever pruned.
         let prefix = format!("backups/{}/", self.env);
@@ -166,6 +177,7 @@ mod tests {
             id: id.into(),
             env: "p".into(),
             manifest_sha256: String::new(),
+            kind: "logical".into(),
             seq: 0,
             time: time.into(),
             deep: None,

@@ -70,11 +70,18 @@ impl Target {
     /// The postgresql.conf lines that set it (none for --latest: recovery runs to the end).
     fn settings(&self) -> Vec<(&'static str, String)> {
         match self {
-            Target::Time(t) => vec![("recovery_target_time", humantime::format_rfc3339_millis(*t).to_string())],
+            // PostgreSQL's own timestamptz form: it rejects RFC 3339's `T…Z` spelling here.
+            Target::Time(t) => vec![("recovery_target_time", pg_timestamp(*t))],
             Target::Lsn(l) => vec![("recovery_target_lsn", wal::format_lsn(*l))],
             Target::Latest => Vec::new(),
         }
     }
+}
+
+/// `2026-12-01 13:59:00.000+00`: a time as recovery_target_time takes it.
+fn pg_timestamp(t: SystemTime) -> String {
+    let rfc = humantime::format_rfc3339_millis(t).to_string();
+    format!("{}+00", rfc.trim_end_matches('Z').replacen('T', " ", 1))
 }
 
 /// A committed base backup of the env, with its manifest.
@@ -669,9 +676,39 @@ impl Step for StartServer {
         Ok(())
     }
     async fn verify(&self, _cx: &Ctx) -> Result<()> {
-        Ok(())
+        // `pg_ctl start -W` returns before the postmaster has written postmaster.pid: wait for
+        // it (or for the log to say the server already stopped: wait-recovery reads why), so that
+        // wait-recovery never takes a server still starting for one that is gone.
+        let plan = &self.plan;
+        let server_log = plan.dir.join(SERVER_LOG);
+        let t0 = Instant::now();
+        loop {
+            if plan.tools().server_running(&plan.dir).await {
+                return Ok(());
+            }
+            let text = std::fs::read_to_string(&server_log).unwrap_or_default();
+            if text.contains("database system is shut down") || text.contains("FATAL:") {
+                return Ok(());
+            }
+            if t0.elapsed() > SERVER_START {
+                return Err(Error::step(
+                    "start-server",
+                    format!(
+                        "no postmaster runs in {} {}s after pg_ctl start; {} ends: {}",
+                        plan.dir.display(),
+                        SERVER_START.as_secs(),
+                        server_log.display(),
+                        last_lines(&text, 5)
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
+
+/// How long the postmaster may take to appear after `pg_ctl start` (pg_ctl's own default wait).
+const SERVER_START: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------------
 

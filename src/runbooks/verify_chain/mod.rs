@@ -13,6 +13,7 @@
 pub mod artifacts;
 pub mod scan;
 pub mod table;
+pub mod wal;
 
 use std::time::Instant;
 
@@ -344,8 +345,15 @@ async fn verify_backups(cx: &Ctx, state: &journal::fold::State, deep: bool) -> R
     let progress_total: Option<u64> = None;
     let progress = cx.out.progress(if deep { "re-reading backups" } else { "checking backups" }, progress_total, deep);
     let mut results = Vec::new();
+    let mut rehashed = std::collections::HashSet::new();
     for (i, c) in committed.iter().enumerate() {
-        let bad = check_backup(cx, c, deep, &progress).await?;
+        let mut bad = check_backup(cx, c, deep, &progress).await?;
+        if bad.is_none() && c.kind == "base" {
+            // The archive from the backup on: a base backup without its WAL restores nothing.
+            if let Ok(m) = catalog::read_manifest(&*cx.store, c).await? {
+                bad = wal::check_base_wal(cx, &m, deep, &mut rehashed, &progress).await?;
+            }
+        }
         results.push(json!({"env": c.env, "id": c.id, "ok": bad.is_none()}));
         if let Some(reason) = bad {
             first_bad = Some((i, format!("{}/{}", c.env, c.id), reason));

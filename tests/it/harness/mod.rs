@@ -8,11 +8,13 @@
 
 #![allow(dead_code, reason = "each test file uses a different part of the harness")]
 
+pub mod archiving;
 pub mod drctl;
 pub mod fault_proxy;
 pub mod http;
 pub mod moto;
 pub mod pg;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
