@@ -184,7 +184,11 @@ impl Rds for SdkRds {
                 .filter_map(|g| g.vpc_security_group_id())
                 .map(str::to_string)
                 .collect(),
-            parameter_group: db.db_parameter_groups().first().and_then(|g| g.db_parameter_group_name()).map(str::to_string),
+            parameter_group: db
+                .db_parameter_groups()
+                .first()
+                .and_then(|g| g.db_parameter_group_name())
+                .map(str::to_string),
             publicly_accessible: db.publicly_accessible(),
             tags: db
                 .tag_list()
@@ -236,11 +240,8 @@ impl Rds for SdkRds {
     }
 
     async fn restore_to_point_in_time(&self, r: &RestoreRequest) -> Result<()> {
-        let tags = r
-            .tags
-            .iter()
-            .map(|(k, v)| aws_sdk_rds::types::Tag::builder().key(k).value(v).build())
-            .collect::<Vec<_>>();
+        let tags =
+            r.tags.iter().map(|(k, v)| aws_sdk_rds::types::Tag::builder().key(k).value(v).build()).collect::<Vec<_>>();
         let mut call = self
             .client
             .restore_db_instance_to_point_in_time()
@@ -561,7 +562,10 @@ impl Rds for FakeRds {
         if let RestorePoint::Time(t) = req.point {
             let inside = earliest.is_some_and(|e| e <= t) && source.latest_restorable_time.is_some_and(|l| t <= l);
             if !inside {
-                return Err(restore_error(req, "InvalidRestoreFault: the restore time is outside the restorable window"));
+                return Err(restore_error(
+                    req,
+                    "InvalidRestoreFault: the restore time is outside the restorable window",
+                ));
             }
         }
         let created = InstanceInfo {

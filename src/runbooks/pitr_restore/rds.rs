@@ -91,7 +91,8 @@ pub(crate) fn runbook(
     api: Arc<dyn Rds>,
     poll: Duration,
 ) -> Result<Runbook> {
-    let source = env.rds_instance.clone().ok_or_else(|| Error::usage(format!("env {} has no rds_instance", env.name)))?;
+    let source =
+        env.rds_instance.clone().ok_or_else(|| Error::usage(format!("env {} has no rds_instance", env.name)))?;
     crate::config::rds_instance_id(target).map_err(|p| {
         Error::usage(format!("--target-instance {target}: {p}"))
             .with_hint("give the identifier of the instance to create, e.g. app-prod-restored")
@@ -290,11 +291,16 @@ impl Restore {
                 match p.point {
                     RestorePoint::Latest => Check::pass(
                         "target-window",
-                        format!("the latest restorable time, now {}; {}'s restorable window is {window}", at(l), src.id),
+                        format!(
+                            "the latest restorable time, now {}; {}'s restorable window is {window}",
+                            at(l),
+                            src.id
+                        ),
                     ),
-                    RestorePoint::Time(t) if e.time <= t && t <= l => {
-                        Check::pass("target-window", format!("{} lies in {}'s restorable window {window}", at(t), src.id))
-                    }
+                    RestorePoint::Time(t) if e.time <= t && t <= l => Check::pass(
+                        "target-window",
+                        format!("{} lies in {}'s restorable window {window}", at(t), src.id),
+                    ),
                     RestorePoint::Time(t) => {
                         let later = if t > l {
                             " (LatestRestorableTime trails the present by about 5 minutes: a later time cannot be \
@@ -329,8 +335,10 @@ impl Step for Restore {
         // and then the source's state and window no longer matter.
         match p.find().await {
             Ok(Found::Absent) => {
-                let mut c =
-                    vec![Check::pass("target-instance-free", format!("no instance {} exists: it will be created", p.target))];
+                let mut c = vec![Check::pass(
+                    "target-instance-free",
+                    format!("no instance {} exists: it will be created", p.target),
+                )];
                 c.extend(self.source_checks().await);
                 c
             }
@@ -348,7 +356,10 @@ impl Step for Restore {
                         ),
                     ),
                     Check::pass("source-instance", format!("not needed: {} was restored from it already", i.id)),
-                    Check::pass("target-window", format!("not needed: {} was restored to {} already", i.id, p.describe_to())),
+                    Check::pass(
+                        "target-window",
+                        format!("not needed: {} was restored to {} already", i.id, p.describe_to()),
+                    ),
                 ]
             }
             Ok(Found::Other(i, why)) => {
@@ -379,8 +390,10 @@ impl Step for Restore {
         let timeout = cx.config.policy.restore_timeout;
         if cx.run.sent(self.id()).is_some() {
             // The run this one resumes sent it and saw no instance yet: wait for it, never send again.
-            wait_for(&p.sent_what(), timeout, p.poll, || async { Ok(matches!(p.find().await?, Found::Ours(_)).then_some(())) })
-                .await?;
+            wait_for(&p.sent_what(), timeout, p.poll, || async {
+                Ok(matches!(p.find().await?, Found::Ours(_)).then_some(()))
+            })
+            .await?;
             log.summary(format!("{} found, created by the restore the resumed run sent", p.target));
             return Ok(());
         }
@@ -427,8 +440,10 @@ impl Step for Restore {
         // RDS lists the new instance as soon as it accepts the request; allow it a moment.
         let p = &self.plan;
         let within = cx.config.policy.restore_timeout.min(Duration::from_secs(120));
-        wait_for(&p.sent_what(), within, p.poll, || async { Ok(matches!(p.find().await?, Found::Ours(_)).then_some(())) })
-            .await
+        wait_for(&p.sent_what(), within, p.poll, || async {
+            Ok(matches!(p.find().await?, Found::Ours(_)).then_some(()))
+        })
+        .await
     }
 }
 
@@ -588,7 +603,10 @@ mod tests {
         let sent = rds.restores();
         assert_eq!(sent.len(), 1);
         let req = &sent[0];
-        assert_eq!((req.source.as_str(), req.target.as_str(), req.point), ("app-prod", "app-restored", RestorePoint::Time(t)));
+        assert_eq!(
+            (req.source.as_str(), req.target.as_str(), req.point),
+            ("app-prod", "app-restored", RestorePoint::Time(t))
+        );
         assert_eq!(req.instance_class.as_deref(), Some("db.r6g.large"));
         assert_eq!(req.subnet_group.as_deref(), Some("app-subnets"));
         assert_eq!(req.security_groups, ["sg-0a", "sg-0b"]);
@@ -699,7 +717,10 @@ mod tests {
         rds.put(other);
         let out = run(&store, &rds, RestorePoint::Latest).await;
         let free = out.report.preflight.iter().find(|c| c.check == "target-instance-free").unwrap();
-        assert!(!free.ok && free.detail.contains("to 2026-01-01T00:00:00.000Z, not from app-prod to the latest"), "{free:?}");
+        assert!(
+            !free.ok && free.detail.contains("to 2026-01-01T00:00:00.000Z, not from app-prod to the latest"),
+            "{free:?}"
+        );
 
         let (rds, _) = world();
         rds.put(InstanceInfo { backup_retention_days: Some(0), ..rds.instance("app-prod").unwrap() });
