@@ -294,10 +294,10 @@ complete -c drctl -n "__fish_drctl_using_subcommand wal-fetch" -l no-progress -d
 complete -c drctl -n "__fish_drctl_using_subcommand wal-fetch" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c drctl -n "__fish_drctl_using_subcommand wal-fetch" -s V -l version -d 'Print version'
 complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -s e -l env -d 'The environment (a table under [environments] in drctl.toml); defaults to $DRCTL_ENV, or the only env when there is one' -r
-complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l target-time -d 'Recover up to this moment (RFC 3339, e.g. 2026-12-01T13:59:00Z)' -r
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l target-time -d 'Recover up to this moment (RFC 3339 in UTC, e.g. 2026-12-01T13:59:00Z)' -r
 complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l target-lsn -d 'Recover up to this WAL location (e.g. 0/3000060); self-managed only' -r
 complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l data-dir -d 'Self-managed: the new data directory (absent or empty)' -r -F
-complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l target-instance -d 'RDS (an env with rds_instance): the identifier of the instance to create' -r
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l target-instance -d 'RDS (an env with rds_instance): the identifier of the new instance to create; it must not exist, unless this same command created it (then the rerun continues with it)' -r
 complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l port -d 'Self-managed: the port the restored server listens on [default: a free one]' -r
 complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
@@ -307,7 +307,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l lock-wait -
 complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
 json\t''"
 complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l metrics-file -d 'After the run, update this Prometheus textfile-collector file (flock + atomic rename; not under --dry-run)' -r -F
-complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l latest -d 'Recover everything archived'
+complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l latest -d 'Recover everything archived (RDS: to the latest restorable time)'
 complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l no-start -d 'Self-managed: leave a ready-to-start data directory instead of starting the server'
 complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -l dry-run -d 'Take no lock, run every preflight check and print each step as done or pending; change nothing'
 complete -c drctl -n "__fish_drctl_using_subcommand pitr-restore" -s y -l yes -d 'Do not ask for confirmation (required off a TTY for runbooks that move live traffic or data)'

@@ -387,6 +387,25 @@ pub enum Command {
     /// unpacked, so a half-unpacked directory is unpacked again and a promoted one is done. The
     /// restored server keeps running when drctl exits; stop it with pg_ctl stop -D DIR. Locks
     /// pitr:ENV (one restore of an env at a time); the env itself is only read.
+    ///
+    /// RDS (an env with rds_instance, --target-instance NEW_ID instead of --data-dir):
+    /// RestoreDBInstanceToPointInTime of the env's instance into a new instance NEW_ID (lowercased,
+    /// as RDS stores it), to --target-time or --latest; --target-lsn is refused (RDS restores to a
+    /// time). The request copies from the source, explicitly, its DB subnet group, VPC security
+    /// groups, parameter group, Multi-AZ setting, instance class, PubliclyAccessible and tags:
+    /// left out, RDS would pick the account's defaults (the default VPC and its security group, the
+    /// engine's default parameter group, single-AZ). It adds the tags drctl:pitr-restore-of (the
+    /// source), drctl:pitr-restore-to (the target time, or latest) and drctl:pitr-restore-run.
+    /// drctl then polls DescribeDBInstances until the instance is available and reports its
+    /// endpoint (address:port) and the point restored to.
+    ///
+    /// Preflight (exit 3, nothing created): target-instance-free (no NEW_ID, or the one this
+    /// command created; not waivable), source-instance (available or backing-up, automated backups
+    /// kept at least 1 day), target-window (the time lies between the earliest restorable time and
+    /// LatestRestorableTime; the window is stated when it does not). Past policy.restore_timeout
+    /// exit 6: the restore was sent and journaled; rerun the same command and it finds the instance
+    /// by its tags and waits on it, never sending the restore again. Locks pitr:ENV and
+    /// rds:NEW_ID; the source instance is only read.
     PitrRestore(PitrRestoreArgs),
 
     /// A recovery rehearsal: restore a backup into a scratch copy, verify it, measure RTO and RPO,
@@ -587,19 +606,20 @@ pub struct WalFetchArgs {
 pub struct PitrRestoreArgs {
     #[command(flatten)]
     pub env: EnvArg,
-    /// Recover up to this moment (RFC 3339, e.g. 2026-12-01T13:59:00Z)
+    /// Recover up to this moment (RFC 3339 in UTC, e.g. 2026-12-01T13:59:00Z)
     #[arg(long, value_name = "RFC3339")]
     pub target_time: Option<String>,
     /// Recover up to this WAL location (e.g. 0/3000060); self-managed only
     #[arg(long, value_name = "LSN")]
     pub target_lsn: Option<String>,
-    /// Recover everything archived
+    /// Recover everything archived (RDS: to the latest restorable time)
     #[arg(long)]
     pub latest: bool,
     /// Self-managed: the new data directory (absent or empty)
     #[arg(long, value_name = "DIR", conflicts_with = "target_instance")]
     pub data_dir: Option<PathBuf>,
-    /// RDS (an env with rds_instance): the identifier of the instance to create
+    /// RDS (an env with rds_instance): the identifier of the new instance to create; it must not
+    /// exist, unless this same command created it (then the rerun continues with it)
     #[arg(long, value_name = "ID")]
     pub target_instance: Option<String>,
     /// Self-managed: the port the restored server listens on [default: a free one]

@@ -541,7 +541,7 @@ fn dns_name(name: &str) -> std::result::Result<(), String> {
 
 /// An RDS DB instance identifier: 1-63 letters, digits and hyphens, starting with a letter, no
 /// trailing hyphen and no two hyphens in a row.
-fn rds_instance_id(id: &str) -> std::result::Result<(), String> {
+pub(crate) fn rds_instance_id(id: &str) -> std::result::Result<(), String> {
     let ok = (1..=63).contains(&id.len())
         && id.starts_with(|c: char| c.is_ascii_alphabetic())
         && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')

@@ -82,6 +82,7 @@ pub const NOT_WAIVABLE: &[&str] = &[
     "name-length",
     "pg-dump-version",
     "pg-restore-version",
+    "target-instance-free",
 ];
 
 pub fn waivable(id: &str) -> bool {

@@ -74,6 +74,10 @@ pub struct Stats {
     pub route53_pending_answers: u64,
     /// RDS PromoteReadReplica requests seen (with `simulate_rds`).
     pub rds_promotes: u64,
+    /// RDS RestoreDBInstanceToPointInTime requests seen (with `simulate_rds` or
+    /// `simulate_rds_restores`), and each one's form fields as sent, decoded.
+    pub rds_restores: u64,
+    pub rds_restore_requests: Vec<BTreeMap<String, String>>,
 }
 
 /// RDS's promotion as moto does not model it (moto promotes at once and keeps reporting the
@@ -92,6 +96,16 @@ struct RdsState {
     remaining: HashMap<String, u32>,
 }
 
+/// RDS's restore as moto does not model it (moto's restored instance is `available` at once):
+/// after RestoreDBInstanceToPointInTime, DescribeDBInstances of the new instance answers
+/// `creating` without an endpoint for `creating_describes` calls (the last of them
+/// `backing-up`), then moto's own answer.
+struct RestoreState {
+    creating_describes: u32,
+    /// Restored instance → describes still answering `creating`.
+    remaining: HashMap<String, u32>,
+}
+
 struct Shared {
     upstream: SocketAddr,
     /// Fail every `every`th request; 0 never fails one (a pass-through, for captures).
@@ -99,6 +113,7 @@ struct Shared {
     /// Answer Route 53 GetChange with PENDING instead of moto's immediate INSYNC.
     route53_pending: AtomicBool,
     rds: Mutex<Option<RdsState>>,
+    restores: Mutex<Option<RestoreState>>,
     /// While set, every request whose path contains this is reset (see `unreachable_for`).
     unreachable: Mutex<Option<String>>,
     seen: AtomicU64,
@@ -128,6 +143,7 @@ impl FaultProxy {
             every,
             route53_pending: AtomicBool::new(false),
             rds: Mutex::new(None),
+            restores: Mutex::new(None),
             unreachable: Mutex::new(None),
             seen: AtomicU64::new(0),
             stats: Mutex::new(Stats::default()),
@@ -174,6 +190,19 @@ impl FaultProxy {
     /// Model RDS's promotion states in front of moto (see `RdsSim`).
     pub fn simulate_rds(&self, sim: RdsSim) {
         *lock(&self.shared.rds) = Some(RdsState { sim, remaining: HashMap::new() });
+    }
+
+    /// Model RDS's restore states in front of moto (see `RestoreState`), and count and record
+    /// every RestoreDBInstanceToPointInTime (`Stats::rds_restores`, `rds_restore_requests`).
+    pub fn simulate_rds_restores(&self, creating_describes: u32) {
+        *lock(&self.shared.restores) = Some(RestoreState { creating_describes, remaining: HashMap::new() });
+    }
+
+    /// Every restore in progress finishes after `describes` more describes of its instance.
+    pub fn rds_finish_restores_after(&self, describes: u32) {
+        if let Some(st) = lock(&self.shared.restores).as_mut() {
+            st.remaining.values_mut().for_each(|n| *n = describes);
+        }
     }
 
     /// Every promotion in progress finishes: the next describe shows it available, no source.
@@ -448,7 +477,10 @@ fn serve(shared: &Shared, client: TcpStream) -> io::Result<()> {
             writer.flush()?;
             continue;
         }
-        if method == "POST" && (path == "/" || path.starts_with("/?")) && lock(&shared.rds).is_some() {
+        if method == "POST"
+            && (path == "/" || path.starts_with("/?"))
+            && (lock(&shared.rds).is_some() || lock(&shared.restores).is_some())
+        {
             rds_exchange(shared, &req, &mut reader, &mut writer)?;
             lock(&shared.stats).forwarded += 1;
             shared.note(format!("#{seq} {method} {path} -> RDS (simulated states)"));
@@ -669,10 +701,29 @@ fn rds_exchange(
     if action == "PromoteReadReplica" {
         lock(&shared.stats).rds_promotes += 1;
         let mut g = lock(&shared.rds);
-        let st = g.as_mut().expect("simulate_rds is on");
-        if !st.remaining.contains_key(&id) {
+        if let Some(st) = g.as_mut()
+            && !st.remaining.contains_key(&id)
+        {
             st.remaining.insert(id.clone(), st.sim.modifying_describes);
             (st.sim.on_promote)(&id);
+        }
+    }
+    if action == "RestoreDBInstanceToPointInTime" {
+        let fields: BTreeMap<String, String> = text
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (form_decode(k), form_decode(v)))
+            .collect();
+        {
+            let mut stats = lock(&shared.stats);
+            stats.rds_restores += 1;
+            stats.rds_restore_requests.push(fields);
+        }
+        // RDS stores identifiers lowercased, and the describes ask by the lowercased one.
+        let target = field("TargetDBInstanceIdentifier").unwrap_or_default().to_ascii_lowercase();
+        if let Some(st) = lock(&shared.restores).as_mut() {
+            let n = st.creating_describes;
+            st.remaining.entry(target).or_insert(n);
         }
     }
     // To moto, on a fresh connection, with the body as read.
@@ -699,25 +750,41 @@ fn rds_exchange(
         }
     }
     let _ = up.shutdown(Shutdown::Both);
-    if action == "DescribeDBInstances" {
-        let mut g = lock(&shared.rds);
-        let st = g.as_mut().expect("simulate_rds is on");
-        if let Some(left) = st.remaining.get_mut(&id) {
-            let mut xml = String::from_utf8_lossy(&answer).into_owned();
-            if *left > 0 {
-                *left -= 1;
-                xml = xml.replace(
-                    "<DBInstanceStatus>available</DBInstanceStatus>",
-                    "<DBInstanceStatus>modifying</DBInstanceStatus>",
-                );
-            } else if let (Some(a), Some(b)) = (
-                xml.find("<ReadReplicaSourceDBInstanceIdentifier>"),
-                xml.find("</ReadReplicaSourceDBInstanceIdentifier>"),
-            ) {
-                xml.replace_range(a..b + "</ReadReplicaSourceDBInstanceIdentifier>".len(), "");
-            }
-            answer = xml.into_bytes();
+    if action == "DescribeDBInstances"
+        && let Some(st) = lock(&shared.restores).as_mut()
+        && let Some(left) = st.remaining.get_mut(&id.to_ascii_lowercase())
+        && *left > 0
+    {
+        let mut xml = String::from_utf8_lossy(&answer).into_owned();
+        let status = if *left == 1 { "backing-up" } else { "creating" };
+        *left -= 1;
+        xml = xml.replace(
+            "<DBInstanceStatus>available</DBInstanceStatus>",
+            &format!("<DBInstanceStatus>{status}</DBInstanceStatus>"),
+        );
+        // RDS shows no endpoint until the instance is available.
+        if let (Some(a), Some(b)) = (xml.find("<Endpoint>"), xml.find("</Endpoint>")) {
+            xml.replace_range(a..b + "</Endpoint>".len(), "");
         }
+        answer = xml.into_bytes();
+    }
+    if action == "DescribeDBInstances"
+        && let Some(st) = lock(&shared.rds).as_mut()
+        && let Some(left) = st.remaining.get_mut(&id)
+    {
+        let mut xml = String::from_utf8_lossy(&answer).into_owned();
+        if *left > 0 {
+            *left -= 1;
+            xml = xml.replace(
+                "<DBInstanceStatus>available</DBInstanceStatus>",
+                "<DBInstanceStatus>modifying</DBInstanceStatus>",
+            );
+        } else if let (Some(a), Some(b)) =
+            (xml.find("<ReadReplicaSourceDBInstanceIdentifier>"), xml.find("</ReadReplicaSourceDBInstanceIdentifier>"))
+        {
+            xml.replace_range(a..b + "</ReadReplicaSourceDBInstanceIdentifier>".len(), "");
+        }
+        answer = xml.into_bytes();
     }
     let len = format!("Content-Length: {}", answer.len());
     client_w.write_all(&resp.encode(&["connection", "keep-alive", "content-length", "transfer-encoding"], &[&len]))?;
