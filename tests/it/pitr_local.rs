@@ -193,3 +193,38 @@ fn an_archive_that_stops_answering_mid_recovery_aborts_it_and_is_exit_4() {
     assert!(!into.server_log().contains("database system is ready to accept connections"), "{}", into.server_log());
     let _ = seg;
 }
+
+#[test]
+fn a_restore_command_whose_config_file_is_gone_aborts_recovery_instead_of_promoting() {
+    let a = Archiving::start(|| Moto::shared().endpoint());
+    a.insert("a", 1..=10);
+    a.base_backup();
+    a.insert("b", 11..=20);
+    a.switch_and_archive();
+    // A ready-to-start directory, then the config restore_command names disappears.
+    let into = Restored::new(a.cluster.bin_dir());
+    let r = a.restore(&["--latest", "--no-start"], &into.data());
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.json()["start_with"].as_str().is_some_and(|s| s.contains("pg_ctl")), "{}", r.stdout);
+    let moved = a.dir.path().join("drctl.toml.moved");
+    std::fs::rename(&a.cfg, &moved).unwrap();
+    let log = into.data().join("drctl-pitr-restore.log");
+    let started = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(a.cluster.bin_dir().join("pg_ctl"))
+        .args(["start", "-w", "-t", "60", "-D"])
+        .arg(into.data())
+        .arg("-l")
+        .arg(&log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    std::fs::rename(&moved, &a.cfg).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!started.success(), "the server started although restore_command cannot read its config:\n{text}");
+    // 126 is what PostgreSQL reports as "command not executable": an abort, never "not archived".
+    assert!(text.contains("FATAL:  could not restore file") && text.contains("command not executable"), "{text}");
+    assert!(!text.contains("database system is ready to accept connections"), "{text}");
+    assert!(!into.data().join("postmaster.pid").exists(), "a postmaster still runs:\n{text}");
+}
