@@ -52,6 +52,11 @@ impl PgTools {
         self.pg_ctl(data_dir, "stop", &["-m", "fast"]).await
     }
 
+    /// `pg_ctl stop -m immediate`: for a scratch server whose data is thrown away next.
+    pub async fn stop_server_immediate(&self, data_dir: &Path) -> Result<()> {
+        self.pg_ctl(data_dir, "stop", &["-m", "immediate"]).await
+    }
+
     /// `pg_ctl start -w` of the server in `data_dir`, its output appended to
     /// `data_dir/drctl-pg_ctl.log` (the server detaches into its own session and outlives drctl,
     /// as a server should): rollback restarts an old primary drctl stopped as its fence.

@@ -37,6 +37,9 @@ pub enum Target {
     Time(SystemTime),
     Lsn(u64),
     Latest,
+    /// The consistent end of this base backup (`recovery_target = 'immediate'`): drill's
+    /// rehearsal of one backup, replaying only the WAL the backup itself needs.
+    Backup(String),
 }
 
 impl Target {
@@ -64,6 +67,7 @@ impl Target {
             Target::Time(t) => format!("time {}", humantime::format_rfc3339_millis(*t)),
             Target::Lsn(l) => format!("LSN {}", wal::format_lsn(*l)),
             Target::Latest => "the end of the archived WAL".into(),
+            Target::Backup(id) => format!("the consistent end of base backup {id}"),
         }
     }
 
@@ -74,6 +78,7 @@ impl Target {
             Target::Time(t) => vec![("recovery_target_time", pg_timestamp(*t))],
             Target::Lsn(l) => vec![("recovery_target_lsn", wal::format_lsn(*l))],
             Target::Latest => Vec::new(),
+            Target::Backup(_) => vec![("recovery_target", "immediate".into())],
         }
     }
 }
@@ -124,11 +129,25 @@ impl Window {
     /// The newest base backup a recovery to `target` can start from, or why none can.
     pub fn choose(&self, target: &Target) -> std::result::Result<&BaseBackup, String> {
         let window = self.describe();
+        if let Target::Backup(id) = target {
+            let b = self
+                .bases
+                .iter()
+                .find(|b| &b.manifest.id == id)
+                .ok_or_else(|| format!("{id} is not a committed base backup of this env: {window}"))?;
+            return match self.newest_end_lsn {
+                Some(end) if end >= b.stop_lsn => Ok(b),
+                _ => Err(format!(
+                    "the WAL base backup {id} needs (to LSN {}) is not all archived: {window}",
+                    b.base.stop_lsn
+                )),
+            };
+        }
         let newest = self.bases.last().ok_or_else(|| "no committed base backup of this env".to_string())?;
         let fits = |b: &&BaseBackup| match target {
             Target::Time(t) => b.stop_time <= *t,
             Target::Lsn(l) => b.stop_lsn <= *l,
-            Target::Latest => true,
+            Target::Latest | Target::Backup(_) => true,
         };
         let Some(base) = self.bases.iter().rev().find(fits) else {
             return Err(format!("{} is before the recoverable window: {window}", target.describe()));
@@ -139,7 +158,7 @@ impl Window {
         let past = match target {
             Target::Time(t) => humantime::parse_rfc3339_weak(&a.pushed).is_ok_and(|p| *t > p),
             Target::Lsn(l) => *l > end,
-            Target::Latest => false,
+            Target::Latest | Target::Backup(_) => false,
         };
         if past {
             return Err(format!("{} is after the newest archived WAL: recoverable window {window}", target.describe()));
@@ -323,7 +342,42 @@ pub async fn pitr_restore_local(_cx: &Ctx, env: &EnvConfig, args: &PitrRestoreAr
     Ok(rb)
 }
 
-fn free_port() -> Result<u16> {
+/// Base backup `id` restored into `dir` (absent or empty) to its consistent end, started on
+/// `port` and promoted: the steps of pitr-restore (restore-base, write-recovery, start-server,
+/// wait-recovery), added to `rb`, for drill's rehearsal. The caller stops the server and removes
+/// `dir` afterwards (`stop_and_remove`).
+pub fn rehearse_into(rb: Runbook, env: &EnvConfig, id: &str, dir: &Path, port: u16) -> Runbook {
+    let plan = Arc::new(Plan {
+        env: env.clone(),
+        dir: dir.to_path_buf(),
+        args: format!("drill --env {} --from-backup {id}", env.name),
+        target: Target::Backup(id.to_string()),
+        port,
+        start: true,
+        chosen: Mutex::new(None),
+    });
+    rb.step(RestoreBase { plan: plan.clone() })
+        .step(WriteRecovery { plan: plan.clone() })
+        .step(StartServer { plan: plan.clone() })
+        .step(WaitRecovery { plan })
+}
+
+/// Stop a server drctl started in `dir` (immediate: it is a scratch copy) and remove `dir`.
+pub async fn stop_and_remove(env: &EnvConfig, dir: &Path) -> Result<()> {
+    let tools = PgTools::new(env.pg_bin.as_deref());
+    if dir.join("postmaster.pid").exists() {
+        // Best effort: a server that is already gone leaves a stale pid file behind.
+        let _ = tools.stop_server_immediate(dir).await;
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(dir.display(), e)),
+    }
+}
+
+/// A free loopback port (the OS picks it; a race with another process is caught by port-free).
+pub fn free_port() -> Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -79,6 +79,7 @@ fn restore_point(args: &PitrRestoreArgs) -> Result<RestorePoint> {
         Target::Time(t) => RestorePoint::Time(t),
         Target::Latest => RestorePoint::Latest,
         Target::Lsn(_) => unreachable!("--target-lsn is refused above"),
+        Target::Backup(_) => unreachable!("from_args never names a backup: drill does"),
     })
 }
 
