@@ -169,6 +169,7 @@ mod tests {
             seq: 0,
             time: time.into(),
             deep: None,
+            drilled: None,
         }
     }
 
