@@ -544,4 +544,3 @@ mod tests {
         assert!(a.starts_with(&store_prefix("file:///var/lib/drctl")));
     }
 }
-
