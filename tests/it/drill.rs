@@ -329,6 +329,29 @@ fn recommit(store: &Path, id: &str, manifest: &[u8]) {
     let _ = std::fs::remove_dir_all(store.join("journal-index"));
 }
 
+#[test]
+fn a_drill_past_the_restore_timeout_is_stopped_with_exit_6_journaled_failed_and_cleaned_up() {
+    let db = seeded_db("drill_slow");
+    let dir = TestDir::new();
+    let (cfg, url) = config(&dir, &db, "");
+    let store = dir.path().join("store");
+    let id = backup(&cfg);
+    let slow = dir.write(
+        "slow.toml",
+        &std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("[environments.prod]", "[policy]\nrestore_timeout = \"1ms\"\n\n[environments.prod]"),
+    );
+    let r = checked(drill(&slow).run().expect_code(6));
+    assert_eq!(r.json()["status"], "outcome_unknown");
+    assert!(r.stderr.contains("restore_timeout"), "the hint names the setting: {}", r.stderr);
+    assert_failed_drill_journaled(&store, &id, "did not finish within policy.restore_timeout (1ms)");
+    // Whatever the stopped restore left (it may have been creating the database) goes with the
+    // next drill at the latest.
+    checked(drill(&cfg).run().expect_code(0));
+    assert!(scratch_of(&url).is_empty());
+}
+
 // --- killed and interrupted -----------------------------------------------------------------
 
 /// A database whose restore takes a few seconds: 400,000 rows of 128 hex characters.

@@ -324,7 +324,7 @@ impl Step for RestoreAndVerify {
                 return Err(e);
             }
             Err(_) => {
-                let waited = humantime::format_duration(Duration::from_secs(timeout.as_secs())).to_string();
+                let waited = humantime::format_duration(Duration::from_millis(timeout.as_millis() as u64)).to_string();
                 let why =
                     format!("the restore and its verification did not finish within policy.restore_timeout ({waited})");
                 let v = Verdict { ok: false, rto_ms: None, rpo_s, checked: None, problems: vec![why] };
