@@ -409,9 +409,9 @@ pub enum Command {
     /// the next drill of this store's envs on that server first drops every such database whose
     /// run holds no live lock (step drop-leftovers). A drill never resumes: a rerun restores afresh.
     ///
-    /// Preflight: db-reachable (the maintenance_db), scratch-privileges (CREATEDB and membership in
-    /// the owner of the env's database, or a superuser), pg-restore-version (at least the backup's
-    /// pg_dump and the server). Locks drill:ENV; the env's database is only read. Only logical
+    /// Preflight: backup-exists (the env has a committed backup), db-reachable (the maintenance_db),
+    /// scratch-privileges (CREATEDB and membership in the owner of the env's database, or a
+    /// superuser), pg-restore-version (at least the backup's pg_dump and the server). Locks drill:ENV; the env's database is only read. Only logical
     /// backups are drilled: a base backup is exit 2 (not built yet).
     Drill(DrillArgs),
 

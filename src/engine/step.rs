@@ -82,6 +82,7 @@ pub const NOT_WAIVABLE: &[&str] = &[
     "name-length",
     "pg-dump-version",
     "pg-restore-version",
+    "backup-exists",
 ];
 
 pub fn waivable(id: &str) -> bool {

@@ -126,9 +126,13 @@ fn a_drill_restores_verifies_reports_and_journals_rto_and_rpo_and_leaves_nothing
     let (cfg, url) = config(&dir, &db, "\n[environments.prod.chains.events]\n");
     let store = dir.path().join("store");
 
-    // Nothing to drill yet: exit 3, nothing created.
+    // Nothing to drill yet: exit 3, check backup-exists, nothing created.
     let r = checked(drill(&cfg).run().expect_code(3));
-    assert!(r.stderr.contains("no committed backup") && r.stderr.contains("drctl backup --env prod"), "{}", r.stderr);
+    assert_eq!(r.json()["status"], "preflight_failed");
+    let c = r.check("backup-exists");
+    assert_eq!(c["ok"], false);
+    assert!(c["detail"].as_str().unwrap().contains("drctl backup --env prod"), "{c}");
+    assert!(scratch_of(&url).is_empty());
 
     // An anchor journaled before the backup holds on the copy; one after it (a row the backup
     // cannot have) is left out, so the drill still passes.

@@ -13,10 +13,13 @@
 
 pub mod logical;
 
+use async_trait::async_trait;
+
 use crate::catalog::{self, Committed};
 use crate::config::EnvConfig;
 use crate::ctx::Ctx;
 use crate::engine::run::Runbook;
+use crate::engine::step::{Check, Step, StepLog};
 use crate::error::{Error, Result};
 
 pub async fn drill(cx: &Ctx, env: &EnvConfig, from_backup: Option<&str>) -> Result<Runbook> {
@@ -35,10 +38,15 @@ pub async fn drill(cx: &Ctx, env: &EnvConfig, from_backup: Option<&str>) -> Resu
             Error::usage(format!("--from-backup {id}: {why}"))
                 .with_hint(format!("`drctl backup list --env {}` lists the backups a drill can restore", env.name))
         })?,
-        None => committed.last().cloned().ok_or_else(|| Error::NothingToVerify {
-            what: format!("env {} has no committed backup to drill", env.name),
-            hint: format!("take one first: `drctl backup --env {}`", env.name),
-        })?,
+        None => match committed.last() {
+            Some(c) => c.clone(),
+            // Refused by preflight (exit 3), with the run's report and the refusal journaled.
+            None => {
+                return Ok(Runbook::new("drill", Some(&env.name), format!("--env {}", env.name))
+                    .lock(format!("drill:{}", env.name))
+                    .step(NoBackup { env: env.name.clone() }));
+            }
+        },
     };
     // The manifest says how to restore; one the journal did not commit (changed, missing) is the
     // drill's first finding, journaled as a failed drill by the restore step.
@@ -63,5 +71,38 @@ pub async fn drill(cx: &Ctx, env: &EnvConfig, from_backup: Option<&str>) -> Resu
             "backup {} of {} is of type `{other}`, which this drctl cannot drill",
             chosen.id, env.name
         ))),
+    }
+}
+
+/// The env has no committed backup: preflight check `backup-exists` fails, nothing else runs.
+struct NoBackup {
+    env: String,
+}
+
+#[async_trait]
+impl Step for NoBackup {
+    fn id(&self) -> &'static str {
+        "restore"
+    }
+    fn check_ids(&self) -> &'static [&'static str] {
+        &["backup-exists"]
+    }
+    async fn preflight(&self, _cx: &Ctx) -> Vec<Check> {
+        vec![Check::fail(
+            "backup-exists",
+            format!(
+                "env {} has no committed backup to drill: take one first, `drctl backup --env {}`",
+                self.env, self.env
+            ),
+        )]
+    }
+    async fn is_done(&self, _cx: &Ctx) -> Result<bool> {
+        Ok(false)
+    }
+    async fn apply(&self, _cx: &Ctx, _log: &mut StepLog) -> Result<()> {
+        Err(Error::step("restore", format!("env {} has no committed backup to drill", self.env)))
+    }
+    async fn verify(&self, _cx: &Ctx) -> Result<()> {
+        Ok(())
     }
 }
