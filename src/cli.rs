@@ -123,7 +123,7 @@ pub enum Command {
     ///
     ///     cat DB.dump.zst.age.* | age -d -i KEY | zstd -dc | pg_restore -d postgres://USER@HOST/NEWDB
     ///
-    /// Within drctl only a resumed sync reads a stored dump back: it needs [store]
+    /// Within drctl a resumed sync and a drill read a stored dump back: they need [store]
     /// age_identity_file (or $DRCTL_AGE_IDENTITY naming the file), else exit 2.
     ///
     /// --type base: a physical base backup for point-in-time recovery, `pg_basebackup -D - -Ft -X
@@ -292,6 +292,11 @@ pub enum Command {
     /// (journaled), `standby` for an env declared sync_from (a warm standby: a primary server, but
     /// not the one to write to), and `primary` otherwise.
     ///
+    /// last drill: how long ago the env's last `drill` finished and whether its copy verified (-o
+    /// json: last_drill_age_s, last_drill_ok, last_drill_backup_id, last_drill_rto_ms,
+    /// last_drill_rpo_s; null when never drilled); a failed one adds a note, and is never judged
+    /// against the RPO.
+    ///
     /// Read-only: takes no lock and writes nothing. Exit 3 when an env's last sync or last backup
     /// is older than policy.rpo, or a live env is unhealthy.
     ///
@@ -305,7 +310,8 @@ pub enum Command {
     /// trigger without a WHEN condition fires BEFORE UPDATE and BEFORE DELETE on it; the detail
     /// gives the SQL to add one), backup-deep-verified (each env's newest backup re-hashed by
     /// `verify-chain --backups --deep`, and matched, within policy.verify_max_age) and
-    /// backup-drilled (never passes yet: drill is not built). With no backup of any env, the two
+    /// backup-drilled (each env's newest backup restored by `drill` into a copy that verified,
+    /// within policy.drill_max_age; a failed last drill fails). With no backup of any env, the two
     /// backup items appear once, target `-`, failed. -o json: {"ok", "audit": [{"id", "target",
     /// "ok", "detail"}]}. Same rules: no lock, no journal entry. Exit 3 when any item fails; the
     /// hint names the failed ids.
@@ -408,11 +414,44 @@ pub enum Command {
     /// rds:NEW_ID; the source instance is only read.
     PitrRestore(PitrRestoreArgs),
 
-    /// A recovery rehearsal: restore a backup into a scratch copy, verify it, measure RTO and RPO,
-    /// remove the copy
+    /// A recovery rehearsal: restore a backup into a scratch database, verify it, measure the
+    /// RTO and RPO achieved, drop the copy
     ///
-    /// Not built yet.
-    #[command(hide = true)]
+    /// Restores the env's newest committed backup (or --from-backup ID) into a scratch database
+    /// drctl_drill_<store>_<run> on the env's server, created through its maintenance_db with the
+    /// owner, encoding and locale of the env's database (<store>: the first 8 hex digits of the
+    /// sha256 of [store] url; <run>: the run id in lower case). The stored objects stream into
+    /// pg_restore with each object's size and sha256 checked against the manifest as it streams
+    /// (a mismatch or a missing object is exit 4), age-decrypted with [store] age_identity_file
+    /// (or the file $DRCTL_AGE_IDENTITY names; an encrypted backup without it is exit 2 naming
+    /// age_identity_file, before anything is created) and zstd-decompressed.
+    ///
+    /// Then verifies the copy: the exact row count of every table equals the manifest's (a
+    /// missing or extra table fails too), and every chain configured for the env
+    /// ([environments.ENV.chains.TABLE]) verifies on the copy as verify-chain checks it, held to
+    /// the anchors journaled before the backup's snapshot. Any difference is exit 4.
+    ///
+    /// RTO (rto_ms): the wall time from creating the scratch database to the end of the
+    /// verification, what a recovery from this backup into a new database takes. RPO (rpo_s): the
+    /// drill's start minus the backup's snapshot time (the manifest's `started`), the age of the
+    /// data this backup brings back, i.e. what a recovery from it would lose had the env been lost
+    /// when the drill began.
+    ///
+    /// The result is journaled as `drill-done` (backup_id, ok, rto_ms, rpo_s, tables, rows,
+    /// chains, problems), also when the verification failed (then exit 4) or the restore did
+    /// (exit 1); `status` shows each env's last drill, and `status --audit`'s backup-drilled passes
+    /// while the newest backup's last drill verified within policy.drill_max_age. A restore and
+    /// verification that outlast policy.restore_timeout are stopped: exit 6.
+    ///
+    /// The scratch database is dropped whatever happens: success, a failed verification, an
+    /// error, SIGINT or SIGTERM (step drop-scratch). A drill killed by SIGKILL leaves it behind:
+    /// the next drill of this store's envs on that server first drops every such database whose
+    /// run holds no live lock (step drop-leftovers). A drill never resumes: a rerun restores afresh.
+    ///
+    /// Preflight: backup-exists (the env has a committed backup), db-reachable (the maintenance_db),
+    /// scratch-privileges (CREATEDB and membership in the owner of the env's database, or a
+    /// superuser), pg-restore-version (at least the backup's pg_dump and the server). Locks drill:ENV; the env's database is only read. Only logical
+    /// backups are drilled: a base backup is exit 2 (not built yet).
     Drill(DrillArgs),
 
     /// Show the journal, newest first
@@ -500,7 +539,9 @@ pub enum BackupAction {
     },
 }
 
-#[derive(Debug, Args)]
+// `Default`: no flag given, as drill verifies a configured chain table (a `//` comment: a doc
+// comment here would become the subcommand's about text).
+#[derive(Debug, Default, Args)]
 pub struct VerifyChainArgs {
     /// Verify the journal's hash chain, every entry from the first (and every index checkpoint
     /// against the state refolded from the chain)
@@ -634,7 +675,7 @@ pub struct PitrRestoreArgs {
 pub struct DrillArgs {
     #[command(flatten)]
     pub env: EnvArg,
-    /// The backup to rehearse with (an id from `backup list`) [default: the env's newest]
+    /// The backup to restore (an id from `backup list` of this env) [default: the env's newest]
     #[arg(long, value_name = "ID")]
     pub from_backup: Option<String>,
 }

@@ -60,6 +60,7 @@ struct RawPolicy {
     cors_origin: Option<String>,
     lock_ttl: Option<String>,
     verify_max_age: Option<String>,
+    drill_max_age: Option<String>,
     restore_timeout: Option<String>,
 }
 
@@ -181,6 +182,9 @@ pub struct Policy {
     /// `status --audit`'s `backup-deep-verified`: the newest backup's last `verify-chain --backups
     /// --deep` must be at most this old.
     pub verify_max_age: Duration,
+    /// `status --audit`'s `backup-drilled`: the newest backup's last successful `drill` must be at
+    /// most this old.
+    pub drill_max_age: Duration,
     /// pitr-restore's and drill's waits (recovery to the target, an RDS restore until available);
     /// past it exit 6.
     pub restore_timeout: Duration,
@@ -342,6 +346,11 @@ impl Config {
             verify_max_age: dur(
                 "verify_max_age",
                 p.as_ref().and_then(|p| p.verify_max_age.as_ref()),
+                Duration::from_secs(7 * 24 * 3600),
+            )?,
+            drill_max_age: dur(
+                "drill_max_age",
+                p.as_ref().and_then(|p| p.drill_max_age.as_ref()),
                 Duration::from_secs(7 * 24 * 3600),
             )?,
             restore_timeout: dur(

@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
+use super::report::StepState;
 use super::run::{Runbook, execute};
 use super::runctx::wait_for;
 use super::step::{Check, Step, StepLog};
@@ -213,4 +214,78 @@ fn step_ids_are_unique_within_a_run() {
     let _ = Runbook::new("one", None, String::new())
         .step(Mark("a1", w.clone()))
         .then(Runbook::new("two", None, String::new()).step(Mark("a1", w)));
+}
+
+/// A step that fails, or (with `hang`) waits until the run is interrupted.
+struct Trouble {
+    hang: bool,
+}
+
+#[async_trait]
+impl Step for Trouble {
+    fn id(&self) -> &'static str {
+        "trouble"
+    }
+    async fn is_done(&self, _cx: &Ctx) -> Result<bool> {
+        Ok(false)
+    }
+    async fn apply(&self, _cx: &Ctx, _log: &mut StepLog) -> Result<()> {
+        if self.hang {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Err(crate::error::Error::step("trouble", "it broke"))
+    }
+    async fn verify(&self, _cx: &Ctx) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finally_steps_run_after_success_failure_and_interruption_but_not_in_a_dry_run() {
+    let store = Arc::new(MemStore::new());
+    let w = Arc::new(World::default());
+    let marks = |w: &World| w.marks.lock().unwrap().clone();
+
+    let ok =
+        Runbook::new("tidy", Some("x"), String::new()).step(Mark("a1", w.clone())).finally(Mark("clean", w.clone()));
+    let out = execute(&for_test(store.clone(), &["--yes"]), ok).await;
+    assert!(out.error.is_none(), "{:?}", out.error.map(|e| e.to_string()));
+    assert_eq!(marks(&w), ["a1", "clean"]);
+    let states: Vec<_> = out.report.steps.iter().map(|s| (s.step.as_str(), s.state)).collect();
+    assert_eq!(states, [("a1", StepState::Applied), ("clean", StepState::Applied)]);
+    let ev = events(&store);
+    let done = ev.iter().position(|(e, d)| e == "step-done" && d["step"] == "clean").expect("journaled");
+    assert!(ev.iter().position(|(e, _)| e == "run-done").unwrap() > done, "run-done comes after the finally step");
+
+    w.marks.lock().unwrap().clear();
+    let failing =
+        Runbook::new("tidy", Some("x"), String::new()).step(Trouble { hang: false }).finally(Mark("clean", w.clone()));
+    let out = execute(&for_test(store.clone(), &["--yes"]), failing).await;
+    assert_eq!(out.error.unwrap().exit_code(), exit::STEP_FAILED, "the step's error is the outcome");
+    assert_eq!(marks(&w), ["clean"]);
+
+    w.marks.lock().unwrap().clear();
+    let cx = for_test(store.clone(), &["--yes"]);
+    let (cancel, signal) = (cx.cancel.clone(), cx.signal.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        signal.store(libc::SIGINT, Ordering::SeqCst);
+        cancel.cancel();
+    });
+    let hanging =
+        Runbook::new("tidy", Some("x"), String::new()).step(Trouble { hang: true }).finally(Mark("clean", w.clone()));
+    let out = execute(&cx, hanging).await;
+    assert_eq!(out.error.unwrap().exit_code(), exit::SIGINT);
+    assert_eq!(marks(&w), ["clean"], "cleaned up after the interruption");
+    let ev = events(&store);
+    let interrupted = ev.iter().rposition(|(e, _)| e == "interrupted").unwrap();
+    assert!(ev.iter().rposition(|(e, d)| e == "step-done" && d["step"] == "clean").unwrap() > interrupted);
+
+    w.marks.lock().unwrap().clear();
+    let dry =
+        Runbook::new("tidy", Some("x"), String::new()).step(Mark("a1", w.clone())).finally(Mark("clean", w.clone()));
+    let out = execute(&for_test(store.clone(), &["--dry-run"]), dry).await;
+    assert!(out.error.is_none());
+    assert!(marks(&w).is_empty(), "a dry run changes nothing");
+    assert_eq!(out.report.steps[1].state, StepState::Pending);
 }

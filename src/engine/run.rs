@@ -2,7 +2,9 @@
 //! (1) take the locks (skipped under --dry-run), so nothing changes between the checks and the acts;
 //! (2) run every preflight check; (3) under --dry-run, report done/pending and stop, writing nothing;
 //! (4) confirm, or accept --yes; (5) for each step: stop if interrupted or the lock was lost, skip
-//! if `is_done`, otherwise `apply`, `verify` and journal it.
+//! if `is_done`, otherwise `apply`, `verify` and journal it; (6) the runbook's `finally` steps,
+//! whatever (5) came to, so what the steps made for themselves (drill's scratch database) is
+//! removed after a success, a failure and an interruption alike.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -33,6 +35,8 @@ pub struct Runbook {
     pub locks: Vec<String>,
     pub confirm: Option<Confirm>,
     pub steps: Vec<Box<dyn Step>>,
+    /// Run after `steps` whatever happened to them, once the run got to its steps (see `finally`).
+    pub finally: Vec<Box<dyn Step>>,
     /// Whether a rerun continues an unfinished run of this runbook and env (contract "Exit codes").
     /// What the run resumes, and what it sent, reach the steps through `cx.run`.
     pub resumable: bool,
@@ -62,6 +66,7 @@ impl Runbook {
             locks: Vec::new(),
             confirm: None,
             steps: Vec::new(),
+            finally: Vec::new(),
             resumable: false,
             take_over: Vec::new(),
         }
@@ -80,17 +85,31 @@ impl Runbook {
         self.boxed_step(Box::new(s))
     }
 
+    /// A step that runs after the others whatever their outcome (success, a failed step, SIGINT or
+    /// SIGTERM, a lost lock), once the run has journaled `run-started`; never in a dry run, whose
+    /// plan shows it `pending`. It removes what the steps made for themselves (drill's scratch
+    /// database). It is not interrupted, and has no preflight; its failure fails a run that had
+    /// succeeded, and is a warning after one that had not (that run's own error is the outcome).
+    pub fn finally(mut self, s: impl Step + 'static) -> Self {
+        self.assert_new_id(s.id());
+        self.finally.push(Box::new(s));
+        self
+    }
+
     fn boxed_step(mut self, s: Box<dyn Step>) -> Self {
+        self.assert_new_id(s.id());
+        self.steps.push(s);
+        self
+    }
+
+    fn assert_new_id(&self, id: &str) {
         // Step ids key the journal's step-done / step-sent entries of a run, and a resumed run
         // skips by them: two steps of one run under one id would skip or resume each other.
         assert!(
-            self.steps.iter().all(|t| t.id() != s.id()),
-            "runbook {}: two steps have the id `{}`",
+            self.steps.iter().chain(&self.finally).all(|t| t.id() != id),
+            "runbook {}: two steps have the id `{id}`",
             self.name,
-            s.id()
         );
-        self.steps.push(s);
-        self
     }
 
     /// Run `other`'s steps after this runbook's own, in the same run: one set of locks (both
@@ -105,7 +124,13 @@ impl Runbook {
         self.confirm = self.confirm.or(other.confirm);
         self.resumable |= other.resumable;
         self.take_over.extend(other.take_over);
-        other.steps.into_iter().fold(self, Runbook::boxed_step)
+        let finally = other.finally;
+        let mut rb = other.steps.into_iter().fold(self, Runbook::boxed_step);
+        for s in finally {
+            rb.assert_new_id(s.id());
+            rb.finally.push(s);
+        }
+        rb
     }
 
     /// The locks in the order they are taken: one global order (sorted), so two runs that take
@@ -219,6 +244,7 @@ pub async fn execute(cx: &Ctx, rb: Runbook) -> Outcome {
         steps: rb
             .steps
             .iter()
+            .chain(&rb.finally)
             .map(|s| StepReport {
                 step: s.id().to_string(),
                 state: StepState::Pending,
@@ -437,12 +463,27 @@ async fn run_locked(
         }
     }
 
-    // (5) The steps.
+    // (5) The steps, then (6) the finally steps whatever the steps came to.
+    let outcome = run_steps(cx, rb, report, writer, lost, locks).await;
+    let all_done = run_finally(cx, rb, report, writer, outcome).await?;
+    writer.append("run-done", json!({ "args": rb.args })).await?;
+    Ok(if all_done { "already_done" } else { "ok" })
+}
+
+/// (5) Each step in order: `Ok(true)` when every one was already done.
+async fn run_steps(
+    cx: &Ctx,
+    rb: &Runbook,
+    report: &mut RunReport,
+    writer: &JournalWriter,
+    lost: &CancellationToken,
+    locks: &[HeldLock],
+) -> Result<bool> {
     let mut all_done = true;
     for (i, s) in rb.steps.iter().enumerate() {
         let t0 = Instant::now();
         if let Some(sig) = cx.interrupted_by() {
-            return interrupted(writer, s.id(), sig).await;
+            return interrupted(writer, s.id(), sig).await.map(|_| false);
         }
         if s.is_done(cx).await? {
             report.steps[i].state = StepState::Done;
@@ -470,7 +511,7 @@ async fn run_locked(
                 report.steps[i].duration_ms = t0.elapsed().as_millis() as u64;
                 report.steps[i].state = StepState::Failed;
                 report.steps[i].detail = "interrupted".into();
-                return interrupted(writer, s.id(), sig).await;
+                return interrupted(writer, s.id(), sig).await.map(|_| false);
             }
             _ = lost.cancelled() => {
                 let l = locks.iter().find(|l| l.lost.is_cancelled());
@@ -502,8 +543,67 @@ async fn run_locked(
         writer.append("step-done", Value::Object(details)).await?;
         failpoint(s.id());
     }
-    writer.append("run-done", json!({ "args": rb.args })).await?;
-    Ok(if all_done { "already_done" } else { "ok" })
+    Ok(all_done)
+}
+
+/// (6) The runbook's finally steps after `outcome`, each skipped when `is_done`, not interrupted
+/// by a signal (the interruption is already journaled and is the run's outcome). A failure here
+/// is the run's error only when the steps had succeeded; otherwise a warning.
+async fn run_finally(
+    cx: &Ctx,
+    rb: &Runbook,
+    report: &mut RunReport,
+    writer: &JournalWriter,
+    mut outcome: Result<bool>,
+) -> Result<bool> {
+    for (j, s) in rb.finally.iter().enumerate() {
+        let i = rb.steps.len() + j;
+        let t0 = Instant::now();
+        let mut log = StepLog::new(writer.clone(), s.id());
+        let ran = async {
+            if s.is_done(cx).await? {
+                return Ok(false);
+            }
+            cx.out.info(&format!("{}: {}", rb.name, s.id()));
+            s.apply(cx, &mut log).await?;
+            s.verify(cx).await?;
+            Ok::<_, Error>(true)
+        }
+        .await;
+        report.steps[i].duration_ms = t0.elapsed().as_millis() as u64;
+        report.steps[i].detail = log.summary.clone().unwrap_or_default();
+        let mut details = log.details;
+        details.insert("step".into(), s.id().into());
+        let failed = match ran {
+            Ok(false) => {
+                report.steps[i].state = StepState::Done;
+                continue;
+            }
+            Ok(true) => {
+                report.steps[i].state = StepState::Applied;
+                if let Ok(all_done) = &mut outcome {
+                    *all_done = false;
+                }
+                details.insert("duration_ms".into(), report.steps[i].duration_ms.into());
+                writer.append("step-done", Value::Object(details)).await.err()
+            }
+            Err(e) => {
+                report.steps[i].state = StepState::Failed;
+                details.insert("error".into(), e.to_string().into());
+                // A lost lock cannot journal; the error itself is what counts.
+                let _ = writer.append("step-failed", Value::Object(details)).await;
+                Some(e)
+            }
+        };
+        if let Some(e) = failed {
+            if outcome.is_ok() {
+                outcome = Err(e);
+            } else {
+                cx.out.warn(&format!("{}: {}: {e}", rb.name, s.id()));
+            }
+        }
+    }
+    outcome
 }
 
 /// Test builds only: `DRCTL_TEST_KILL_AFTER=STEP` kills this process with SIGKILL right after

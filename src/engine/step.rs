@@ -83,6 +83,7 @@ pub const NOT_WAIVABLE: &[&str] = &[
     "pg-dump-version",
     "pg-restore-version",
     "target-instance-free",
+    "backup-exists",
 ];
 
 pub fn waivable(id: &str) -> bool {

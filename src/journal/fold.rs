@@ -1,5 +1,6 @@
 //! The state runs ask of history, folded from the journal's entries in seq order: committed and
-//! pruned backups, the last `sync-done` per env, chain anchors, the last start of each
+//! pruned backups (with their last deep verification and drill), the last `sync-done` and the last
+//! `drill-done` per env, chain anchors, the last start of each
 //! (runbook, env) and whether it finished, the runs that may have left partial backup objects,
 //! and the highest fence seen per lock target.
 //!
@@ -16,7 +17,7 @@ use serde_json::Value;
 use super::Entry;
 
 /// The version of what `fold` computes; part of every checkpoint.
-pub const FOLD_VERSION: u32 = 5;
+pub const FOLD_VERSION: u32 = 6;
 
 /// Anchors kept per chain, newest last.
 pub const ANCHORS_KEPT: usize = 64;
@@ -66,6 +67,9 @@ pub struct Committed {
     /// The last `verify-chain --backups --deep` that re-hashed its objects: when, and whether
     /// they matched. None: never re-read since it was written.
     pub deep: Option<DeepCheck>,
+    /// The last `drill` that restored it: when, and whether the copy verified. None: never drilled.
+    #[serde(default)]
+    pub drilled: Option<DeepCheck>,
 }
 
 fn logical() -> String {
@@ -82,6 +86,24 @@ pub struct DeepCheck {
 
 /// The event `verify-chain --backups --deep` journals: every backup it re-read, ok or not.
 pub const BACKUPS_VERIFIED: &str = "backups-verified";
+
+/// The event a drill journals with its result, passed or failed.
+pub const DRILL_DONE: &str = "drill-done";
+
+/// The newest `drill-done` of an env.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillDone {
+    pub run_id: String,
+    pub backup_id: String,
+    /// The restored copy verified (row counts, chains).
+    pub ok: bool,
+    /// The entry's time: when the drill finished.
+    pub time: String,
+    pub rto_ms: Option<u64>,
+    pub rpo_s: Option<u64>,
+    pub seq: u64,
+}
 
 /// The newest `sync-done` of an env.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +161,9 @@ pub struct State {
     pub pruned: BTreeMap<String, BTreeSet<String>>,
     /// env → newest sync-done.
     pub syncs: BTreeMap<String, SyncDone>,
+    /// env → newest drill-done.
+    #[serde(default)]
+    pub drills: BTreeMap<String, DrillDone>,
     /// env → chain → the newest ANCHORS_KEPT anchors, oldest first.
     pub anchors: BTreeMap<String, BTreeMap<String, Vec<Anchor>>>,
     /// `runbook` + ' ' + env (or `-`) → the newest start.
@@ -233,6 +258,7 @@ impl State {
                     seq: e.seq,
                     time: e.time.clone(),
                     deep: None,
+                    drilled: None,
                 };
                 self.backups.entry(env.to_string()).or_default().insert(id.to_string(), c);
             }
@@ -265,6 +291,24 @@ impl State {
                         c.deep = Some(DeepCheck { time: e.time.clone(), ok });
                     }
                 }
+            }
+            (DRILL_DONE, Some(env)) => {
+                let (Some(id), Some(ok)) = (str_of(d, "backup_id"), d.get("ok").and_then(Value::as_bool)) else {
+                    return;
+                };
+                if let Some(c) = self.backups.get_mut(env).and_then(|b| b.get_mut(id)) {
+                    c.drilled = Some(DeepCheck { time: e.time.clone(), ok });
+                }
+                let drill = DrillDone {
+                    run_id: e.run_id.clone(),
+                    backup_id: id.to_string(),
+                    ok,
+                    time: e.time.clone(),
+                    rto_ms: d.get("rto_ms").and_then(Value::as_u64),
+                    rpo_s: d.get("rpo_s").and_then(Value::as_u64),
+                    seq: e.seq,
+                };
+                self.drills.insert(env.to_string(), drill);
             }
             ("sync-done", Some(env)) => {
                 let Some(snapshot_time) = str_of(d, "snapshot_time") else { return };
@@ -517,6 +561,20 @@ mod tests {
         assert_eq!(s.fences["env:prod"], 8);
         assert_eq!(s.head.as_ref().unwrap().seq, 8);
 
+        // A drill of r2: the env's last drill, and r2's; a failed one later replaces both.
+        s.fold(&entry(
+            50,
+            "d1",
+            "drill",
+            "prod",
+            super::DRILL_DONE,
+            json!({"backup_id": "r2", "ok": true, "rto_ms": 1200, "rpo_s": 30}),
+        ));
+        assert_eq!(s.committed(Some("prod"))[0].drilled.as_ref().map(|d| d.ok), Some(true));
+        assert_eq!((s.drills["prod"].rto_ms, s.drills["prod"].rpo_s), (Some(1200), Some(30)));
+        s.fold(&entry(51, "d2", "drill", "prod", super::DRILL_DONE, json!({"backup_id": "r2", "ok": false})));
+        assert_eq!(s.committed(Some("prod"))[0].drilled.as_ref().map(|d| d.ok), Some(false));
+        assert_eq!((s.drills["prod"].run_id.as_str(), s.drills["prod"].ok), ("d2", false));
         s.fold(&entry(9, "r3", "backup prune", "prod", super::BACKUPS_REMOVED, json!({"ids": ["r1"]})));
         assert!(s.pruned.is_empty(), "removed objects are forgotten");
         s.fold(&entry(10, "r7", "sync", "stg", "run-abandoned", json!({"run_id": "r6"})));

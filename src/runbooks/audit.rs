@@ -2,7 +2,7 @@
 //! target and a verdict. `status` asks "could an env take over now?"; the audit asks "would the
 //! data survive the day it has to?": a store others can read or that keeps no old versions, an RDS
 //! instance without automated backups or in one zone, a chain table anyone can rewrite, a backup
-//! nobody re-read. Read-only like `status`: no lock, no journal entry.
+//! nobody re-read or restored. Read-only like `status`: no lock, no journal entry.
 //!
 //! An item appears only where it applies: `bucket-versioning` only for an S3 store (a file store
 //! has no versions to keep, and an item that cannot fail would read as a pass), the RDS items only
@@ -101,7 +101,7 @@ pub async fn audit(cx: &Ctx) -> (Value, String, Option<Error>) {
                 &env.name,
                 deep_verified(newest, now, cx.config.policy.verify_max_age),
             ));
-            items.push(Item::new("backup-drilled", &env.name, drilled(newest)));
+            items.push(Item::new("backup-drilled", &env.name, drilled(newest, now, cx.config.policy.drill_max_age)));
         }
     }
     if !any_backup {
@@ -568,10 +568,50 @@ fn deep_verified(newest: &Committed, now: SystemTime, max_age: Duration) -> (boo
     (true, format!("newest backup {id} deep-verified at {} ({} ago): its objects matched", d.time, shown(age)))
 }
 
-/// `backup-drilled`: a restore of the backup actually tried. No command does that yet, so no backup
-/// ever was: the item stays, failing, so the audit never claims a recoverability nobody tested.
-fn drilled(newest: &Committed) -> (bool, String) {
-    (false, format!("newest backup {}: never drilled: `drctl drill` is not built yet", newest.id))
+/// `backup-drilled`: the newest backup restored by `drill` into a scratch copy that verified (row
+/// counts, chains), and that no longer than `max_age` ago. A drill of an older backup says nothing
+/// about the newest one, which is the one a recovery would take; a failed last drill fails.
+fn drilled(newest: &Committed, now: SystemTime, max_age: Duration) -> (bool, String) {
+    let id = &newest.id;
+    let rerun = format!("run `drctl drill --env {}`", newest.env);
+    let Some(d) = &newest.drilled else {
+        return (false, format!("newest backup {id} was never drilled: {rerun}"));
+    };
+    if !d.ok {
+        return (
+            false,
+            format!(
+                "newest backup {id} FAILED its last drill at {}: `drctl log --runbook drill` says why; fix it, then \
+                 {rerun}",
+                d.time
+            ),
+        );
+    }
+    let Ok(at) = humantime::parse_rfc3339(&d.time) else {
+        return (false, format!("newest backup {id}: drilled at an unreadable time `{}`: {rerun}", d.time));
+    };
+    let age = now.duration_since(at).unwrap_or_default();
+    let shown = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
+    if age > max_age {
+        return (
+            false,
+            format!(
+                "newest backup {id} was last drilled at {} ({} ago), longer ago than policy.drill_max_age ({}): \
+                 {rerun}",
+                d.time,
+                shown(age),
+                shown(max_age)
+            ),
+        );
+    }
+    (
+        true,
+        format!(
+            "newest backup {id} drilled at {} ({} ago): restored into a scratch copy that verified",
+            d.time,
+            shown(age)
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -630,6 +670,7 @@ mod tests {
             seq: 1,
             time: "2026-01-01T00:00:00Z".into(),
             deep: deep.map(|(t, ok)| DeepCheck { time: t.into(), ok }),
+            drilled: None,
         }
     }
 
@@ -645,7 +686,24 @@ mod tests {
         assert!(!ok && d.contains("8days ago") && d.contains("policy.verify_max_age (7days)"), "{d}");
         let (ok, d) = deep_verified(&backup(Some(("2026-01-09T12:00:00Z", true))), now, week);
         assert!(ok && d.contains("12h ago"), "{d}");
-        assert!(!drilled(&backup(None)).0);
+    }
+
+    #[test]
+    fn drilled_wants_the_newest_backup_drilled_successfully_within_the_max_age() {
+        let now = humantime::parse_rfc3339("2026-01-10T00:00:00Z").unwrap();
+        let week = Duration::from_secs(7 * 86400);
+        let with = |drill: Option<(&str, bool)>| Committed {
+            drilled: drill.map(|(t, ok)| DeepCheck { time: t.into(), ok }),
+            ..backup(None)
+        };
+        let (ok, d) = drilled(&with(None), now, week);
+        assert!(!ok && d.contains("never drilled") && d.contains("drctl drill --env prod"), "{d}");
+        let (ok, d) = drilled(&with(Some(("2026-01-09T00:00:00Z", false))), now, week);
+        assert!(!ok && d.contains("FAILED its last drill"), "{d}");
+        let (ok, d) = drilled(&with(Some(("2026-01-02T00:00:00Z", true))), now, week);
+        assert!(!ok && d.contains("8days ago") && d.contains("policy.drill_max_age (7days)"), "{d}");
+        let (ok, d) = drilled(&with(Some(("2026-01-09T12:00:00Z", true))), now, week);
+        assert!(ok && d.contains("12h ago"), "{d}");
     }
 
     #[test]

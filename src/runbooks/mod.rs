@@ -56,6 +56,19 @@ pub fn rerun_hint(runbook: &str, e: &Error) -> Option<String> {
              partial objects"
                 .into(),
         ),
+        ("drill", Error::Step { .. } | Error::Store { .. } | Error::Db { .. } | Error::Io { .. }) => Some(
+            "fix the cause above and rerun: a drill never resumes, the rerun restores afresh (this run's scratch \
+             database was dropped)"
+                .into(),
+        ),
+        ("drill", Error::Interrupted { .. }) => {
+            Some("rerun the same command: a drill never resumes, the rerun restores afresh".into())
+        }
+        ("drill", Error::OutcomeUnknown { .. }) => Some(
+            "the drill was stopped and its scratch database dropped: raise [policy] restore_timeout to what a \
+             restore of this backup takes, and rerun"
+                .into(),
+        ),
         _ => None,
     }
 }

@@ -25,6 +25,12 @@ struct Row {
     last_backup_age_s: Option<u64>,
     /// Whether the newest backup's objects were re-hashed by `verify-chain --deep` and matched.
     last_backup_verified: Option<bool>,
+    /// The env's last `drill`: how long ago it finished, whether the copy verified, which backup.
+    last_drill_age_s: Option<u64>,
+    last_drill_ok: Option<bool>,
+    last_drill_backup_id: Option<String>,
+    last_drill_rto_ms: Option<u64>,
+    last_drill_rpo_s: Option<u64>,
     rpo_ok: Option<bool>,
     notes: Vec<String>,
 }
@@ -55,6 +61,9 @@ pub async fn status(cx: &Ctx) -> (Value, String, Option<Error>) {
             "name": r.name, "reachable": r.reachable, "role": r.role, "lag_bytes": r.lag_bytes,
             "live": r.live, "healthy": r.healthy, "last_sync_age_s": r.last_sync_age_s,
             "last_backup_age_s": r.last_backup_age_s, "last_backup_verified": r.last_backup_verified,
+            "last_drill_age_s": r.last_drill_age_s, "last_drill_ok": r.last_drill_ok,
+            "last_drill_backup_id": r.last_drill_backup_id, "last_drill_rto_ms": r.last_drill_rto_ms,
+            "last_drill_rpo_s": r.last_drill_rpo_s,
             "rpo_ok": r.rpo_ok, "notes": r.notes,
         })).collect::<Vec<_>>(),
     });
@@ -67,6 +76,7 @@ pub async fn status(cx: &Ctx) -> (Value, String, Option<Error>) {
         "healthy",
         "last sync",
         "last backup",
+        "last drill",
         "rpo ok",
         "notes",
     ]);
@@ -82,6 +92,10 @@ pub async fn status(cx: &Ctx) -> (Value, String, Option<Error>) {
             opt(r.healthy.map(|b| b.to_string())),
             age(r.last_sync_age_s),
             age(r.last_backup_age_s),
+            match (r.last_drill_age_s, r.last_drill_ok) {
+                (Some(_), Some(ok)) => format!("{} ago, {}", age(r.last_drill_age_s), if ok { "ok" } else { "FAILED" }),
+                _ => "-".into(),
+            },
             opt(r.rpo_ok.map(|b| b.to_string())),
             r.notes.join("; "),
         ]);
@@ -101,6 +115,11 @@ async fn row(cx: &Ctx, env: &EnvConfig, state: &State, now: SystemTime, rpo: Dur
         last_sync_age_s: None,
         last_backup_age_s: None,
         last_backup_verified: None,
+        last_drill_age_s: None,
+        last_drill_ok: None,
+        last_drill_backup_id: None,
+        last_drill_rto_ms: None,
+        last_drill_rpo_s: None,
         rpo_ok: None,
         notes: Vec::new(),
     };
@@ -159,6 +178,19 @@ async fn row(cx: &Ctx, env: &EnvConfig, state: &State, now: SystemTime, rpo: Dur
             Ok(Ok(m)) => age_of(&m.started),
             _ => age_of(&newest.time),
         };
+    }
+    if let Some(d) = state.drills.get(&env.name) {
+        r.last_drill_age_s = age_of(&d.time);
+        r.last_drill_ok = Some(d.ok);
+        r.last_drill_backup_id = Some(d.backup_id.clone());
+        r.last_drill_rto_ms = d.rto_ms;
+        r.last_drill_rpo_s = d.rpo_s;
+        if !d.ok {
+            r.notes.push(format!(
+                "last drill (run {}) of backup {} FAILED: `drctl log --runbook drill` says why",
+                d.run_id, d.backup_id
+            ));
+        }
     }
     let ages: Vec<Option<u64>> =
         [(env.sync_from.is_some(), r.last_sync_age_s), (r.last_backup_age_s.is_some(), r.last_backup_age_s)]

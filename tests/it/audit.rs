@@ -288,7 +288,7 @@ fn a_chain_table_passes_with_an_enabled_before_update_or_delete_trigger_and_the_
 // --- backups ----------------------------------------------------------------------------------
 
 #[test]
-fn the_newest_backup_must_be_deep_verified_recently_and_is_never_drilled() {
+fn the_newest_backup_must_be_deep_verified_and_drilled_recently() {
     let pg = Cluster::shared();
     let db = unique_name("audit_backup");
     pg.create_db(&db);
@@ -301,28 +301,43 @@ fn the_newest_backup_must_be_deep_verified_recently_and_is_never_drilled() {
 
     let (r, got) = audit(&cfg, 3);
     assert_item(&got, "backup-deep-verified", "prod", false, &["never deep-verified", "verify-chain --backups --deep"]);
-    assert_item(&got, "backup-drilled", "prod", false, &["never drilled: `drctl drill` is not built yet"]);
+    assert_item(&got, "backup-drilled", "prod", false, &["was never drilled", "drctl drill --env prod"]);
     // A file store: drctl writes it unencrypted, and a disk's encryption is invisible from here.
     assert_item(&got, "store-encrypted", &format!("file://{}", store.display()), false, &["unencrypted"]);
     assert!(r.stderr.contains("status --audit") && r.stderr.contains("backup-deep-verified"), "{}", r.stderr);
+    assert!(r.stderr.contains("backup-drilled"), "the hint names the failed item: {}", r.stderr);
 
     drctl().args(["verify-chain", "--backups", "--deep"]).run().expect_code(0);
+    drctl().args(["drill", "--env", "prod"]).run().expect_code(0);
     let journal = std::fs::read_dir(store.join("journal")).unwrap().count();
     let (_, got) = audit(&cfg, 3);
     assert_item(&got, "backup-deep-verified", "prod", true, &["deep-verified at", "matched"]);
-    // Still: nothing can drill yet, so the audit never passes on that item.
-    assert_item(&got, "backup-drilled", "prod", false, &["never drilled"]);
+    assert_item(&got, "backup-drilled", "prod", true, &["drilled at", "verified"]);
     assert_eq!(std::fs::read_dir(store.join("journal")).unwrap().count(), journal, "the audit journals nothing");
 
-    // The same verification, judged against a max age it has outlived.
+    // A newer backup, never drilled, is the one a recovery would take: the item fails again.
+    drctl().arg("backup").run().expect_code(0);
+    let (_, got) = audit(&cfg, 3);
+    assert_item(&got, "backup-drilled", "prod", false, &["was never drilled"]);
+    drctl().args(["verify-chain", "--backups", "--deep"]).run().expect_code(0);
+    drctl().args(["drill", "--env", "prod"]).run().expect_code(0);
+
+    // The same verification and drill, judged against max ages they have outlived.
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let strict = dir.write_config(
-        &std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("[environments.prod]", "[policy]\nverify_max_age = \"1s\"\n\n[environments.prod]"),
+    let strict = dir.write(
+        "strict.toml",
+        &std::fs::read_to_string(&cfg).unwrap().replace(
+            "[environments.prod]",
+            "[policy]\nverify_max_age = \"1s\"\ndrill_max_age = \"1s\"\n\n[environments.prod]",
+        ),
     );
     let (_, got) = audit(&strict, 3);
     assert_item(&got, "backup-deep-verified", "prod", false, &["longer ago than policy.verify_max_age (1s)"]);
+    assert_item(&got, "backup-drilled", "prod", false, &["longer ago than policy.drill_max_age (1s)"]);
+    // Within the default max ages, every backup item passes.
+    let (_, got) = audit(&cfg, 3);
+    assert_item(&got, "backup-deep-verified", "prod", true, &[]);
+    assert_item(&got, "backup-drilled", "prod", true, &[]);
 }
 
 #[test]

@@ -181,6 +181,7 @@ mod tests {
             seq: 0,
             time: time.into(),
             deep: None,
+            drilled: None,
         }
     }
 

@@ -7,7 +7,7 @@
 //! validated copy, in one catalog transaction, and never when DNS points at TO, TO is a replica,
 //! or TO is a source other data is copied from (the `--from staging --to prod` mix-up).
 
-mod pipeline;
+pub(crate) mod pipeline;
 pub mod target;
 pub mod toc;
 

@@ -27,7 +27,9 @@ use super::toc::{self, Parsed, SeqValue};
 use super::{Restored, State};
 use crate::catalog::{LogicalDump, Manifest, TableCount, dump_base};
 use crate::clients::{pg, pgtools::PgTools};
+use crate::config::EnvConfig;
 use crate::ctx::Ctx;
+use crate::dburl::DbUrl;
 use crate::error::{Error, Result};
 use crate::runbooks::backup::readback::{FeedError, Received};
 use crate::runbooks::backup::{DumpSnapshot, count_rows, dump, encryption, export_snapshot, leaf_tables};
@@ -161,29 +163,43 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
 
 /// The scratch database: TO's owner, encoding, locale, settings and grants.
 async fn create_scratch(st: &State) -> Result<()> {
-    let maint = st.maint().await?;
-    let props = super::target::db_props(&maint, st.db())
+    create_like(&super::target::maintenance_url(&st.to), st.db(), &st.scratch(), &st.to.name).await
+}
+
+/// Create `scratch`, through `maint` (an env's maintenance_db), like the database `like` of env
+/// `env`: its owner, encoding, locale, database-level settings and grants, from template0. Sync's
+/// scratch copy of TO and drill's of the env's database.
+pub(crate) async fn create_like(maint: &DbUrl, like: &str, scratch: &str, env: &str) -> Result<()> {
+    let err = |e: tokio_postgres::Error| pg::db_error(maint, &e);
+    let client = pg::connect(maint).await?;
+    let props = super::target::db_props(&client, like)
         .await
-        .map_err(st.maint_err())?
-        .ok_or_else(|| Error::step("restore", format!("database {} is gone from {}", st.db(), st.to.name)))?;
-    maint.batch_execute(&super::target::create_sql(&st.scratch(), &props)).await.map_err(st.maint_err())?;
-    for sql in super::target::settings_and_grants_sql(&maint, &props, &st.scratch()).await.map_err(st.maint_err())? {
-        maint.batch_execute(&sql).await.map_err(st.maint_err())?;
+        .map_err(err)?
+        .ok_or_else(|| Error::step("restore", format!("database {like} is gone from {env}")))?;
+    client.batch_execute(&super::target::create_sql(scratch, &props)).await.map_err(err)?;
+    for sql in super::target::settings_and_grants_sql(&client, &props, scratch).await.map_err(err)? {
+        client.batch_execute(&sql).await.map_err(err)?;
     }
     Ok(())
 }
 
 /// pg_restore into the scratch database, reading the archive on stdin.
 fn spawn_restore(st: &State) -> Result<crate::clients::pgtools::Running> {
-    let scratch_url = st.to.database_url.with_dbname(&st.scratch());
-    let conninfo = format!("dbname='{}'", st.scratch().replace('\\', "\\\\").replace('\'', "\\'"));
+    spawn_restore_into(&st.to, &st.scratch())
+}
+
+/// pg_restore into database `db` on `env`'s server (with `env`'s pg_bin and credentials), reading
+/// the archive on stdin.
+pub(crate) fn spawn_restore_into(env: &EnvConfig, db: &str) -> Result<crate::clients::pgtools::Running> {
+    let url = env.database_url.with_dbname(db);
+    let conninfo = format!("dbname='{}'", db.replace('\\', "\\\\").replace('\'', "\\'"));
     // Ownership and grants as the dump has them (the roles were checked in preflight), so the
     // standby matches its source; tablespaces and subscriptions are the source server's own: a
     // standby that subscribed to the source's publishers would compete with it for their changes.
-    PgTools::new(st.to.pg_bin.as_deref()).spawn(
+    PgTools::new(env.pg_bin.as_deref()).spawn(
         "pg_restore",
         &["--exit-on-error", "--no-password", "--no-tablespaces", "--no-subscriptions", "-d", &conninfo],
-        Some(&scratch_url),
+        Some(&url),
         true,
     )
 }
@@ -387,7 +403,21 @@ async fn validate(
     matviews_src: Option<&[(String, String, bool)]>,
     sequences: &[SeqValue],
 ) -> Result<()> {
-    let fail = |what: String| Err(Error::step("validate", what));
+    match differences(scratch, counts, matviews_src, sequences).await?.into_iter().next() {
+        Some(what) => Err(Error::step("validate", what)),
+        None => Ok(()),
+    }
+}
+
+/// Every way the copy at `scratch` differs from what the dump recorded (see `validate`), each
+/// named; empty when it matches. Sync stops at the first; drill journals them all.
+pub(crate) async fn differences(
+    scratch: &crate::dburl::DbUrl,
+    counts: &[TableCount],
+    matviews_src: Option<&[(String, String, bool)]>,
+    sequences: &[SeqValue],
+) -> Result<Vec<String>> {
+    let mut found = Vec::new();
     let mut client = pg::connect(scratch).await?;
     let err = |e: tokio_postgres::Error| pg::db_error(scratch, &e);
     let tx = client.build_transaction().read_only(true).start().await.map_err(err)?;
@@ -395,26 +425,24 @@ async fn validate(
     let got = count_rows(&tx, &tables).await.map_err(err)?;
     for want in counts {
         match got.iter().find(|g| g.schema == want.schema && g.table == want.table) {
-            None => return fail(format!("table {}.{} is missing from the restored copy", want.schema, want.table)),
-            Some(g) if g.rows != want.rows => {
-                return fail(format!(
-                    "{}.{} has {} restored, {} in the dump's snapshot",
-                    want.schema,
-                    want.table,
-                    crate::output::table::count(g.rows as u64, "row"),
-                    want.rows
-                ));
-            }
+            None => found.push(format!("table {}.{} is missing from the restored copy", want.schema, want.table)),
+            Some(g) if g.rows != want.rows => found.push(format!(
+                "{}.{} has {} restored, {} in the dump's snapshot",
+                want.schema,
+                want.table,
+                crate::output::table::count(g.rows as u64, "row"),
+                want.rows
+            )),
             Some(_) => {}
         }
     }
-    if let Some(extra) = got.iter().find(|g| !counts.iter().any(|w| w.schema == g.schema && w.table == g.table)) {
-        return fail(format!("the restored copy has a table {}.{} the source did not", extra.schema, extra.table));
+    for extra in got.iter().filter(|g| !counts.iter().any(|w| w.schema == g.schema && w.table == g.table)) {
+        found.push(format!("the restored copy has a table {}.{} the source did not", extra.schema, extra.table));
     }
     if let Some(matviews_src) = matviews_src {
         let mv = matviews(&tx).await.map_err(err)?;
         if mv != matviews_src {
-            return fail(format!("materialized views differ: source {matviews_src:?}, restored {mv:?}"));
+            found.push(format!("materialized views differ: source {matviews_src:?}, restored {mv:?}"));
         }
     }
     for s in sequences {
@@ -426,9 +454,9 @@ async fn validate(
         // pg_sequence_last_value is NULL until the sequence is called.
         let want = s.is_called.then_some(s.value);
         if v != want {
-            return fail(format!("sequence {} is at {v:?}, the dump set {want:?}", s.regclass));
+            found.push(format!("sequence {} is at {v:?}, the dump set {want:?}", s.regclass));
         }
     }
     tx.commit().await.map_err(err)?;
-    Ok(())
+    Ok(found)
 }
