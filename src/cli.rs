@@ -450,8 +450,20 @@ pub enum Command {
     ///
     /// Preflight: backup-exists (the env has a committed backup), db-reachable (the maintenance_db),
     /// scratch-privileges (CREATEDB and membership in the owner of the env's database, or a
-    /// superuser), pg-restore-version (at least the backup's pg_dump and the server). Locks drill:ENV; the env's database is only read. Only logical
-    /// backups are drilled: a base backup is exit 2 (not built yet).
+    /// superuser), pg-restore-version (at least the backup's pg_dump and the server). Locks
+    /// drill:ENV; the env's database is only read.
+    ///
+    /// A base backup (backup --type base) is drilled with pitr-restore's own steps instead: it is
+    /// unpacked into the scratch data directory $TMPDIR/drctl-drill-<store>-<run> (the whole
+    /// cluster: point TMPDIR at a disk with room), recovered with wal-fetch to the backup's
+    /// consistent end (recovery_target = 'immediate'), started on a free loopback port, promoted
+    /// and written to (preflight target-window, data-dir-empty, port-free, postgres-version; a
+    /// segment wal-fetch cannot deliver is exit 4). Verification: every leaf table of the env's
+    /// database is counted on the copy (rows_counted: a base backup's manifest holds no counts to
+    /// compare with) and the configured chains verify on it. RTO: from the drill's start until the
+    /// copy verified; RPO: the drill's start minus the backup's stop_time. The finally step
+    /// (remove-scratch) stops the scratch server and removes the directory; after a SIGKILL the
+    /// next drill does it for directories whose run holds no live lock (remove-leftovers).
     Drill(DrillArgs),
 
     /// Show the journal, newest first

@@ -320,8 +320,6 @@ The env, when \fB\-\-env\fR is not given.
 .TP
 \fBAWS_REGION\fR, \fBAWS_PROFILE\fR, \fBAWS_ENDPOINT_URL\fR, ...
 The standard AWS configuration chain.
-.SH "NOT BUILT YET"
-drill.
 .SH "SEE ALSO"
 \fBpg_dump\fR(1), \fBpg_restore\fR(1), \fBpsql\fR(1), \fBcreatedb\fR(1), \fBzstd\fR(1), \fBaws\fR(1)
 .PP

@@ -484,3 +484,57 @@ fn an_encrypted_backup_needs_the_identity_exit_2_naming_it_and_drills_with_it_on
     assert_eq!(doc["rows_verified"], 300 + 20000 + 77);
     assert!(scratch_of(&url).is_empty());
 }
+
+/// The scratch data directories of drills under `tmp` (the drills' TMPDIR).
+fn drill_dirs(tmp: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(tmp)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("drctl-drill-")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_base_backup_drill_recovers_a_scratch_cluster_and_a_killed_one_is_cleaned_up_by_the_next() {
+    use crate::harness::archiving::Archiving;
+    use std::os::unix::fs::PermissionsExt;
+    let a = Archiving::start(|| Moto::shared().endpoint());
+    a.insert("a", 1..=10);
+    a.base_backup();
+    let tmp = a.dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let drill = || a.drctl().env("TMPDIR", &tmp).args(["drill", "--env", "prod", "-o", "json"]);
+
+    let r = drill().run();
+    assert_eq!(r.code, 0, "a base backup's drill failed:\n{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!((j["backup_type"].as_str(), j["ok"].as_bool()), (Some("base"), Some(true)), "{j}");
+    assert!(j["rto_ms"].as_u64().is_some_and(|n| n > 0) && j["rpo_s"].as_u64().is_some(), "{j}");
+    // The copy holds the table the backup held: counted on the restored server.
+    assert!(j["rows_counted"].as_u64().is_some_and(|n| n >= 10), "{j}");
+    assert!(drill_dirs(&tmp).is_empty(), "left behind: {:?}", drill_dirs(&tmp));
+    let status = a.drctl().args(["status", "-o", "json"]).run();
+    let env = &status.json()["environments"][0];
+    assert_eq!(env["last_drill_ok"], true, "{}", status.stdout);
+
+    // Killed once its scratch server runs: the directory (and the server) stay; the next drill
+    // stops and removes them, then drills.
+    let mut child = drill().spawn();
+    let running = wait_until(Duration::from_secs(60), || {
+        drill_dirs(&tmp).iter().any(|d| d.join("postmaster.pid").exists()) || child.try_wait().unwrap().is_some()
+    });
+    assert!(running, "the drill's scratch server never started");
+    // SAFETY: kill(2) on the child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    let left = drill_dirs(&tmp);
+    assert_eq!(left.len(), 1, "the killed drill's directory: {left:?}");
+    let r = drill().run();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("removed 1 scratch data directory"), "{}", r.stdout);
+    assert!(drill_dirs(&tmp).is_empty(), "left behind: {:?}", drill_dirs(&tmp));
+}

@@ -417,7 +417,7 @@ async fn restore_and_check(cx: &Ctx, plan: &Plan, m: Manifest, snapshot: Option<
 
 /// The anchors of `env`'s chains journaled before the backup's snapshot: their rows must be in the
 /// copy (a chain only grows). Later anchors name rows the backup cannot hold, so they are left out.
-async fn anchors_before(cx: &Ctx, env: &str, snapshot: Option<SystemTime>) -> Result<State> {
+pub(super) async fn anchors_before(cx: &Ctx, env: &str, snapshot: Option<SystemTime>) -> Result<State> {
     let mut kept = State::default();
     let Some(snapshot) = snapshot else { return Ok(kept) };
     let state = cx.journal.state().await?;

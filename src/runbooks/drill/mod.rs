@@ -9,8 +9,10 @@
 //!
 //! One drill of an env at a time (lock `drill:ENV`); the env's own database is only read. How a
 //! backup is restored depends on its type, chosen from its manifest: a logical backup
-//! (`logical.rs`) into a scratch database on the env's server; a base backup is not drilled yet.
+//! (`logical.rs`) into a scratch database on the env's server; a base backup (`base.rs`) into a
+//! scratch data directory on a free port, recovered with pitr-restore's steps.
 
+pub mod base;
 pub mod logical;
 
 use async_trait::async_trait;
@@ -58,15 +60,8 @@ pub async fn drill(cx: &Ctx, env: &EnvConfig, from_backup: Option<&str>) -> Resu
     let kind = manifest.as_ref().ok().map(|m| m.kind.clone());
     match kind.as_deref() {
         Some("logical") | None => logical::drill_logical(cx, env, chosen, manifest, args),
-        // A base backup's drill (a scratch data directory and WAL replay) plugs in here.
-        Some("base") => Err(Error::usage(format!(
-            "backup {} of {} is a base backup: drill of a base backup is not built yet",
-            chosen.id, env.name
-        ))
-        .with_hint(format!(
-            "drill a logical backup instead: `drctl backup list --env {}` lists them, pass its id with --from-backup",
-            env.name
-        ))),
+        // A scratch data directory, pitr-restore's steps to the backup's consistent end.
+        Some("base") => base::drill_base(cx, env, chosen, manifest, args),
         Some(other) => Err(Error::usage(format!(
             "backup {} of {} is of type `{other}`, which this drctl cannot drill",
             chosen.id, env.name
