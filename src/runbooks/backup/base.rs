@@ -429,19 +429,7 @@ impl Step for BaseToStore {
     }
 
     async fn verify(&self, cx: &Ctx) -> Result<()> {
-        for o in self.state.manifest()?.objects {
-            match cx.store.head(&o.key).await? {
-                Some(h) if h.size == o.size => {}
-                Some(h) => {
-                    return Err(Error::step(
-                        "base-backup",
-                        format!("{} holds {} bytes, {} were written", o.key, h.size, o.size),
-                    ));
-                }
-                None => return Err(Error::step("base-backup", format!("{} is missing after upload", o.key))),
-            }
-        }
-        Ok(())
+        super::objects_stored(cx, "base-backup", &self.state.manifest()?).await
     }
 }
 

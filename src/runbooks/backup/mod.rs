@@ -333,21 +333,23 @@ impl Step for DumpToStore {
     }
 
     async fn verify(&self, cx: &Ctx) -> Result<()> {
-        // Look again at what the store holds, not at what the upload said.
-        for o in self.state.manifest()?.objects {
-            match cx.store.head(&o.key).await? {
-                Some(h) if h.size == o.size => {}
-                Some(h) => {
-                    return Err(Error::step(
-                        "dump",
-                        format!("{} holds {} bytes, {} were written", o.key, h.size, o.size),
-                    ));
-                }
-                None => return Err(Error::step("dump", format!("{} is missing after upload", o.key))),
-            }
-        }
-        Ok(())
+        objects_stored(cx, "dump", &self.state.manifest()?).await
     }
+}
+
+/// Look again at what the store holds, not at what the upload said: every object of `m` there at
+/// the size written.
+pub async fn objects_stored(cx: &Ctx, step: &str, m: &Manifest) -> Result<()> {
+    for o in &m.objects {
+        match cx.store.head(&o.key).await? {
+            Some(h) if h.size == o.size => {}
+            Some(h) => {
+                return Err(Error::step(step, format!("{} holds {} bytes, {} were written", o.key, h.size, o.size)));
+            }
+            None => return Err(Error::step(step, format!("{} is missing after upload", o.key))),
+        }
+    }
+    Ok(())
 }
 
 /// `store-writable`: write and delete a probe object (read-only listing under --dry-run).

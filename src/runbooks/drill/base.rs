@@ -18,21 +18,19 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::logical::{anchors_before, store_prefix};
+use super::logical::{store_prefix, verify_chains_on};
 use crate::catalog::{Committed, Manifest, manifest_key};
-use crate::cli::VerifyChainArgs;
 use crate::clients::pg;
 use crate::config::EnvConfig;
 use crate::ctx::Ctx;
-use crate::dburl::{DbUrl, SslMode};
+use crate::dburl::DbUrl;
 use crate::engine::run::Runbook;
 use crate::engine::step::{Step, StepLog};
 use crate::error::{Error, Result};
 use crate::journal::fold::DRILL_DONE;
 use crate::output::table::count;
 use crate::runbooks::backup::{encryption, live_run_ids, quote_ident};
-use crate::runbooks::pitr_restore::local::{free_port, rehearse_into, stop_and_remove};
-use crate::runbooks::verify_chain::table;
+use crate::runbooks::pitr_restore::local::{free_port, loopback_url, rehearse_into, stop_and_remove};
 
 /// `drctl-drill-<store>-<run>`: `<store>` as in a logical drill's scratch database name.
 fn dir_prefix(store_url: &str) -> String {
@@ -58,14 +56,8 @@ impl Plan {
     fn what(&self) -> String {
         format!("base backup {} of {}", self.backup.id, self.env.name)
     }
-    /// The restored server, as the env's role reaches it here (loopback, a server this run started).
     fn url(&self) -> DbUrl {
-        let mut u = self.env.database_url.clone();
-        u.host = "127.0.0.1".into();
-        u.port = self.port;
-        u.sslmode = SslMode::Prefer;
-        u.sslrootcert = None;
-        u
+        loopback_url(&self.env, self.port)
     }
     /// The data's age when the drill began: what a recovery from this backup alone would lose.
     fn rpo_s(&self, cx: &Ctx) -> Option<u64> {
@@ -187,26 +179,8 @@ async fn count_and_verify(cx: &Ctx, plan: &Plan) -> Result<Counted> {
         rows += n.max(0) as u64;
     }
     tx.commit().await.map_err(|e| pg::db_error(&url, &e))?;
-    let (mut chains, mut problems) = (Vec::new(), Vec::new());
-    if !plan.env.chains.is_empty() {
-        let copy = EnvConfig { database_url: url.clone(), ..plan.env.clone() };
-        let started = plan.manifest.base.as_ref().and_then(|b| humantime::parse_rfc3339_weak(&b.start_time).ok());
-        let anchors = anchors_before(cx, &plan.env.name, started).await?;
-        for (name, config) in &plan.env.chains {
-            let spec = table::Spec::new(name, Some(config), &VerifyChainArgs::default());
-            let (entries, problem) = match table::verify(cx, &copy, &spec, &anchors).await {
-                Ok(r) => (
-                    r.entries,
-                    r.errors
-                        .first()
-                        .map(|b| format!("chain {name} on the copy: entry {} ({}): {}", b.index, b.key, b.reason)),
-                ),
-                Err(e) => (0, Some(format!("chain {name} on the copy: {e}"))),
-            };
-            chains.push(json!({ "chain": name, "entries": entries, "ok": problem.is_none() }));
-            problems.extend(problem);
-        }
-    }
+    let started = plan.manifest.base.as_ref().and_then(|b| humantime::parse_rfc3339_weak(&b.start_time).ok());
+    let (chains, problems) = verify_chains_on(cx, &plan.env, &url, started).await?;
     Ok(Counted { tables: tables.len() as u64, rows, chains, problems })
 }
 

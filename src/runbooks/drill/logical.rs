@@ -386,25 +386,8 @@ async fn restore_and_check(cx: &Ctx, plan: &Plan, m: Manifest, snapshot: Option<
     let scratch_url = env.database_url.with_dbname(&plan.scratch);
     // Materialized views and sequence values are not in the manifest: the row counts are.
     let mut problems = differences(&scratch_url, &m.tables, None, &[]).await?;
-    let mut chains = Vec::new();
-    if !env.chains.is_empty() {
-        let copy = EnvConfig { database_url: scratch_url.clone(), ..env.clone() };
-        let anchors = anchors_before(cx, &env.name, snapshot).await?;
-        for (name, config) in &env.chains {
-            let spec = table::Spec::new(name, Some(config), &VerifyChainArgs::default());
-            let (entries, problem) = match table::verify(cx, &copy, &spec, &anchors).await {
-                Ok(r) => (
-                    r.entries,
-                    r.errors
-                        .first()
-                        .map(|b| format!("chain {name} on the copy: entry {} ({}): {}", b.index, b.key, b.reason)),
-                ),
-                Err(e) => (0, Some(format!("chain {name} on the copy: {e}"))),
-            };
-            chains.push(json!({ "chain": name, "entries": entries, "ok": problem.is_none() }));
-            problems.extend(problem);
-        }
-    }
+    let (chains, chain_problems) = verify_chains_on(cx, env, &scratch_url, snapshot).await?;
+    problems.extend(chain_problems);
     Ok(Checked {
         tables: m.tables.len(),
         rows: m.tables.iter().map(|t| t.rows).sum(),
@@ -415,9 +398,41 @@ async fn restore_and_check(cx: &Ctx, plan: &Plan, m: Manifest, snapshot: Option<
     })
 }
 
+/// Every chain configured for `env` verified on the copy at `copy` (a scratch database, a scratch
+/// server), held to the anchors journaled before `since` (the backup's snapshot or start): each
+/// chain's `{chain, entries, ok}` and the problems found.
+pub(super) async fn verify_chains_on(
+    cx: &Ctx,
+    env: &EnvConfig,
+    copy: &DbUrl,
+    since: Option<SystemTime>,
+) -> Result<(Vec<Value>, Vec<String>)> {
+    let (mut chains, mut problems) = (Vec::new(), Vec::new());
+    if env.chains.is_empty() {
+        return Ok((chains, problems));
+    }
+    let on_copy = EnvConfig { database_url: copy.clone(), ..env.clone() };
+    let anchors = anchors_before(cx, &env.name, since).await?;
+    for (name, config) in &env.chains {
+        let spec = table::Spec::new(name, Some(config), &VerifyChainArgs::default());
+        let (entries, problem) = match table::verify(cx, &on_copy, &spec, &anchors).await {
+            Ok(r) => (
+                r.entries,
+                r.errors
+                    .first()
+                    .map(|b| format!("chain {name} on the copy: entry {} ({}): {}", b.index, b.key, b.reason)),
+            ),
+            Err(e) => (0, Some(format!("chain {name} on the copy: {e}"))),
+        };
+        chains.push(json!({ "chain": name, "entries": entries, "ok": problem.is_none() }));
+        problems.extend(problem);
+    }
+    Ok((chains, problems))
+}
+
 /// The anchors of `env`'s chains journaled before the backup's snapshot: their rows must be in the
 /// copy (a chain only grows). Later anchors name rows the backup cannot hold, so they are left out.
-pub(super) async fn anchors_before(cx: &Ctx, env: &str, snapshot: Option<SystemTime>) -> Result<State> {
+async fn anchors_before(cx: &Ctx, env: &str, snapshot: Option<SystemTime>) -> Result<State> {
     let mut kept = State::default();
     let Some(snapshot) = snapshot else { return Ok(kept) };
     let state = cx.journal.state().await?;

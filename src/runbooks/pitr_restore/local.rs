@@ -287,13 +287,19 @@ impl Plan {
     /// The restored server, as the env's role reaches it on this host. TLS is not asked for: it is
     /// a loopback connection to a server this run started.
     fn url(&self) -> DbUrl {
-        let mut u = self.env.database_url.clone();
-        u.host = "127.0.0.1".into();
-        u.port = self.port;
-        u.sslmode = SslMode::Prefer;
-        u.sslrootcert = None;
-        u
+        loopback_url(&self.env, self.port)
     }
+}
+
+/// The env's database on a server this run started here on `port`, as the env's role reaches it:
+/// TLS is not asked for (a loopback connection).
+pub fn loopback_url(env: &EnvConfig, port: u16) -> DbUrl {
+    let mut u = env.database_url.clone();
+    u.host = "127.0.0.1".into();
+    u.port = port;
+    u.sslmode = SslMode::Prefer;
+    u.sslrootcert = None;
+    u
 }
 
 pub async fn pitr_restore_local(_cx: &Ctx, env: &EnvConfig, args: &PitrRestoreArgs, dir: &Path) -> Result<Runbook> {
