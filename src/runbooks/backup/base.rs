@@ -275,21 +275,8 @@ impl Step for BaseToStore {
             });
         }
         let tools = self.tools();
-        checks.push(match (tools.major_version("pg_basebackup").await, srv.as_ref().map(|s| s.major)) {
-            (Ok(b), Some(s)) if b >= s => {
-                Check::pass("pg-basebackup-version", format!("pg_basebackup {b} >= server {s}"))
-            }
-            (Ok(b), Some(s)) => Check::fail(
-                "pg-basebackup-version",
-                format!(
-                    "pg_basebackup {b} at {} is older than the server ({s}): set pg_bin to a PostgreSQL {s}+ bin \
-                     directory",
-                    tools.path("pg_basebackup").display()
-                ),
-            ),
-            (Ok(b), None) => Check::pass("pg-basebackup-version", format!("pg_basebackup {b} (server not reached)")),
-            (Err(e), _) => Check::fail("pg-basebackup-version", e.to_string()),
-        });
+        let major = srv.as_ref().map(|s| s.major);
+        checks.push(super::tool_at_least_server(&tools, "pg_basebackup", "pg-basebackup-version", major).await);
         checks.push(store_writable(cx).await);
         checks
     }

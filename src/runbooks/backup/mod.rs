@@ -233,18 +233,7 @@ impl Step for DumpToStore {
             }
         };
         let tools = self.tools();
-        checks.push(match (tools.major_version("pg_dump").await, server) {
-            (Ok(d), Some(s)) if d >= s => Check::pass("pg-dump-version", format!("pg_dump {d} >= server {s}")),
-            (Ok(d), Some(s)) => Check::fail(
-                "pg-dump-version",
-                format!(
-                    "pg_dump {d} at {} is older than the server ({s}): set pg_bin to a PostgreSQL {s}+ bin directory",
-                    tools.path("pg_dump").display()
-                ),
-            ),
-            (Ok(d), None) => Check::pass("pg-dump-version", format!("pg_dump {d} (server not reached)")),
-            (Err(e), _) => Check::fail("pg-dump-version", e.to_string()),
-        });
+        checks.push(tool_at_least_server(&tools, "pg_dump", "pg-dump-version", server).await);
         checks.push(store_writable(cx).await);
         checks
     }
@@ -350,6 +339,23 @@ pub async fn objects_stored(cx: &Ctx, step: &str, m: &Manifest) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `ID` (`pg-dump-version`, `pg-basebackup-version`): `tool` is at least the server's major
+/// version (`server`: None when it was not reached), else what to set.
+pub async fn tool_at_least_server(tools: &PgTools, tool: &str, id: &str, server: Option<u32>) -> Check {
+    match (tools.major_version(tool).await, server) {
+        (Ok(t), Some(s)) if t >= s => Check::pass(id, format!("{tool} {t} >= server {s}")),
+        (Ok(t), Some(s)) => Check::fail(
+            id,
+            format!(
+                "{tool} {t} at {} is older than the server ({s}): set pg_bin to a PostgreSQL {s}+ bin directory",
+                tools.path(tool).display()
+            ),
+        ),
+        (Ok(t), None) => Check::pass(id, format!("{tool} {t} (server not reached)")),
+        (Err(e), _) => Check::fail(id, e.to_string()),
+    }
 }
 
 /// `store-writable`: write and delete a probe object (read-only listing under --dry-run).
