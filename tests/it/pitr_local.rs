@@ -33,21 +33,7 @@ impl Restored {
     }
 
     fn psql(&self, port: u16, password: &str, sql: &str) -> Result<String, String> {
-        let out = Command::new(self.bin.join("psql"))
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "app"])
-            .args(["-p", &port.to_string(), "-c", sql])
-            .env("PGPASSWORD", password)
-            .env("PGSSLMODE", "disable")
-            .env_remove("PGHOST")
-            .env_remove("PGPORT")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run psql");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
+        crate::harness::pg::psql_on(&self.bin, port, password, "app", sql)
     }
 
     fn server_log(&self) -> String {

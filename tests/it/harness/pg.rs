@@ -210,21 +210,7 @@ impl Cluster {
 
     /// `psql` that returns the error instead of panicking (polling a server that may not be ready).
     pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
-        let mut cmd = Command::new(self.bin.join("psql"));
-        scrub_pg_env(&mut cmd);
-        let out = cmd
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
-            .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
-            .env("PGPASSWORD", &self.password)
-            .env("PGSSLMODE", "disable")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run psql");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
+        psql_on(&self.bin, self.port, &self.password, db, sql)
     }
 
     /// A fresh, empty database `name` (dropped first, with its sessions, if it exists).
@@ -381,3 +367,24 @@ fn install_tls(dir: &Path, data_dir: &Path) {
 const TEST_CA: &str = include_str!("../../fixtures/tls/ca.pem");
 const SERVER_CERT: &str = include_str!("../../fixtures/tls/server.crt");
 const SERVER_KEY: &str = include_str!("../../fixtures/tls/server.key");
+
+/// psql (from `bin`) as postgres with `password` on 127.0.0.1:`port`, db `db`: the trimmed
+/// unaligned tuples-only output, or psql's stderr. For this harness's clusters and for servers
+/// drctl started (pitr-restore, drill) from one of their backups.
+pub fn psql_on(bin: &Path, port: u16, password: &str, db: &str, sql: &str) -> Result<String, String> {
+    let mut cmd = Command::new(bin.join("psql"));
+    scrub_pg_env(&mut cmd);
+    let out = cmd
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+        .args(["-p", &port.to_string(), "-d", db, "-c", sql])
+        .env("PGPASSWORD", password)
+        .env("PGSSLMODE", "disable")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
