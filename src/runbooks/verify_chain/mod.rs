@@ -345,15 +345,9 @@ async fn verify_backups(cx: &Ctx, state: &journal::fold::State, deep: bool) -> R
     let progress_total: Option<u64> = None;
     let progress = cx.out.progress(if deep { "re-reading backups" } else { "checking backups" }, progress_total, deep);
     let mut results = Vec::new();
-    let mut rehashed = std::collections::HashSet::new();
+    let mut archive = wal::Archive::default();
     for (i, c) in committed.iter().enumerate() {
-        let mut bad = check_backup(cx, c, deep, &progress).await?;
-        if bad.is_none() && c.kind == "base" {
-            // The archive from the backup on: a base backup without its WAL restores nothing.
-            if let Ok(m) = catalog::read_manifest(&*cx.store, c).await? {
-                bad = wal::check_base_wal(cx, &m, deep, &mut rehashed, &progress).await?;
-            }
-        }
+        let bad = check_backup(cx, c, deep, &progress, &mut archive).await?;
         results.push(json!({"env": c.env, "id": c.id, "ok": bad.is_none()}));
         if let Some(reason) = bad {
             first_bad = Some((i, format!("{}/{}", c.env, c.id), reason));
@@ -379,12 +373,14 @@ async fn verify_backups(cx: &Ctx, state: &journal::fold::State, deep: bool) -> R
     Ok(ChainResult { chain: "backups".into(), entries: checked, first_bad, elapsed_s: t0.elapsed().as_secs_f64() })
 }
 
-/// `Some(reason)` when the backup is not intact.
+/// `Some(reason)` when the backup is not intact (for a base backup: also when the WAL archive
+/// cannot restore it, read through `archive`, which base backups of one cluster share).
 async fn check_backup(
     cx: &Ctx,
     c: &catalog::Committed,
     deep: bool,
     progress: &crate::output::progress::Progress,
+    archive: &mut wal::Archive,
 ) -> Result<Option<String>> {
     let m = match catalog::read_manifest(&*cx.store, c).await? {
         Ok(m) => m,
@@ -433,5 +429,6 @@ async fn check_backup(
             return Ok(Some(format!("the backup's objects hash to {got}, the manifest says {}", m.sha256)));
         }
     }
-    Ok(None)
+    // The archive from the backup on: a base backup without its WAL restores nothing.
+    archive.check(cx, &m, deep, progress).await
 }

@@ -5,7 +5,7 @@
 //! segments are checked by their stored size only: the index holds the original file's sha256,
 //! which needs the key to reach).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sha2::{Digest, Sha256};
 
@@ -15,48 +15,62 @@ use crate::error::Result;
 use crate::output::progress::Progress;
 use crate::wal::{self, Archived, SystemId, WalFile};
 
-/// `Some(reason)` when the archive cannot restore backup `m`. `rehashed` holds the segments a
-/// deep run already re-read (base backups of one env share their WAL).
-pub async fn check_base_wal(
-    cx: &Ctx,
-    m: &Manifest,
-    deep: bool,
-    rehashed: &mut HashSet<String>,
-    progress: &Progress,
-) -> Result<Option<String>> {
-    let (Some(b), Some(start), Some(end)) = (&m.base, &m.wal_start, &m.wal_end) else { return Ok(None) };
-    let (Ok(sysid), Some(mut f)) = (b.system_identifier.parse::<SystemId>(), WalFile::parse(start)) else {
-        return Ok(Some(format!("the manifest's system identifier or wal_start ({start}) is unreadable")));
-    };
-    let files = wal::read_index(&*cx.store, &m.env, sysid, b.timeline).await?;
-    let segments: BTreeMap<String, Archived> = files
-        .into_iter()
-        .filter(|a| matches!(WalFile::parse(&a.name), Some(WalFile::Segment { .. })))
-        .map(|a| (a.name.clone(), a))
-        .collect();
-    let newest = match segments.keys().next_back() {
-        Some(n) if n.as_str() >= end.as_str() => n.clone(),
-        _ => return Ok(Some(format!("WAL segment {end}, the backup's last, is not archived"))),
-    };
-    loop {
-        let name = f.name();
-        let Some(a) = segments.get(&name) else {
-            return Ok(Some(format!(
-                "the WAL archive has a gap: segment {name} is not archived (a restore of this backup replays \
-                 every segment from {start} on and would stop there)"
-            )));
+/// What one verify-chain run has read of the WAL archive: each timeline's indexed segments (read
+/// once, whatever the number of base backups on it) and the segments a deep run re-read.
+#[derive(Default)]
+pub struct Archive {
+    segments: HashMap<(String, SystemId, u32), BTreeMap<String, Archived>>,
+    rehashed: HashSet<String>,
+}
+
+impl Archive {
+    /// Reads timeline `tli` of cluster `sysid` of `env` unless it was read already; its key.
+    async fn load(&mut self, cx: &Ctx, env: &str, sysid: SystemId, tli: u32) -> Result<(String, SystemId, u32)> {
+        let key = (env.to_string(), sysid, tli);
+        if !self.segments.contains_key(&key) {
+            let files = wal::read_index(&*cx.store, env, sysid, tli).await?;
+            let segments = files
+                .into_iter()
+                .filter(|a| matches!(WalFile::parse(&a.name), Some(WalFile::Segment { .. })))
+                .map(|a| (a.name.clone(), a))
+                .collect();
+            self.segments.insert(key.clone(), segments);
+        }
+        Ok(key)
+    }
+
+    /// `Some(reason)` when the archive cannot restore backup `m` (None for a logical backup).
+    pub async fn check(&mut self, cx: &Ctx, m: &Manifest, deep: bool, progress: &Progress) -> Result<Option<String>> {
+        let (Some(b), Some(start), Some(end)) = (&m.base, &m.wal_start, &m.wal_end) else { return Ok(None) };
+        let (Ok(sysid), Some(mut f)) = (b.system_identifier.parse::<SystemId>(), WalFile::parse(start)) else {
+            return Ok(Some(format!("the manifest's system identifier or wal_start ({start}) is unreadable")));
         };
-        if deep
-            && rehashed.insert(name.clone())
-            && let Some(why) = rehash(cx, a, progress).await?
-        {
-            return Ok(Some(why));
+        let key = self.load(cx, &m.env, sysid, b.timeline).await?;
+        let (segments, rehashed) = (&self.segments[&key], &mut self.rehashed);
+        let newest = match segments.keys().next_back() {
+            Some(n) if n.as_str() >= end.as_str() => n.clone(),
+            _ => return Ok(Some(format!("WAL segment {end}, the backup's last, is not archived"))),
+        };
+        loop {
+            let name = f.name();
+            let Some(a) = segments.get(&name) else {
+                return Ok(Some(format!(
+                    "the WAL archive has a gap: segment {name} is not archived (a restore of this backup replays \
+                     every segment from {start} on and would stop there)"
+                )));
+            };
+            if deep
+                && rehashed.insert(name.clone())
+                && let Some(why) = rehash(cx, a, progress).await?
+            {
+                return Ok(Some(why));
+            }
+            if name >= newest {
+                return Ok(None);
+            }
+            let Some(next) = wal::next_segment(&f, b.wal_segment_size) else { return Ok(None) };
+            f = next;
         }
-        if name >= newest {
-            return Ok(None);
-        }
-        let Some(next) = wal::next_segment(&f, b.wal_segment_size) else { return Ok(None) };
-        f = next;
     }
 }
 
