@@ -24,7 +24,7 @@ use crate::clients::{aws_problem, pg};
 use crate::config::EnvConfig;
 use crate::ctx::Ctx;
 use crate::error::Error;
-use crate::journal::fold::Committed;
+use crate::journal::fold::{Committed, DeepCheck};
 
 /// One audited prerequisite.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -533,39 +533,26 @@ fn append_only(table: &str, trigs: &[Trigger]) -> (bool, String) {
 /// about the newest one, which is the one a restore would take.
 fn deep_verified(newest: &Committed, now: SystemTime, max_age: Duration) -> (bool, String) {
     let id = &newest.id;
-    let rerun = "run `drctl verify-chain --backups --deep`";
-    let Some(d) = &newest.deep else {
-        return (false, format!("newest backup {id} was never deep-verified: {rerun}"));
+    let rerun = "run `drctl verify-chain --backups --deep`".to_string();
+    let failed = |time: &str| {
+        format!(
+            "newest backup {id} FAILED deep verification at {time}: its objects do not match their sha256; \
+             see `drctl backup list` and take a new backup"
+        )
     };
-    if !d.ok {
-        return (
-            false,
-            format!(
-                "newest backup {id} FAILED deep verification at {}: its objects do not match their sha256; \
-                 see `drctl backup list` and take a new backup",
-                d.time
-            ),
-        );
-    }
-    let Ok(at) = humantime::parse_rfc3339(&d.time) else {
-        return (false, format!("newest backup {id}: deep-verified at an unreadable time `{}`: {rerun}", d.time));
-    };
-    let age = now.duration_since(at).unwrap_or_default();
-    // Judged to the millisecond, shown to the second.
-    let shown = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
-    if age > max_age {
-        return (
-            false,
-            format!(
-                "newest backup {id} was last deep-verified at {} ({} ago), longer ago than policy.verify_max_age \
-                 ({}): {rerun}",
-                d.time,
-                shown(age),
-                shown(max_age)
-            ),
-        );
-    }
-    (true, format!("newest backup {id} deep-verified at {} ({} ago): its objects matched", d.time, shown(age)))
+    recent(
+        newest,
+        newest.deep.as_ref(),
+        now,
+        max_age,
+        Words {
+            did: "deep-verified",
+            key: "policy.verify_max_age",
+            passed: "its objects matched",
+            rerun,
+            failed: &failed,
+        },
+    )
 }
 
 /// `backup-drilled`: the newest backup restored by `drill` into a scratch copy that verified (row
@@ -574,21 +561,61 @@ fn deep_verified(newest: &Committed, now: SystemTime, max_age: Duration) -> (boo
 fn drilled(newest: &Committed, now: SystemTime, max_age: Duration) -> (bool, String) {
     let id = &newest.id;
     let rerun = format!("run `drctl drill --env {}`", newest.env);
-    let Some(d) = &newest.drilled else {
-        return (false, format!("newest backup {id} was never drilled: {rerun}"));
+    let failed = |time: &str| {
+        format!(
+            "newest backup {id} FAILED its last drill at {time}: `drctl log --runbook drill` says why; fix it, then \
+             run `drctl drill --env {}`",
+            newest.env
+        )
+    };
+    recent(
+        newest,
+        newest.drilled.as_ref(),
+        now,
+        max_age,
+        Words {
+            did: "drilled",
+            key: "policy.drill_max_age",
+            passed: "restored into a scratch copy that verified",
+            rerun,
+            failed: &failed,
+        },
+    )
+}
+
+/// How `recent` words one kind of check of a backup.
+struct Words<'a> {
+    /// `deep-verified`, `drilled`.
+    did: &'static str,
+    /// The policy key holding the age limit.
+    key: &'static str,
+    /// After "…ago): " when it passed.
+    passed: &'static str,
+    /// What to run.
+    rerun: String,
+    /// The whole verdict when the last check failed, given its time.
+    failed: &'a dyn Fn(&str) -> String,
+}
+
+/// The verdict on the newest backup's last check of one kind: never done, failed, at an
+/// unreadable time, longer ago than `max_age` (judged to the millisecond, shown to the second), or
+/// passed.
+fn recent(
+    newest: &Committed,
+    last: Option<&DeepCheck>,
+    now: SystemTime,
+    max_age: Duration,
+    w: Words,
+) -> (bool, String) {
+    let (id, did, rerun) = (&newest.id, w.did, &w.rerun);
+    let Some(d) = last else {
+        return (false, format!("newest backup {id} was never {did}: {rerun}"));
     };
     if !d.ok {
-        return (
-            false,
-            format!(
-                "newest backup {id} FAILED its last drill at {}: `drctl log --runbook drill` says why; fix it, then \
-                 {rerun}",
-                d.time
-            ),
-        );
+        return (false, (w.failed)(&d.time));
     }
     let Ok(at) = humantime::parse_rfc3339(&d.time) else {
-        return (false, format!("newest backup {id}: drilled at an unreadable time `{}`: {rerun}", d.time));
+        return (false, format!("newest backup {id}: {did} at an unreadable time `{}`: {rerun}", d.time));
     };
     let age = now.duration_since(at).unwrap_or_default();
     let shown = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
@@ -596,22 +623,15 @@ fn drilled(newest: &Committed, now: SystemTime, max_age: Duration) -> (bool, Str
         return (
             false,
             format!(
-                "newest backup {id} was last drilled at {} ({} ago), longer ago than policy.drill_max_age ({}): \
-                 {rerun}",
+                "newest backup {id} was last {did} at {} ({} ago), longer ago than {} ({}): {rerun}",
                 d.time,
                 shown(age),
+                w.key,
                 shown(max_age)
             ),
         );
     }
-    (
-        true,
-        format!(
-            "newest backup {id} drilled at {} ({} ago): restored into a scratch copy that verified",
-            d.time,
-            shown(age)
-        ),
-    )
+    (true, format!("newest backup {id} {did} at {} ({} ago): {}", d.time, shown(age), w.passed))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::logical::{store_prefix, verify_chains_on};
+use super::logical::{store_tag, verify_chains_on};
 use crate::catalog::{Committed, Manifest, manifest_key};
 use crate::clients::pg;
 use crate::config::EnvConfig;
@@ -34,7 +34,7 @@ use crate::runbooks::pitr_restore::local::{free_port, loopback_url, rehearse_int
 
 /// `drctl-drill-<store>-<run>`: `<store>` as in a logical drill's scratch database name.
 fn dir_prefix(store_url: &str) -> String {
-    format!("drctl-drill-{}-", &store_prefix(store_url)["drctl_drill_".len()..].trim_end_matches('_'))
+    format!("drctl-drill-{}-", store_tag(store_url))
 }
 
 fn scratch_dir(store_url: &str, run_id: &str) -> PathBuf {

@@ -46,7 +46,13 @@ pub fn scratch_name(store_url: &str, run_id: &str) -> String {
 
 /// The names of this store's drills start with this.
 pub fn store_prefix(store_url: &str) -> String {
-    format!("{SCRATCH_PREFIX}{}_", &sha256_hex(store_url.as_bytes())[..8])
+    format!("{SCRATCH_PREFIX}{}_", store_tag(store_url))
+}
+
+/// What tells this store's drill copies from another store's on the same server or host: the
+/// first 8 hex digits of the sha256 of its URL.
+pub fn store_tag(store_url: &str) -> String {
+    sha256_hex(store_url.as_bytes())[..8].to_string()
 }
 
 pub struct Plan {
