@@ -213,22 +213,14 @@ impl Step for DumpToStore {
     async fn preflight(&self, cx: &Ctx) -> Vec<Check> {
         let url = &self.state.env.database_url;
         let mut checks = Vec::new();
-        let server = match pg::connect(url).await {
-            Ok(client) => match pg::server_major(&client).await {
-                Ok(major) => {
-                    checks.push(Check::pass(
-                        "db-reachable",
-                        format!("PostgreSQL {major} at {}/{}", url.addr(), url.dbname),
-                    ));
-                    Some(major)
-                }
-                Err(e) => {
-                    checks.push(Check::fail("db-reachable", e.to_string()));
-                    None
-                }
-            },
+        let server = match reach(url).await {
+            Ok((_, major)) => {
+                checks
+                    .push(Check::pass("db-reachable", format!("PostgreSQL {major} at {}/{}", url.addr(), url.dbname)));
+                Some(major)
+            }
             Err(e) => {
-                checks.push(Check::fail("db-reachable", e.to_string()));
+                checks.push(Check::fail("db-reachable", e));
                 None
             }
         };
@@ -339,6 +331,13 @@ pub async fn objects_stored(cx: &Ctx, step: &str, m: &Manifest) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A connection to `url` and the server's major version, or what `db-reachable` says failed.
+pub async fn reach(url: &DbUrl) -> std::result::Result<(tokio_postgres::Client, u32), String> {
+    let client = pg::connect(url).await.map_err(|e| e.to_string())?;
+    let major = pg::server_major(&client).await.map_err(|e| e.to_string())?;
+    Ok((client, major))
 }
 
 /// `ID` (`pg-dump-version`, `pg-basebackup-version`): `tool` is at least the server's major

@@ -30,7 +30,7 @@ use crate::engine::step::{Check, Step, StepLog};
 use crate::error::{Error, Result};
 use crate::journal::fold::{Anchor, DRILL_DONE, State};
 use crate::output::table::count;
-use crate::runbooks::backup::{encryption, live_run_ids, quote_ident, readback, store_writable};
+use crate::runbooks::backup::{encryption, live_run_ids, quote_ident, reach, readback, store_writable};
 use crate::runbooks::sync::pipeline::{create_like, differences, spawn_restore_into};
 use crate::runbooks::sync::target::maintenance_url;
 use crate::runbooks::verify_chain::table;
@@ -148,20 +148,14 @@ impl DropLeftovers {
         let plan = &self.plan;
         let url = plan.maint_url();
         let mut checks = Vec::new();
-        let server = match plan.maint().await {
-            Ok(c) => match pg::server_major(&c).await {
-                Ok(major) => {
-                    checks.push(Check::pass("db-reachable", format!("{}: PostgreSQL {major}", url.redacted())));
-                    checks.push(scratch_privileges(&c, &plan.env).await);
-                    Some(major)
-                }
-                Err(e) => {
-                    checks.push(Check::fail("db-reachable", e.to_string()));
-                    None
-                }
-            },
+        let server = match reach(&url).await {
+            Ok((c, major)) => {
+                checks.push(Check::pass("db-reachable", format!("{}: PostgreSQL {major}", url.redacted())));
+                checks.push(scratch_privileges(&c, &plan.env).await);
+                Some(major)
+            }
             Err(e) => {
-                checks.push(Check::fail("db-reachable", e.to_string()));
+                checks.push(Check::fail("db-reachable", e));
                 None
             }
         };
