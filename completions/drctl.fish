@@ -166,6 +166,7 @@ complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s h -l help -
 complete -c drctl -n "__fish_drctl_using_subcommand verify-chain" -s V -l version -d 'Print version'
 complete -c drctl -n "__fish_drctl_using_subcommand sync" -l from -d 'The env whose database is copied (only read)' -r
 complete -c drctl -n "__fish_drctl_using_subcommand sync" -l to -d 'The standby env whose database is replaced' -r
+complete -c drctl -n "__fish_drctl_using_subcommand sync" -l jobs -d 'Connections loading TO at once: table rows on all of them, then pg_restore --jobs for indexes and constraints [default: the number of cores, 2 to 8]' -r
 complete -c drctl -n "__fish_drctl_using_subcommand sync" -s c -l config -d 'Config file [default: $DRCTL_CONFIG, ./drctl.toml, $XDG_CONFIG_HOME/drctl/drctl.toml, /etc/drctl/drctl.toml, the first that exists]. A relative file:// store URL in it (the default file://./.drctl too) is relative to this file\'s directory, not the working directory' -r -F
 complete -c drctl -n "__fish_drctl_using_subcommand sync" -s o -l output -d 'Report format on stdout: human tables, or exactly one JSON document' -r -f -a "table\t''
 json\t''"

@@ -700,6 +700,10 @@ pub struct SyncArgs {
     /// The standby env whose database is replaced
     #[arg(long, value_name = "ENV")]
     pub to: String,
+    /// Connections loading TO at once: table rows on all of them, then pg_restore --jobs for
+    /// indexes and constraints [default: the number of cores, 2 to 8]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: Option<u16>,
 }
 
 #[derive(Debug, Args)]

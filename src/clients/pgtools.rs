@@ -7,6 +7,7 @@
 //! drctl: it is killed when its `Running` is dropped and, through the parent-death signal, when
 //! drctl dies, even by SIGKILL.
 
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 
@@ -135,6 +136,24 @@ impl PgTools {
     /// signal fires when the *thread* that spawned the child exits, and tokio's worker threads live
     /// as long as the run while its blocking-pool threads exit after a few idle seconds.
     pub fn spawn(&self, tool: &str, args: &[&str], url: Option<&DbUrl>, stdin_piped: bool) -> Result<Running> {
+        self.spawn_inner(tool, args, url, stdin_piped, None)
+    }
+
+    /// `spawn`, with the file `fd` (opened close-on-exec by this process) left open in the child,
+    /// so that the child can read it as `/dev/fd/FD`: sync hands pg_restore the archive's table of
+    /// contents that way, from memory.
+    pub fn spawn_passing(&self, tool: &str, args: &[&str], url: Option<&DbUrl>, fd: RawFd) -> Result<Running> {
+        self.spawn_inner(tool, args, url, false, Some(fd))
+    }
+
+    fn spawn_inner(
+        &self,
+        tool: &str,
+        args: &[&str],
+        url: Option<&DbUrl>,
+        stdin_piped: bool,
+        pass: Option<RawFd>,
+    ) -> Result<Running> {
         let path = self.path(tool);
         let mut cmd = tokio::process::Command::new(&path);
         cmd.args(args);
@@ -153,9 +172,15 @@ impl PgTools {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let parent = std::process::id() as libc::pid_t;
-        // SAFETY: only async-signal-safe calls (prctl, getppid) between fork and exec, no allocation.
+        // SAFETY: only async-signal-safe calls (prctl, getppid, fcntl) between fork and exec, no
+        // allocation.
         unsafe {
             cmd.pre_exec(move || {
+                if let Some(fd) = pass
+                    && libc::fcntl(fd, libc::F_SETFD, 0) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

@@ -100,7 +100,11 @@ pub async fn dispatch(cx: &Ctx, command: &Command) -> Done {
             Err(e) => Done::doc(Err(e)),
         },
         Command::Sync(a) => {
-            let rb = cx.config.env(&a.from).and_then(|f| cx.config.env(&a.to).and_then(|t| sync::sync(cx, f, t)));
+            let rb = cx.config.env(&a.from).and_then(|f| {
+                cx.config
+                    .env(&a.to)
+                    .and_then(|t| sync::sync(cx, f, t, a.jobs.map_or_else(sync::default_jobs, usize::from)))
+            });
             match rb {
                 Ok(rb) => Done::Run(execute(cx, rb).await),
                 Err(e) => Done::doc(Err(e)),

@@ -23,5 +23,6 @@ mod promote_replica;
 mod smoke;
 mod store_private;
 mod sync;
+mod sync_parallel;
 mod verify_chain;
 mod wal;

@@ -243,8 +243,9 @@ impl Step for DumpToStore {
         let tools = self.tools();
         let dump_version = tools.major_version("pg_dump").await?;
 
-        // One REPEATABLE READ transaction exports the snapshot pg_dump reads, and counts every leaf
-        // table in that same snapshot while it stays open: the counts describe exactly the dump.
+        // One REPEATABLE READ transaction exports the snapshot pg_dump reads; its leaf tables' rows
+        // are counted in the dump stream as it passes (`sync::load::snapshot_counts`), so the
+        // counts describe exactly the dump and the database is read once.
         let mut client = pg::connect(url).await?;
         let db_err = |e: tokio_postgres::Error| pg::db_error(url, &e);
         let DumpSnapshot { tx, id: snapshot, server_version, tables } = export_snapshot(&mut client, url).await?;
@@ -254,6 +255,7 @@ impl Step for DumpToStore {
         let mut child =
             tools.spawn("pg_dump", &["-Fc", "-Z0", "--no-password", "--snapshot", &snapshot], Some(url), false)?;
         let stdout = child.stdout.take().ok_or_else(|| Error::step("dump", "pg_dump has no stdout"))?;
+        let (stdout, counter) = crate::runbooks::sync::load::Counting::new(stdout);
         let expected = dump::expected_bytes(&tx, &tables).await.map_err(db_err)?;
         if let Some(n) = expected {
             cx.out.info(&format!("dump: about {} expected (the tables' size)", crate::output::table::bytes(n)));
@@ -263,13 +265,15 @@ impl Step for DumpToStore {
         let progress = cx.out.progress("dump", expected, true);
         let upload =
             dump::compress_to_store(stdout, cx.store.clone(), &base, dump::SPLIT_BYTES, recipients, progress.clone());
-        let counts = async { count_rows(&tx, &tables).await.map_err(db_err) };
-        let (stored, counts) = tokio::join!(upload, counts);
+        let stored = upload.await;
         progress.finish();
         // pg_dump's verdict first: a dump that failed explains a short stream better than the stream.
         let warnings = child.wait().await?;
         let stored = stored?;
-        let counts = counts?;
+        let dumped = std::mem::take(&mut *counter.lock().expect("counter")).finish();
+        let counts = dumped
+            .and_then(|d| crate::runbooks::sync::load::snapshot_counts(&tables, &d))
+            .map_err(|e| Error::step("dump", format!("counting the dump's rows: {e}")))?;
         tx.commit().await.map_err(db_err)?;
         if !warnings.trim().is_empty() {
             cx.out.warn(&format!("pg_dump: {}", warnings.trim()));

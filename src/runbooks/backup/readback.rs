@@ -34,7 +34,7 @@ pub struct ReadBack {
 pub async fn stream_into(
     cx: &Ctx,
     m: &Manifest,
-    sink: tokio::process::ChildStdin,
+    sink: impl tokio::io::AsyncWrite + Unpin + Send + 'static,
     progress: &crate::output::progress::Progress,
 ) -> Result<ReadBack> {
     let chain = format!("backup {} of {}", m.id, m.env);
@@ -153,7 +153,7 @@ pub(crate) enum FeedError {
 fn feed(
     source: Received,
     identities: Option<Vec<age::x25519::Identity>>,
-    mut sink: tokio::process::ChildStdin,
+    mut sink: impl tokio::io::AsyncWrite + Unpin,
     handle: tokio::runtime::Handle,
 ) -> std::result::Result<u64, FeedError> {
     let compressed: Box<dyn std::io::BufRead + Send> = match identities {

@@ -385,7 +385,7 @@ async fn restore_and_check(cx: &Ctx, plan: &Plan, m: Manifest, snapshot: Option<
     };
     let scratch_url = env.database_url.with_dbname(&plan.scratch);
     // Materialized views and sequence values are not in the manifest: the row counts are.
-    let mut problems = differences(&scratch_url, &m.tables, None, &[]).await?;
+    let mut problems = differences(&scratch_url, &m.tables, None, &[], crate::runbooks::sync::default_jobs()).await?;
     let (chains, chain_problems) = verify_chains_on(cx, env, &scratch_url, snapshot).await?;
     problems.extend(chain_problems);
     Ok(Checked {

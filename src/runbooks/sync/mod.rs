@@ -7,6 +7,8 @@
 //! validated copy, in one catalog transaction, and never when DNS points at TO, TO is a replica,
 //! or TO is a source other data is copied from (the `--from staging --to prod` mix-up).
 
+pub(crate) mod demux;
+pub(crate) mod load;
 pub(crate) mod pipeline;
 pub mod target;
 pub mod toc;
@@ -28,7 +30,13 @@ use crate::engine::step::{Check, Step, StepLog};
 use crate::error::{Error, Result};
 use crate::output::table::count;
 
-pub fn sync(cx: &Ctx, from: &EnvConfig, to: &EnvConfig) -> Result<Runbook> {
+/// `--jobs` when not given: the cores drctl runs on, at least 2 (one table streams while another
+/// is loaded) and at most 8 (beyond that the one dump stream, not the load, is the limit).
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
+}
+
+pub fn sync(cx: &Ctx, from: &EnvConfig, to: &EnvConfig, jobs: usize) -> Result<Runbook> {
     if from.name == to.name {
         return Err(Error::usage(format!("--from and --to are both {}", from.name))
             .with_hint("name the standby to refresh with --to"));
@@ -38,7 +46,8 @@ pub fn sync(cx: &Ctx, from: &EnvConfig, to: &EnvConfig) -> Result<Runbook> {
         // Only TO changes; FROM is only read (contract: sync locks env:TO only).
         .lock(format!("env:{}", to.name))
         .resumable();
-    let state = Arc::new(State { from: from.clone(), to: to.clone(), backup: backup.clone(), done: Mutex::new(None) });
+    let state =
+        Arc::new(State { from: from.clone(), to: to.clone(), backup: backup.clone(), done: Mutex::new(None), jobs });
     if to.sync_from.as_deref() != Some(from.name.as_str()) {
         // TO does not declare itself FROM's standby: its data may matter to someone.
         rb.confirm = Some(Confirm {
@@ -54,8 +63,9 @@ pub fn sync(cx: &Ctx, from: &EnvConfig, to: &EnvConfig) -> Result<Runbook> {
         .step(CleanPartial { env: from.name.clone(), own_id: cx.run_id.clone() })
         // Preflight lives here. A scratch database a killed run left behind is dropped first.
         .step(DropScratch { state: state.clone() })
-        // One pg_dump stream, teed: zstd into the store and pg_restore into the scratch database;
-        // then row counts, materialized views and sequences checked against the dump.
+        // One pg_dump stream, teed: zstd into the store, and loaded into the scratch database on
+        // --jobs connections as it passes; then row counts, materialized views and sequences
+        // checked against the dump.
         .step(RestoreScratch { state: state.clone() })
         // The dump is a logical backup of FROM: manifest, then `backup-done` (listed by backup list).
         // A resumed run that restored from the stored dump has nothing new to commit.
@@ -71,6 +81,8 @@ struct State {
     backup: Arc<Shared>,
     /// What the restore produced, for the swap's journal entry.
     done: Mutex<Option<Restored>>,
+    /// Connections loading the scratch database at once (`--jobs`).
+    jobs: usize,
 }
 
 #[derive(Debug, Clone)]

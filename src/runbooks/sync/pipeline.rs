@@ -13,17 +13,12 @@
 //! pipeline): pg_restore reads the plaintext stream of the tee, so the normal path needs no key.
 //! Only a resumed run restoring the stored dump decrypts, with `[store] age_identity_file`.
 
-use std::io::Read;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
-use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 
-use super::toc::{self, Parsed, SeqValue};
+use super::load;
+use super::toc::SeqValue;
 use super::{Restored, State};
 use crate::catalog::{LogicalDump, Manifest, TableCount, dump_base};
 use crate::clients::{pg, pgtools::PgTools};
@@ -31,12 +26,10 @@ use crate::config::EnvConfig;
 use crate::ctx::Ctx;
 use crate::dburl::DbUrl;
 use crate::error::{Error, Result};
-use crate::runbooks::backup::readback::{FeedError, Received};
+use crate::runbooks::backup::readback;
 use crate::runbooks::backup::{DumpSnapshot, count_rows, dump, encryption, export_snapshot, leaf_tables};
 
 const CHUNK: usize = 1 << 20;
-/// A TOC larger than this is not read for sequence values (the run fails rather than guess).
-const MAX_TOC: usize = 256 << 20;
 
 pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)> {
     let (from, to) = (&st.from, &st.to);
@@ -59,45 +52,33 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
     let mut dumping =
         dump_tools.spawn("pg_dump", &["-Fc", "-Z0", "--no-password", "--snapshot", &snapshot], Some(src), false)?;
     let scratch_url = to.database_url.with_dbname(&st.scratch());
-    let mut restoring = spawn_restore(st)?;
     let mut dump_out = dumping.stdout.take().ok_or_else(|| Error::step("restore", "pg_dump has no stdout"))?;
-    let mut restore_in = restoring.stdin.take().ok_or_else(|| Error::step("restore", "pg_restore has no stdin"))?;
 
     let (mut to_store, from_tee) = tokio::io::duplex(CHUNK);
+    let (mut to_load, load_in) = tokio::io::duplex(CHUNK);
     let tee = async move {
         let mut buf = vec![0u8; CHUNK];
-        let mut head: Vec<u8> = Vec::new();
-        let mut parsed = Parsed::Incomplete;
         loop {
             let n =
                 dump_out.read(&mut buf).await.map_err(|e| Error::step("restore", format!("reading pg_dump: {e}")))?;
             if n == 0 {
                 break;
             }
-            if parsed == Parsed::Incomplete {
-                head.extend_from_slice(&buf[..n]);
-                parsed = toc::parse(&head);
-                if parsed != Parsed::Incomplete {
-                    head = Vec::new();
-                } else if head.len() > MAX_TOC {
-                    parsed = Parsed::Unsupported(format!("the archive's TOC is larger than {} MiB", MAX_TOC >> 20));
-                }
-            }
-            restore_in
+            to_load
                 .write_all(&buf[..n])
                 .await
-                .map_err(|e| Error::step("restore", format!("pg_restore stopped reading: {e}")))?;
+                .map_err(|e| Error::step("restore", format!("the load stopped reading: {e}")))?;
             to_store
                 .write_all(&buf[..n])
                 .await
                 .map_err(|e| Error::step("restore", format!("the store upload stopped: {e}")))?;
         }
         // EOF for both readers.
-        drop(restore_in);
+        drop(to_load);
         drop(to_store);
-        Ok::<_, Error>(parsed)
+        Ok::<_, Error>(())
     };
-    // Only what is stored is encrypted: pg_restore reads the plaintext stream of the tee.
+    // Only what is stored is encrypted: the load reads the plaintext stream of the tee.
     let recipients = &cx.config.age_recipients;
     let base = dump_base(&from.name, &st.backup.id, &src.dbname, !recipients.is_empty());
     let expected = dump::expected_bytes(&tx, &tables).await.map_err(src_err)?;
@@ -107,32 +88,27 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
     let progress = cx.out.progress("sync", expected, true);
     let upload =
         dump::compress_to_store(from_tee, cx.store.clone(), &base, dump::SPLIT_BYTES, recipients, progress.clone());
-    let counts = async { count_rows(&tx, &tables).await.map_err(src_err) };
-    let (teed, stored, counts) = tokio::join!(tee, upload, counts);
+    let scratch = st.scratch();
+    let loading = load::load(load_in, to, &scratch, st.jobs);
+    let (teed, stored, loaded) = tokio::join!(tee, upload, loading);
     progress.finish();
-    // The children's verdicts first: pg_restore's error explains a broken pipe better than the pipe.
-    let restore_stderr = restoring.wait().await?;
-    let dump_warnings = dumping.wait().await?;
-    let parsed = teed?;
+    // The load's verdict first: a COPY or pg_restore error explains a broken pipe better than the pipe.
+    let dump_warnings = dumping.wait().await;
+    let loaded = loaded?;
+    let dump_warnings = dump_warnings?;
+    teed?;
     let stored = stored?;
-    let counts = counts?;
     tx.commit().await.map_err(src_err)?;
-    // --exit-on-error makes any SQL error fatal; anything else pg_restore calls an error is too.
-    if let Some(line) = restore_stderr.lines().find(|l| l.contains("error")) {
-        return Err(Error::step("restore", format!("pg_restore reported: {line}")));
-    }
     if !dump_warnings.trim().is_empty() {
         cx.out.warn(&format!("pg_dump: {}", dump_warnings.trim()));
     }
-    let sequences = match parsed {
-        Parsed::Done(s) => s,
-        Parsed::Incomplete => return Err(Error::step("restore", "the dump ended inside its table of contents")),
-        Parsed::Unsupported(why) => {
-            return Err(Error::step("restore", format!("cannot read the dump's sequence values: {why}")));
-        }
-    };
+    if let Some(why) = &loaded.serial_because {
+        cx.out.info(&format!("sync: restored by one pg_restore, since {why}"));
+    }
+    let counts = load::snapshot_counts(&tables, &loaded.rows).map_err(|e| Error::step("restore", e))?;
+    let sequences = loaded.toc.sequences.clone();
 
-    validate(&scratch_url, &counts, Some(&matviews), &sequences).await?;
+    validate(&scratch_url, &counts, Some(&matviews), &sequences, st.jobs).await?;
 
     let manifest = Manifest::logical(LogicalDump {
         id: &st.backup.id,
@@ -183,120 +159,48 @@ pub(crate) async fn create_like(maint: &DbUrl, like: &str, scratch: &str, env: &
     Ok(())
 }
 
-/// pg_restore into the scratch database, reading the archive on stdin.
-fn spawn_restore(st: &State) -> Result<crate::clients::pgtools::Running> {
-    spawn_restore_into(&st.to, &st.scratch())
-}
-
 /// pg_restore into database `db` on `env`'s server (with `env`'s pg_bin and credentials), reading
 /// the archive on stdin.
 pub(crate) fn spawn_restore_into(env: &EnvConfig, db: &str) -> Result<crate::clients::pgtools::Running> {
     let url = env.database_url.with_dbname(db);
-    let conninfo = format!("dbname='{}'", db.replace('\\', "\\\\").replace('\'', "\\'"));
-    // Ownership and grants as the dump has them (the roles were checked in preflight), so the
-    // standby matches its source; tablespaces and subscriptions are the source server's own: a
-    // standby that subscribed to the source's publishers would compete with it for their changes.
-    PgTools::new(env.pg_bin.as_deref()).spawn(
-        "pg_restore",
-        &["--exit-on-error", "--no-password", "--no-tablespaces", "--no-subscriptions", "-d", &conninfo],
-        Some(&url),
-        true,
-    )
+    let conninfo = load::conninfo(db);
+    let mut flags = load::RESTORE_FLAGS.to_vec();
+    flags.extend(["-d", &conninfo]);
+    PgTools::new(env.pg_bin.as_deref()).spawn("pg_restore", &flags, Some(&url), true)
 }
 
 /// A resumed run: restore the scratch database from the dump the interrupted run stored and
 /// committed, instead of dumping FROM again. The stored bytes are hashed as they stream (each
 /// object against its manifest entry, all of them against the manifest's sha256) and any mismatch,
 /// truncation or missing object is an integrity failure (exit 4) that wins over whatever the
-/// decoder or pg_restore made of the bad bytes; the copy is then validated against the row counts
-/// and sequence values the dump recorded.
-///
-/// The hashed bytes go on, through a bounded channel, to a feeder thread (`feed`) that decrypts
-/// them when the manifest says age (with the identity file's identities, loaded and matched to the
-/// backup's recipients before anything is created), decompresses and writes pg_restore's stdin.
+/// decoder or the load made of the bad bytes; the copy is then validated against the row counts
+/// and sequence values the dump recorded. Decrypted (age, with the identity file's identities,
+/// loaded and matched to the backup's recipients before anything is created) and decompressed by
+/// the backup read-back, then loaded like a fresh dump.
 pub(super) async fn restore_stored(cx: &Ctx, st: &State, m: &Manifest) -> Result<Restored> {
     let t0 = Instant::now();
-    let chain = format!("backup {} of {}", m.id, m.env);
-    let identities = encryption::identities_for(cx, m)?;
+    encryption::identities_for(cx, m)?;
     create_scratch(st).await?;
-    let mut restoring = spawn_restore(st)?;
-    let restore_in = restoring.stdin.take().ok_or_else(|| Error::step("restore", "pg_restore has no stdin"))?;
-    // Bounded: a slow pg_restore slows the download down instead of growing memory.
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
-    let whole = Arc::new(AtomicBool::new(false));
-    let source = Received::new(rx, whole.clone(), "dump");
-    let handle = tokio::runtime::Handle::current();
-    let feeder = tokio::task::spawn_blocking(move || feed(source, identities, restore_in, handle));
-    // None once the feeder stopped (its error is reported only if the bytes are intact).
-    let mut to_feeder = Some(tx);
-    let mut all = Sha256::new();
+    let (to_load, load_in) = tokio::io::duplex(CHUNK);
     let progress = cx.out.progress("sync", Some(m.bytes), true);
-    for o in &m.objects {
-        let mut rx = cx
-            .store
-            .download(&o.key)
-            .await?
-            .ok_or_else(|| Error::integrity(&chain, &o.key, "the object is missing from the store"))?;
-        let (mut one, mut size) = (Sha256::new(), 0u64);
-        while let Some(chunk) = rx.recv().await {
-            let chunk = chunk.map_err(|e| Error::step("restore", format!("reading {}: {e}", o.key)))?;
-            one.update(&chunk);
-            all.update(&chunk);
-            size += chunk.len() as u64;
-            progress.inc(chunk.len() as u64);
-            if let Some(t) = &to_feeder
-                && t.send(chunk).await.is_err()
-            {
-                // The rest of the bytes are still read, for their sha256.
-                to_feeder = None;
-            }
-        }
-        if size != o.size {
-            return Err(Error::integrity(
-                &chain,
-                &o.key,
-                format!("the store holds {size} bytes, the manifest {} (truncated or replaced)", o.size),
-            ));
-        }
-        let sha = hex::encode(one.finalize());
-        if sha != o.sha256 {
-            return Err(Error::integrity(&chain, &o.key, format!("sha256 {sha}, the manifest has {}", o.sha256)));
-        }
-    }
+    let streamed = readback::stream_into(cx, m, to_load, &progress);
+    let scratch = st.scratch();
+    let loading = load::load(load_in, &st.to, &scratch, st.jobs);
+    let (streamed, loaded) = tokio::join!(streamed, loading);
     progress.finish();
-    let sha = hex::encode(all.finalize());
-    if sha != m.sha256 {
-        return Err(Error::integrity(&chain, "all objects", format!("sha256 {sha}, the manifest has {}", m.sha256)));
-    }
-    // Every byte is in and intact: only now does the feeder see the end of the stream.
-    whole.store(true, Ordering::Release);
-    drop(to_feeder);
-    let Fed { parsed, dump_bytes, error } =
-        feeder.await.map_err(|e| Error::step("restore", format!("feeder thread: {e}")))?;
-    let restore_stderr = restoring.wait().await?;
-    // A wrong key explains pg_restore's empty input better than pg_restore does.
-    if let Some(FeedError::Key(e)) = error {
-        return Err(Error::config(
-            cx.config.file.display(),
-            format!("[store] age_identity_file: decrypting {chain}: {e}"),
-        ));
-    }
-    if let Some(line) = restore_stderr.lines().find(|l| l.contains("error")) {
-        return Err(Error::step("restore", format!("pg_restore reported: {line}")));
-    }
-    if let Some(FeedError::Other(e)) = error {
-        return Err(Error::step("restore", e));
-    }
-    let sequences = match parsed {
-        Parsed::Done(s) => s,
-        Parsed::Incomplete => return Err(Error::step("restore", "the dump ended inside its table of contents")),
-        Parsed::Unsupported(why) => {
-            return Err(Error::step("restore", format!("cannot read the dump's sequence values: {why}")));
-        }
+    let (read, loaded) = match (streamed, loaded) {
+        // Bad stored bytes or a key that does not open them explain the load's failure best.
+        (Err(e @ (Error::Integrity { .. } | Error::Config { .. })), _) => return Err(e),
+        (_, Err(e)) | (Err(e), Ok(_)) => return Err(e),
+        (Ok(read), Ok(loaded)) => (read, loaded),
     };
+    if let Some(why) = &loaded.serial_because {
+        cx.out.info(&format!("sync: restored by one pg_restore, since {why}"));
+    }
+    let sequences = loaded.toc.sequences;
     let scratch_url = st.to.database_url.with_dbname(&st.scratch());
     // Materialized views are not in the manifest: their population is pg_restore's to report.
-    validate(&scratch_url, &m.tables, None, &sequences).await?;
+    validate(&scratch_url, &m.tables, None, &sequences, st.jobs).await?;
     let snapshot_time = humantime::parse_rfc3339_weak(&m.started)
         .map_err(|e| Error::step("restore", format!("manifest {} has an unreadable start time: {e}", m.id)))?;
     Ok(Restored {
@@ -305,7 +209,7 @@ pub(super) async fn restore_stored(cx: &Ctx, st: &State, m: &Manifest) -> Result
         tables: m.tables.len(),
         sequences: sequences.len(),
         bytes: m.bytes,
-        dump_bytes,
+        dump_bytes: read.plain_bytes,
         duration_ms: t0.elapsed().as_millis() as u64,
         backup_id: m.id.clone(),
         source: "stored",
@@ -313,76 +217,37 @@ pub(super) async fn restore_stored(cx: &Ctx, st: &State, m: &Manifest) -> Result
     })
 }
 
-/// What the feeder made of the stream.
-struct Fed {
-    parsed: Parsed,
-    dump_bytes: u64,
-    /// The first thing that went wrong feeding pg_restore; pg_restore then sees EOF.
-    error: Option<FeedError>,
-}
-
-/// On a blocking thread: stored bytes -> (age) -> zstd -> pg_restore's stdin, the TOC parsed for
-/// the sequence values on the way. Returns at the first error, which drops the receiver, so the
-/// download loop stops sending and only hashes.
-fn feed(
-    source: Received,
-    identities: Option<Vec<age::x25519::Identity>>,
-    mut sink: tokio::process::ChildStdin,
-    handle: tokio::runtime::Handle,
-) -> Fed {
-    let mut fed = Fed { parsed: Parsed::Incomplete, dump_bytes: 0, error: None };
-    let compressed: Box<dyn std::io::BufRead + Send> = match identities {
-        None => Box::new(source),
-        Some(ids) => {
-            let opened = age::Decryptor::new_buffered(source)
-                .and_then(|d| d.decrypt(ids.iter().map(|i| i as &dyn age::Identity)));
-            match opened {
-                Ok(plain) => Box::new(std::io::BufReader::with_capacity(CHUNK, plain)),
-                Err(age::DecryptError::NoMatchingKeys) => {
-                    fed.error = Some(FeedError::Key("no identity in the file opens it".into()));
-                    return fed;
-                }
-                Err(e) => {
-                    fed.error = Some(FeedError::Other(format!("decrypting the stored dump (age): {e}")));
-                    return fed;
-                }
-            }
-        }
+/// Exact `count(*)` of each of `tables` in database `url`, on up to `jobs` connections, each with
+/// its share of the rows `expected` says the tables hold (largest first, to the least loaded).
+/// Nothing writes to the database meanwhile (it is a scratch copy), so one snapshot is not needed.
+async fn count_in_parallel(
+    url: &crate::dburl::DbUrl,
+    tables: &[(String, String)],
+    expected: &[TableCount],
+    jobs: usize,
+) -> Result<Vec<TableCount>> {
+    let weight = |(s, t): &(String, String)| {
+        expected.iter().find(|c| &c.schema == s && &c.table == t).map_or(0, |c| c.rows).max(1)
     };
-    let mut decoder = match zstd::stream::read::Decoder::with_buffer(compressed) {
-        Ok(d) => d,
-        Err(e) => {
-            fed.error = Some(FeedError::Other(format!("decompressing the stored dump: {e}")));
-            return fed;
-        }
-    };
-    let mut head: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = match decoder.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => {
-                fed.error = Some(FeedError::Other(format!("reading the stored dump back: {e}")));
-                return fed;
-            }
-        };
-        fed.dump_bytes += n as u64;
-        if fed.parsed == Parsed::Incomplete {
-            head.extend_from_slice(&buf[..n]);
-            fed.parsed = toc::parse(&head);
-            if fed.parsed != Parsed::Incomplete {
-                head = Vec::new();
-            } else if head.len() > MAX_TOC {
-                fed.parsed = Parsed::Unsupported(format!("the archive's TOC is larger than {} MiB", MAX_TOC >> 20));
-            }
-        }
-        if let Err(e) = handle.block_on(sink.write_all(&buf[..n])) {
-            fed.error = Some(FeedError::Other(format!("pg_restore stopped reading: {e}")));
-            return fed;
-        }
+    let mut order: Vec<(i64, &(String, String))> = tables.iter().map(|t| (weight(t), t)).collect();
+    order.sort_by_key(|o| std::cmp::Reverse(o.0));
+    let mut groups: Vec<(i64, Vec<(String, String)>)> = vec![(0, Vec::new()); jobs.clamp(1, tables.len().max(1))];
+    for (w, t) in order {
+        let g = groups.iter_mut().min_by_key(|g| g.0).expect("at least one group");
+        g.0 += w;
+        g.1.push(t.clone());
     }
-    fed
+    let err = |e: tokio_postgres::Error| pg::db_error(url, &e);
+    let counting = groups.into_iter().map(|(_, mine)| async move {
+        let mut c = pg::connect(url).await?;
+        let tx = c.build_transaction().read_only(true).start().await.map_err(err)?;
+        let n = count_rows(&tx, &mine).await.map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok::<_, Error>(n)
+    });
+    let mut all: Vec<TableCount> = futures_util::future::try_join_all(counting).await?.into_iter().flatten().collect();
+    all.sort_by(|a, b| (&a.schema, &a.table).cmp(&(&b.schema, &b.table)));
+    Ok(all)
 }
 
 /// (schema, name, populated) of every materialized view.
@@ -402,27 +267,30 @@ async fn validate(
     counts: &[TableCount],
     matviews_src: Option<&[(String, String, bool)]>,
     sequences: &[SeqValue],
+    jobs: usize,
 ) -> Result<()> {
-    match differences(scratch, counts, matviews_src, sequences).await?.into_iter().next() {
+    match differences(scratch, counts, matviews_src, sequences, jobs).await?.into_iter().next() {
         Some(what) => Err(Error::step("validate", what)),
         None => Ok(()),
     }
 }
 
 /// Every way the copy at `scratch` differs from what the dump recorded (see `validate`), each
-/// named; empty when it matches. Sync stops at the first; drill journals them all.
+/// named; empty when it matches. Sync stops at the first; drill journals them all. The tables are
+/// counted on `jobs` connections at once, the largest (by `counts`) first.
 pub(crate) async fn differences(
     scratch: &crate::dburl::DbUrl,
     counts: &[TableCount],
     matviews_src: Option<&[(String, String, bool)]>,
     sequences: &[SeqValue],
+    jobs: usize,
 ) -> Result<Vec<String>> {
     let mut found = Vec::new();
     let mut client = pg::connect(scratch).await?;
     let err = |e: tokio_postgres::Error| pg::db_error(scratch, &e);
     let tx = client.build_transaction().read_only(true).start().await.map_err(err)?;
     let tables = leaf_tables(&tx).await.map_err(err)?;
-    let got = count_rows(&tx, &tables).await.map_err(err)?;
+    let got = count_in_parallel(scratch, &tables, counts, jobs).await?;
     for want in counts {
         match got.iter().find(|g| g.schema == want.schema && g.table == want.table) {
             None => found.push(format!("table {}.{} is missing from the restored copy", want.schema, want.table)),

@@ -16,11 +16,45 @@ pub struct SeqValue {
     pub is_called: bool,
 }
 
+/// The archive sections (pg_backup.h's teSection). An entry of `NONE` (ACLs, comments) belongs
+/// to the section of the entry before it, as pg_restore's `--section` treats it.
+pub const SECTION_NONE: i64 = 1;
+pub const SECTION_PRE_DATA: i64 = 2;
+pub const SECTION_DATA: i64 = 3;
+pub const SECTION_POST_DATA: i64 = 4;
+
+/// One TOC entry, as much of it as the loader needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub dump_id: i64,
+    pub desc: String,
+    /// The section it is restored in (`NONE` resolved to the preceding entry's).
+    pub section: i64,
+    pub namespace: Option<String>,
+    pub tag: Option<String>,
+    /// The SQL pg_restore runs for it (`SET client_encoding = 'UTF8';` for ENCODING, …).
+    pub defn: Option<String>,
+    /// `COPY schema.table (cols) FROM stdin;` for TABLE DATA.
+    pub copy_stmt: Option<String>,
+    /// It has a data block in the archive.
+    pub has_data: bool,
+}
+
+/// The archive's header and table of contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Toc {
+    /// Bytes from the start of the archive to the end of the TOC: the data blocks follow.
+    pub len: usize,
+    pub int_size: usize,
+    pub entries: Vec<Entry>,
+    pub sequences: Vec<SeqValue>,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
     /// More bytes are needed.
     Incomplete,
-    Done(Vec<SeqValue>),
+    Done(Toc),
     /// Not an archive this parser knows: the reason.
     Unsupported(String),
 }
@@ -71,7 +105,7 @@ pub fn parse(buf: &[u8]) -> Parsed {
     }
 }
 
-fn parse_inner(buf: &[u8]) -> Option<Result<Vec<SeqValue>, String>> {
+fn parse_inner(buf: &[u8]) -> Option<Result<Toc, String>> {
     let mut r = Reader { buf, pos: 0, int_size: 4, off_size: 8 };
     if r.bytes(5)? != b"PGDMP" {
         return Some(Err("the stream does not start with PGDMP: not a custom-format archive".into()));
@@ -98,19 +132,21 @@ fn parse_inner(buf: &[u8]) -> Option<Result<Vec<SeqValue>, String>> {
     r.str()?; // server version
     r.str()?; // pg_dump version
     let count = r.int()?;
-    let mut out = Vec::new();
+    let mut sequences = Vec::new();
+    let mut entries = Vec::new();
+    let mut section = SECTION_PRE_DATA;
     for _ in 0..count {
-        r.int()?; // dumpId
+        let dump_id = r.int()?;
         r.int()?; // hadDumper
         r.str()?; // tableoid
         r.str()?; // oid
-        r.str()?; // tag
+        let tag = r.str()?;
         let desc = r.str()?;
-        r.int()?; // section
+        let own_section = r.int()?;
         let defn = r.str()?;
         r.str()?; // dropStmt
-        r.str()?; // copyStmt
-        r.str()?; // namespace
+        let copy_stmt = r.str()?;
+        let namespace = r.str()?;
         r.str()?; // tablespace
         if vmin >= 14 {
             r.str()?; // tableam
@@ -118,16 +154,22 @@ fn parse_inner(buf: &[u8]) -> Option<Result<Vec<SeqValue>, String>> {
         r.str()?; // owner
         r.str()?; // "false": the old WITH OIDS flag
         while r.str()?.is_some() {} // dependencies, NULL-terminated
-        r.byte()?; // data state
+        // K_OFFSET_NO_DATA (3): no data block; K_OFFSET_POS_NOT_SET / K_OFFSET_POS_SET: one.
+        let has_data = r.byte()? != 3;
         r.bytes(r.off_size)?; // data offset
-        if desc.as_deref() == Some("SEQUENCE SET") {
+        let desc = desc.unwrap_or_default();
+        if desc == "SEQUENCE SET" {
             match defn.as_deref().and_then(parse_setval) {
-                Some(s) => out.push(s),
+                Some(s) => sequences.push(s),
                 None => return Some(Err(format!("unexpected SEQUENCE SET definition: {defn:?}"))),
             }
         }
+        if own_section != SECTION_NONE {
+            section = own_section;
+        }
+        entries.push(Entry { dump_id, desc, section, namespace, tag, defn, copy_stmt, has_data });
     }
-    Some(Ok(out))
+    Some(Ok(Toc { len: r.pos, int_size: r.int_size, entries, sequences }))
 }
 
 /// `SELECT pg_catalog.setval('public.orders_id_seq', 20000, true);`
