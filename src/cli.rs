@@ -184,12 +184,16 @@ pub enum Command {
     /// Refresh a warm standby: FROM's database dumped, restored into a scratch copy on TO,
     /// validated, then swapped in
     ///
-    /// One `pg_dump -Fc -Z0` stream is stored (zstd, listed by `backup list` as a backup of FROM)
-    /// and restored into `DB__drctl_new` on TO in the same pass. Only a copy whose row counts,
-    /// materialized views and sequences match the dump is swapped in, from TO's maintenance_db, by
-    /// two renames in one transaction (`DB` -> `DB__drctl_prev`, `DB__drctl_new` -> `DB`): clients
-    /// see the old data or the new, never a mix, and a failure leaves TO as it was. The previous
-    /// copy is kept until the next sync. Refuses (exit 3) when DNS points at TO or TO is a replica,
+    /// One `pg_dump -Fc -Z0` stream, FROM's only read, is stored (zstd, listed by `backup list` as
+    /// a backup of FROM; by hand: `cat ….dump.zst.* | zstd -dc | pg_restore -d URL`) and loaded
+    /// into `DB__drctl_new` on TO in the same pass, on --jobs connections: pre-data by pg_restore,
+    /// each table's rows in batches across the connections, then indexes and constraints by
+    /// `pg_restore --jobs`; no copy of the database on local disk. Every table is ANALYZEd. Only a
+    /// copy whose row counts (those of the dump stream), materialized views and sequences match the
+    /// dump is swapped in, from TO's maintenance_db, by two renames in one transaction (`DB` ->
+    /// `DB__drctl_prev`, `DB__drctl_new` -> `DB`): clients see the old data or the new, never a
+    /// mix, and a failure (any COPY or pg_restore error stops every connection) leaves TO as it
+    /// was. The previous copy is kept until the next sync starts loading. Refuses (exit 3) when DNS points at TO or TO is a replica,
     /// and (check target-is-source) when another env declares TO as its sync_from or replica_of or
     /// TO has streaming replicas attached (pg_stat_replication): `--from staging --to prod` is
     /// refused even without [dns]; only `--accept target-is-source` waives it.

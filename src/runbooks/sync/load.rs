@@ -19,7 +19,7 @@
 //! An archive with anything else in its data section (large objects) is restored by one plain
 //! `pg_restore` reading the whole stream, as before; its rows are still counted from the stream.
 //!
-//! Memory stays flat: the input is read 1 MiB at a time and at most `jobs` batches (of ~512 KiB)
+//! Memory stays flat: the input is read 1 MiB at a time and at most `jobs` batches (of ~256 KiB)
 //! wait in the queue; a slow database slows the reader, and so pg_dump, down. Nothing is written
 //! to local disk. The first failure on any connection cancels the others (their sessions end, the
 //! uncommitted COPYs roll back) and is what the run reports.
@@ -48,7 +48,7 @@ use crate::error::{Error, Result};
 const CHUNK: usize = 1 << 20;
 /// Rows are handed to the connections this many bytes at a time (whole rows: a batch ends at a
 /// row's end, so one longer row makes a longer batch).
-const BATCH: usize = 512 << 10;
+const BATCH: usize = 256 << 10;
 /// A TOC larger than this is refused (the run fails rather than buffer without bound).
 const MAX_TOC: usize = 256 << 20;
 
@@ -59,6 +59,12 @@ pub struct Loaded {
     pub rows: Vec<TableCount>,
     /// `None` when loaded in parallel; else why one pg_restore read the whole stream.
     pub serial_because: Option<String>,
+    /// How the rows were loaded: `parallel` (split across the connections) or `serial` (one
+    /// pg_restore).
+    pub mode: &'static str,
+    /// Milliseconds spent in each part, for the step's log: pre-data, data, post-data (parallel
+    /// load only).
+    pub phases_ms: Option<[u64; 3]>,
 }
 
 /// Load the archive `input` into database `db` on `env`'s server (with `env`'s pg_bin and
@@ -317,7 +323,7 @@ async fn serial<R: AsyncRead + Unpin>(
     restore_error(&stderr)?;
     fed?;
     let rows = counter.finish(&toc)?;
-    Ok(Loaded { toc, rows, serial_because: Some(why) })
+    Ok(Loaded { toc, rows, serial_because: Some(why), mode: "serial", phases_ms: None })
 }
 
 // --- parallel: pre-data, data on `jobs` connections, post-data --------------------------------
@@ -391,15 +397,18 @@ async fn parallel<R: AsyncRead + Unpin>(
     let jobs = jobs.max(1);
     let url = env.database_url.with_dbname(db);
     let file = toc_file(&head[..toc.len])?;
+    let t0 = std::time::Instant::now();
     restore_section(env, db, &file, "pre-data", jobs).await?;
+    let pre_ms = t0.elapsed().as_millis() as u64;
+    let t1 = std::time::Instant::now();
 
     // The TABLE DATA entries, by dumpId: their COPY statement's index.
-    let mut stmts: Vec<(String, String)> = Vec::new();
+    let mut stmts: Vec<Copy> = Vec::new();
     let mut by_id: HashMap<i64, usize> = HashMap::new();
     for e in toc.entries.iter().filter(|e| e.desc == "TABLE DATA") {
         let stmt = e.copy_stmt.as_deref().unwrap_or_default().trim().trim_end_matches(';').to_string();
         by_id.insert(e.dump_id, stmts.len());
-        stmts.push((stmt, qualified(e)));
+        stmts.push(Copy { stmt, name: qualified(e) });
     }
     let stmts = Arc::new(stmts);
     let setup = session_sql(&toc);
@@ -410,6 +419,10 @@ async fn parallel<R: AsyncRead + Unpin>(
         clients.push(c);
     }
 
+    // Rows go to whichever connection is free, so a large table loads on all of them at once.
+    // (Each table whole on one connection, truncated in the COPY's transaction as pg_restore
+    // --jobs does to skip WAL under wal_level = minimal, measured slower: the stream delivers one
+    // table at a time, so it loads one table at a time, and each commit then syncs its files.)
     let (tx, rx) = mpsc::channel::<Batch>(jobs);
     let rx = Arc::new(Mutex::new(rx));
     let cancel = CancellationToken::new();
@@ -515,7 +528,7 @@ async fn parallel<R: AsyncRead + Unpin>(
         if u64::try_from(want).ok() != Some(got) {
             return Err(Error::step(
                 "restore",
-                format!("{}: the dump holds {want} rows, COPY loaded {got}", stmts[i].1),
+                format!("{}: the dump holds {want} rows, COPY loaded {got}", stmts[i].name),
             ));
         }
     }
@@ -528,9 +541,23 @@ async fn parallel<R: AsyncRead + Unpin>(
         }
     }
     drop(clients);
+    let data_ms = t1.elapsed().as_millis() as u64;
+    let t2 = std::time::Instant::now();
     restore_section(env, db, &file, "post-data", jobs).await?;
     let rows = counted.tables(&toc);
-    Ok(Loaded { toc, rows, serial_because: None })
+    Ok(Loaded {
+        toc,
+        rows,
+        serial_because: None,
+        mode: "parallel",
+        phases_ms: Some([pre_ms, data_ms, t2.elapsed().as_millis() as u64]),
+    })
+}
+
+/// A TABLE DATA entry's COPY statement, and its table as shown.
+struct Copy {
+    stmt: String,
+    name: String,
 }
 
 fn qualified(e: &Entry) -> String {
@@ -566,7 +593,7 @@ type Copying = (usize, Pin<Box<CopyInSink<Bytes>>>);
 async fn worker(
     client: tokio_postgres::Client,
     rx: Arc<Mutex<mpsc::Receiver<Batch>>>,
-    stmts: Arc<Vec<(String, String)>>,
+    stmts: Arc<Vec<Copy>>,
     cancel: CancellationToken,
 ) -> std::result::Result<(tokio_postgres::Client, Vec<(usize, u64)>), Failed> {
     let r = async {
@@ -577,7 +604,7 @@ async fn worker(
                 "restore",
                 format!(
                     "COPY into {} (the dump's data, loaded by drctl in pg_restore's place): {}",
-                    stmts[i].1,
+                    stmts[i].name,
                     pg::describe(&e)
                 ),
             ))
@@ -592,7 +619,8 @@ async fn worker(
                 if let Some((i, mut sink)) = current.take() {
                     done.push((i, sink.as_mut().finish().await.map_err(|e| fail(i, e))?));
                 }
-                let sink = client.copy_in(stmts[batch.table].0.as_str()).await.map_err(|e| fail(batch.table, e))?;
+                let t = batch.table;
+                let sink = client.copy_in(stmts[t].stmt.as_str()).await.map_err(|e| fail(t, e))?;
                 current = Some((batch.table, Box::pin(sink)));
             }
             let (i, sink) = current.as_mut().expect("a COPY is open");
@@ -643,5 +671,89 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
             self.counter.lock().expect("counter").feed(&buf.filled()[before..]);
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn int(v: i64) -> Vec<u8> {
+        let mut b = vec![u8::from(v < 0)];
+        b.extend_from_slice(&(v.unsigned_abs() as u32).to_le_bytes());
+        b
+    }
+
+    /// Two TABLE DATA blocks as pg_dump writes them: a row per chunk, then the `\.` chunk.
+    fn blocks() -> Vec<u8> {
+        let mut s = Vec::new();
+        for (id, rows) in [(7, &[&b"1\ta\n"[..], b"2\tb\\nc\n", b"3\t\\.\n"][..]), (8, &[][..])] {
+            s.push(1);
+            s.extend(int(id));
+            for row in rows.iter().copied().chain([&b"\\.\n\n\n"[..]]) {
+                s.extend(int(row.len() as i64));
+                s.extend_from_slice(row);
+            }
+            s.extend(int(0));
+        }
+        s
+    }
+
+    fn toc() -> Toc {
+        let entry = |dump_id, tag: &str| Entry {
+            dump_id,
+            desc: "TABLE DATA".into(),
+            section: toc::SECTION_DATA,
+            namespace: Some("public".into()),
+            tag: Some(tag.into()),
+            defn: None,
+            copy_stmt: Some(format!("COPY public.{tag} (a, b) FROM stdin;")),
+            has_data: true,
+        };
+        Toc { len: 0, int_size: 4, entries: vec![entry(7, "t"), entry(8, "empty")], sequences: vec![] }
+    }
+
+    #[test]
+    fn rows_are_counted_without_the_end_of_data_line_at_any_buffer_boundary() {
+        let s = blocks();
+        for size in 1..=s.len() {
+            let mut c = RowCounter::new(4);
+            for piece in s.chunks(size) {
+                c.feed(piece).unwrap();
+            }
+            let counts = c.finish(&toc()).unwrap();
+            let rows: Vec<(String, i64)> = counts.into_iter().map(|t| (t.table, t.rows)).collect();
+            assert_eq!(rows, vec![("t".into(), 3), ("empty".into(), 0)], "pieces of {size} bytes");
+        }
+        // Cut inside a block: not a whole dump.
+        let mut c = RowCounter::new(4);
+        c.feed(&s[..s.len() - 3]).unwrap();
+        assert!(c.finish(&toc()).is_err());
+    }
+
+    #[test]
+    fn a_leaf_table_without_data_in_the_dump_is_an_error_not_zero() {
+        let dumped = vec![TableCount { schema: "public".into(), table: "t".into(), rows: 3 }];
+        let ok = snapshot_counts(&[("public".into(), "t".into())], &dumped).unwrap();
+        assert_eq!(ok[0].rows, 3);
+        let e = snapshot_counts(&[("public".into(), "gone".into())], &dumped).unwrap_err();
+        assert!(e.contains("public.gone has no data"), "{e}");
+    }
+
+    #[test]
+    fn only_table_data_and_sequence_values_are_loaded_by_drctl() {
+        let mut t = toc();
+        assert_eq!(serial_reason(&t), None);
+        t.entries.push(Entry {
+            dump_id: 9,
+            desc: "BLOBS".into(),
+            section: toc::SECTION_DATA,
+            namespace: None,
+            tag: Some("BLOBS".into()),
+            defn: None,
+            copy_stmt: None,
+            has_data: true,
+        });
+        assert_eq!(serial_reason(&t).as_deref(), Some("the dump holds BLOBS entries"));
     }
 }

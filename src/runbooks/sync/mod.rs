@@ -101,6 +101,11 @@ struct Restored {
     source: &'static str,
     /// The progress bar's total: the tables' size for a dump, the stored bytes for a stored one.
     expected_bytes: Option<u64>,
+    /// How long each part of the load took (`pre_data_ms`, `data_ms`, `post_data_ms`,
+    /// `analyze_ms`, `validate_ms`), for the step's log: where a slow sync spends its time.
+    phases: Vec<(&'static str, u64)>,
+    /// How the rows were loaded (`load::Loaded::mode`).
+    load: &'static str,
 }
 
 impl State {
@@ -125,6 +130,14 @@ impl State {
             .await
             .map_err(self.maint_err())?
             .is_some())
+    }
+    /// Drop the copy the previous sync kept (`DB__drctl_prev`), ending any session in it.
+    async fn drop_prev(&self) -> Result<()> {
+        let maint = self.maint().await?;
+        maint
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&self.prev())))
+            .await
+            .map_err(self.maint_err())
     }
     /// Drop the scratch database, ending any session in it (pg_restore of a killed run).
     async fn drop_scratch(&self) -> Result<()> {
@@ -365,6 +378,11 @@ impl Step for RestoreScratch {
         if let Some(n) = restored.expected_bytes {
             log.set("expected_bytes", n);
         }
+        log.set("jobs", self.state.jobs as u64);
+        log.set("load", restored.load);
+        for (k, v) in &restored.phases {
+            log.set(k, *v);
+        }
         log.summary(match restored.source {
             "stored" => format!(
                 "{} in {}, {} checked; restored from stored backup {} (sha256 verified)",
@@ -506,7 +524,8 @@ impl Step for Swap {
 
         let maint = st.maint().await?;
         let (db, scratch, prev) = (quote_ident(st.db()), quote_ident(&st.scratch()), quote_ident(&st.prev()));
-        // The previous copy kept by the last sync goes now, so its name is free for this one.
+        // The copy the last sync kept went when the load began (drop_prev); IF EXISTS keeps the
+        // rename safe should one have appeared since.
         maint.batch_execute(&format!("DROP DATABASE IF EXISTS {prev} WITH (FORCE)")).await.map_err(st.maint_err())?;
         let terminate = format!(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",

@@ -15,7 +15,9 @@
 
 use std::time::{Instant, SystemTime};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
 
 use super::load;
 use super::toc::SeqValue;
@@ -27,7 +29,7 @@ use crate::ctx::Ctx;
 use crate::dburl::DbUrl;
 use crate::error::{Error, Result};
 use crate::runbooks::backup::readback;
-use crate::runbooks::backup::{DumpSnapshot, count_rows, dump, encryption, export_snapshot, leaf_tables};
+use crate::runbooks::backup::{DumpSnapshot, count_rows, dump, encryption, export_snapshot, leaf_tables, quote_ident};
 
 const CHUNK: usize = 1 << 20;
 
@@ -54,30 +56,31 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
     let scratch_url = to.database_url.with_dbname(&st.scratch());
     let mut dump_out = dumping.stdout.take().ok_or_else(|| Error::step("restore", "pg_dump has no stdout"))?;
 
-    let (mut to_store, from_tee) = tokio::io::duplex(CHUNK);
-    let (mut to_load, load_in) = tokio::io::duplex(CHUNK);
+    // Each chunk read from pg_dump goes to both consumers as one shared buffer (no copy per
+    // reader); the channels are bounded, so the slower consumer slows pg_dump down.
+    let (to_store, from_tee) = mpsc::channel::<Bytes>(1);
+    let (to_load, load_in) = mpsc::channel::<Bytes>(1);
     let tee = async move {
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = BytesMut::new();
         loop {
-            let n =
-                dump_out.read(&mut buf).await.map_err(|e| Error::step("restore", format!("reading pg_dump: {e}")))?;
+            buf.reserve(CHUNK);
+            let n = dump_out
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| Error::step("restore", format!("reading pg_dump: {e}")))?;
             if n == 0 {
                 break;
             }
-            to_load
-                .write_all(&buf[..n])
-                .await
-                .map_err(|e| Error::step("restore", format!("the load stopped reading: {e}")))?;
-            to_store
-                .write_all(&buf[..n])
-                .await
-                .map_err(|e| Error::step("restore", format!("the store upload stopped: {e}")))?;
+            let chunk = buf.split().freeze();
+            to_load.send(chunk.clone()).await.map_err(|_| Error::step("restore", "the load stopped reading"))?;
+            to_store.send(chunk).await.map_err(|_| Error::step("restore", "the store upload stopped"))?;
         }
         // EOF for both readers.
         drop(to_load);
         drop(to_store);
         Ok::<_, Error>(())
     };
+    let (from_tee, load_in) = (reader(from_tee), reader(load_in));
     // Only what is stored is encrypted: the load reads the plaintext stream of the tee.
     let recipients = &cx.config.age_recipients;
     let base = dump_base(&from.name, &st.backup.id, &src.dbname, !recipients.is_empty());
@@ -90,11 +93,14 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
         dump::compress_to_store(from_tee, cx.store.clone(), &base, dump::SPLIT_BYTES, recipients, progress.clone());
     let scratch = st.scratch();
     let loading = load::load(load_in, to, &scratch, st.jobs);
-    let (teed, stored, loaded) = tokio::join!(tee, upload, loading);
+    // The copy the last sync kept goes while this one loads, not in the swap: dropping a
+    // database checkpoints, which right after the load would write all of the new copy at once.
+    let (teed, stored, loaded, dropped) = tokio::join!(tee, upload, loading, st.drop_prev());
     progress.finish();
     // The load's verdict first: a COPY or pg_restore error explains a broken pipe better than the pipe.
     let dump_warnings = dumping.wait().await;
     let loaded = loaded?;
+    dropped?;
     let dump_warnings = dump_warnings?;
     teed?;
     let stored = stored?;
@@ -108,7 +114,12 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
     let counts = load::snapshot_counts(&tables, &loaded.rows).map_err(|e| Error::step("restore", e))?;
     let sequences = loaded.toc.sequences.clone();
 
+    let ta = Instant::now();
+    analyze(&scratch_url, &counts, st.jobs).await?;
+    let analyze_ms = ta.elapsed().as_millis() as u64;
+    let tv = Instant::now();
     validate(&scratch_url, &counts, Some(&matviews), &sequences, st.jobs).await?;
+    let validate_ms = tv.elapsed().as_millis() as u64;
 
     let manifest = Manifest::logical(LogicalDump {
         id: &st.backup.id,
@@ -133,8 +144,28 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
         backup_id: st.backup.id.clone(),
         source: "dump",
         expected_bytes: expected,
+        phases: phases(&loaded, analyze_ms, validate_ms),
+        load: loaded.mode,
     };
     Ok((restored, manifest))
+}
+
+/// The receiving end of a tee channel, as the byte stream it carries.
+fn reader(rx: mpsc::Receiver<Bytes>) -> impl tokio::io::AsyncRead + Unpin + Send + 'static {
+    let chunks =
+        futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx)) });
+    tokio_util::io::StreamReader::new(Box::pin(chunks))
+}
+
+/// The load's timings and how it ran, for the step's log.
+fn phases(loaded: &load::Loaded, analyze_ms: u64, validate_ms: u64) -> Vec<(&'static str, u64)> {
+    let mut v: Vec<(&'static str, u64)> = match loaded.phases_ms {
+        Some([pre, data, post]) => vec![("pre_data_ms", pre), ("data_ms", data), ("post_data_ms", post)],
+        None => Vec::new(),
+    };
+    v.push(("analyze_ms", analyze_ms));
+    v.push(("validate_ms", validate_ms));
+    v
 }
 
 /// The scratch database: TO's owner, encoding, locale, settings and grants.
@@ -181,6 +212,7 @@ pub(super) async fn restore_stored(cx: &Ctx, st: &State, m: &Manifest) -> Result
     let t0 = Instant::now();
     encryption::identities_for(cx, m)?;
     create_scratch(st).await?;
+    st.drop_prev().await?;
     let (to_load, load_in) = tokio::io::duplex(CHUNK);
     let progress = cx.out.progress("sync", Some(m.bytes), true);
     let streamed = readback::stream_into(cx, m, to_load, &progress);
@@ -197,10 +229,15 @@ pub(super) async fn restore_stored(cx: &Ctx, st: &State, m: &Manifest) -> Result
     if let Some(why) = &loaded.serial_because {
         cx.out.info(&format!("sync: restored by one pg_restore, since {why}"));
     }
-    let sequences = loaded.toc.sequences;
+    let sequences = loaded.toc.sequences.clone();
     let scratch_url = st.to.database_url.with_dbname(&st.scratch());
     // Materialized views are not in the manifest: their population is pg_restore's to report.
+    let ta = Instant::now();
+    analyze(&scratch_url, &m.tables, st.jobs).await?;
+    let analyze_ms = ta.elapsed().as_millis() as u64;
+    let tv = Instant::now();
     validate(&scratch_url, &m.tables, None, &sequences, st.jobs).await?;
+    let validate_ms = tv.elapsed().as_millis() as u64;
     let snapshot_time = humantime::parse_rfc3339_weak(&m.started)
         .map_err(|e| Error::step("restore", format!("manifest {} has an unreadable start time: {e}", m.id)))?;
     Ok(Restored {
@@ -214,18 +251,14 @@ pub(super) async fn restore_stored(cx: &Ctx, st: &State, m: &Manifest) -> Result
         backup_id: m.id.clone(),
         source: "stored",
         expected_bytes: Some(m.bytes),
+        phases: phases(&loaded, analyze_ms, validate_ms),
+        load: loaded.mode,
     })
 }
 
-/// Exact `count(*)` of each of `tables` in database `url`, on up to `jobs` connections, each with
-/// its share of the rows `expected` says the tables hold (largest first, to the least loaded).
-/// Nothing writes to the database meanwhile (it is a scratch copy), so one snapshot is not needed.
-async fn count_in_parallel(
-    url: &crate::dburl::DbUrl,
-    tables: &[(String, String)],
-    expected: &[TableCount],
-    jobs: usize,
-) -> Result<Vec<TableCount>> {
+/// `tables` in `jobs` groups of about equal rows (by `expected`), the largest first, each to the
+/// group with the fewest so far.
+fn share(tables: &[(String, String)], expected: &[TableCount], jobs: usize) -> Vec<Vec<(String, String)>> {
     let weight = |(s, t): &(String, String)| {
         expected.iter().find(|c| &c.schema == s && &c.table == t).map_or(0, |c| c.rows).max(1)
     };
@@ -237,8 +270,19 @@ async fn count_in_parallel(
         g.0 += w;
         g.1.push(t.clone());
     }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+/// Exact `count(*)` of each of `tables` in database `url`, on up to `jobs` connections (`share`).
+/// Nothing writes to the database meanwhile (it is a scratch copy), so one snapshot is not needed.
+async fn count_in_parallel(
+    url: &crate::dburl::DbUrl,
+    tables: &[(String, String)],
+    expected: &[TableCount],
+    jobs: usize,
+) -> Result<Vec<TableCount>> {
     let err = |e: tokio_postgres::Error| pg::db_error(url, &e);
-    let counting = groups.into_iter().map(|(_, mine)| async move {
+    let counting = share(tables, expected, jobs).into_iter().map(|mine| async move {
         let mut c = pg::connect(url).await?;
         let tx = c.build_transaction().read_only(true).start().await.map_err(err)?;
         let n = count_rows(&tx, &mine).await.map_err(err)?;
@@ -248,6 +292,23 @@ async fn count_in_parallel(
     let mut all: Vec<TableCount> = futures_util::future::try_join_all(counting).await?.into_iter().flatten().collect();
     all.sort_by(|a, b| (&a.schema, &a.table).cmp(&(&b.schema, &b.table)));
     Ok(all)
+}
+
+/// ANALYZE every table of the copy before it is swapped in, on up to `jobs` connections: a
+/// standby that takes over must plan queries with statistics from the first query, not after
+/// autovacuum comes round to each table (pg_restore leaves a restore unanalyzed).
+async fn analyze(url: &crate::dburl::DbUrl, tables: &[TableCount], jobs: usize) -> Result<()> {
+    let names: Vec<(String, String)> = tables.iter().map(|t| (t.schema.clone(), t.table.clone())).collect();
+    let err = |e: tokio_postgres::Error| pg::db_error(url, &e);
+    let analyzing = share(&names, tables, jobs).into_iter().map(|mine| async move {
+        let c = pg::connect(url).await?;
+        for (s, t) in &mine {
+            c.batch_execute(&format!("ANALYZE {}.{}", quote_ident(s), quote_ident(t))).await.map_err(err)?;
+        }
+        Ok::<_, Error>(())
+    });
+    futures_util::future::try_join_all(analyzing).await?;
+    Ok(())
 }
 
 /// (schema, name, populated) of every materialized view.
