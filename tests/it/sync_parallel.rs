@@ -102,3 +102,20 @@ fn a_large_table_loads_on_several_connections_and_a_failed_one_stops_the_run() {
     );
     assert_eq!(checksums(&restored), checksums(&p.from));
 }
+
+#[test]
+fn a_dump_with_large_objects_is_restored_by_one_pg_restore_and_still_validated() {
+    let p = pair("sync_lo", "sync_from = \"prod\"", "");
+    pg().psql(&p.from, "SELECT lo_from_bytea(424242, 'a large object'::bytea)");
+    let r = checked(sync_jobs(&p, "2").run().expect_code(0));
+    assert_eq!(r.json()["status"], "ok", "{}", r.stdout);
+    assert_eq!(fingerprint(&p.to), fingerprint(&p.from));
+    assert_eq!(pg().psql(&p.to, "SELECT convert_from(lo_get(424242), 'UTF8')"), "a large object");
+    // The restore step says how it loaded: the archive's BLOBS entries take the serial path.
+    let events = crate::sync::journal_events(&p.dir.path().join("store"));
+    let restore = events
+        .iter()
+        .find(|e| e["details"]["step"] == "restore" && e["details"]["load"].is_string())
+        .unwrap_or_else(|| panic!("no restore step entry with `load` in {events:?}"));
+    assert_eq!(restore["details"]["load"], "serial", "{restore}");
+}
