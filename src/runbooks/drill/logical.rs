@@ -31,7 +31,8 @@ use crate::error::{Error, Result};
 use crate::journal::fold::{Anchor, DRILL_DONE, State};
 use crate::output::table::count;
 use crate::runbooks::backup::{encryption, live_run_ids, quote_ident, reach, readback, store_writable};
-use crate::runbooks::sync::pipeline::{create_like, differences, spawn_restore_into};
+use crate::runbooks::sync::load::spawn_restore_into;
+use crate::runbooks::sync::pipeline::{create_like, differences};
 use crate::runbooks::sync::target::maintenance_url;
 use crate::runbooks::verify_chain::table;
 

@@ -78,21 +78,26 @@ pub async fn load<R: AsyncRead + Unpin>(mut input: R, env: &EnvConfig, db: &str,
             return Err(Error::step("restore", "the dump ended inside its table of contents"));
         }
         head.extend_from_slice(&buf[..n]);
-        match toc::parse(&head) {
-            Parsed::Done(t) => break t,
-            Parsed::Unsupported(why) => return Err(Error::step("restore", format!("cannot read the dump: {why}"))),
-            Parsed::Incomplete if head.len() > MAX_TOC => {
-                return Err(Error::step(
-                    "restore",
-                    format!("the dump's table of contents is larger than {} MiB", MAX_TOC >> 20),
-                ));
-            }
-            Parsed::Incomplete => {}
+        if let Some(t) = toc_in(&head).map_err(|e| Error::step("restore", e))? {
+            break t;
         }
     };
     match serial_reason(&toc) {
         None => parallel(input, head, toc, env, db, jobs).await,
         Some(why) => serial(input, head, toc, env, db, why).await,
+    }
+}
+
+/// The TOC of an archive whose first bytes are `head`: `None` while more are needed; an error for
+/// what is no archive drctl reads, or a TOC beyond `MAX_TOC`.
+fn toc_in(head: &[u8]) -> std::result::Result<Option<Toc>, String> {
+    match toc::parse(head) {
+        Parsed::Done(t) => Ok(Some(t)),
+        Parsed::Unsupported(why) => Err(format!("cannot read the dump: {why}")),
+        Parsed::Incomplete if head.len() > MAX_TOC => {
+            Err(format!("the dump's table of contents is larger than {} MiB", MAX_TOC >> 20))
+        }
+        Parsed::Incomplete => Ok(None),
     }
 }
 
@@ -114,9 +119,19 @@ fn serial_reason(toc: &Toc) -> Option<String> {
 /// (the roles were checked in preflight), so the copy matches its source; tablespaces and
 /// subscriptions are the source server's own: a standby that subscribed to the source's
 /// publishers would compete with it for their changes.
-pub const RESTORE_FLAGS: [&str; 4] = ["--exit-on-error", "--no-password", "--no-tablespaces", "--no-subscriptions"];
+const RESTORE_FLAGS: [&str; 4] = ["--exit-on-error", "--no-password", "--no-tablespaces", "--no-subscriptions"];
 
-pub fn conninfo(db: &str) -> String {
+/// pg_restore into database `db` on `env`'s server (with `env`'s pg_bin and credentials), reading
+/// the archive on stdin.
+pub(crate) fn spawn_restore_into(env: &EnvConfig, db: &str) -> Result<crate::clients::pgtools::Running> {
+    let url = env.database_url.with_dbname(db);
+    let conninfo = conninfo(db);
+    let mut flags = RESTORE_FLAGS.to_vec();
+    flags.extend(["-d", &conninfo]);
+    PgTools::new(env.pg_bin.as_deref()).spawn("pg_restore", &flags, Some(&url), true)
+}
+
+fn conninfo(db: &str) -> String {
     format!("dbname='{}'", db.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
@@ -231,8 +246,8 @@ impl StreamCounter {
             return;
         }
         self.head.extend_from_slice(data);
-        match toc::parse(&self.head) {
-            Parsed::Done(t) => {
+        match toc_in(&self.head) {
+            Ok(Some(t)) => {
                 let mut r = RowCounter::new(t.int_size);
                 let rest = std::mem::take(&mut self.head);
                 if let Err(e) = r.feed(&rest[t.len..]) {
@@ -241,11 +256,8 @@ impl StreamCounter {
                 self.toc = Some(t);
                 self.rows = Some(r);
             }
-            Parsed::Unsupported(why) => self.error = Some(format!("cannot read the dump: {why}")),
-            Parsed::Incomplete if self.head.len() > MAX_TOC => {
-                self.error = Some(format!("the dump's table of contents is larger than {} MiB", MAX_TOC >> 20));
-            }
-            Parsed::Incomplete => {}
+            Ok(None) => {}
+            Err(e) => self.error = Some(e),
         }
     }
 
@@ -295,11 +307,7 @@ async fn serial<R: AsyncRead + Unpin>(
     db: &str,
     why: String,
 ) -> Result<Loaded> {
-    let url = env.database_url.with_dbname(db);
-    let mut flags = RESTORE_FLAGS.to_vec();
-    let ci = conninfo(db);
-    flags.extend(["-d", &ci]);
-    let mut restoring = PgTools::new(env.pg_bin.as_deref()).spawn("pg_restore", &flags, Some(&url), true)?;
+    let mut restoring = spawn_restore_into(env, db)?;
     let mut stdin = restoring.stdin.take().ok_or_else(|| Error::step("restore", "pg_restore has no stdin"))?;
     let mut counter = RowCounter::new(toc.int_size);
     let write = |e: std::io::Error| Error::step("restore", format!("pg_restore stopped reading: {e}"));

@@ -131,21 +131,20 @@ impl State {
             .map_err(self.maint_err())?
             .is_some())
     }
-    /// Drop the copy the previous sync kept (`DB__drctl_prev`), ending any session in it.
-    async fn drop_prev(&self) -> Result<()> {
-        let maint = self.maint().await?;
+    /// Drop database `db` on TO's server if it exists, ending any session in it, through `maint`.
+    async fn drop_db(&self, maint: &tokio_postgres::Client, db: &str) -> Result<()> {
         maint
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&self.prev())))
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(db)))
             .await
             .map_err(self.maint_err())
     }
-    /// Drop the scratch database, ending any session in it (pg_restore of a killed run).
+    /// Drop the copy the previous sync kept (`DB__drctl_prev`).
+    async fn drop_prev(&self) -> Result<()> {
+        self.drop_db(&self.maint().await?, &self.prev()).await
+    }
+    /// Drop the scratch database (pg_restore or COPYs of a killed run are ended).
     async fn drop_scratch(&self) -> Result<()> {
-        let maint = self.maint().await?;
-        maint
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&self.scratch())))
-            .await
-            .map_err(self.maint_err())
+        self.drop_db(&self.maint().await?, &self.scratch()).await
     }
 }
 
@@ -526,7 +525,7 @@ impl Step for Swap {
         let (db, scratch, prev) = (quote_ident(st.db()), quote_ident(&st.scratch()), quote_ident(&st.prev()));
         // The copy the last sync kept went when the load began (drop_prev); IF EXISTS keeps the
         // rename safe should one have appeared since.
-        maint.batch_execute(&format!("DROP DATABASE IF EXISTS {prev} WITH (FORCE)")).await.map_err(st.maint_err())?;
+        st.drop_db(&maint, &st.prev()).await?;
         let terminate = format!(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",
             target::quote_literal(st.db())

@@ -24,7 +24,6 @@ use super::toc::SeqValue;
 use super::{Restored, State};
 use crate::catalog::{LogicalDump, Manifest, TableCount, dump_base};
 use crate::clients::{pg, pgtools::PgTools};
-use crate::config::EnvConfig;
 use crate::ctx::Ctx;
 use crate::dburl::DbUrl;
 use crate::error::{Error, Result};
@@ -53,7 +52,6 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
     let dump_version = dump_tools.major_version("pg_dump").await?;
     let mut dumping =
         dump_tools.spawn("pg_dump", &["-Fc", "-Z0", "--no-password", "--snapshot", &snapshot], Some(src), false)?;
-    let scratch_url = to.database_url.with_dbname(&st.scratch());
     let mut dump_out = dumping.stdout.take().ok_or_else(|| Error::step("restore", "pg_dump has no stdout"))?;
 
     // Each chunk read from pg_dump goes to both consumers as one shared buffer (no copy per
@@ -108,18 +106,8 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
     if !dump_warnings.trim().is_empty() {
         cx.out.warn(&format!("pg_dump: {}", dump_warnings.trim()));
     }
-    if let Some(why) = &loaded.serial_because {
-        cx.out.info(&format!("sync: restored by one pg_restore, since {why}"));
-    }
     let counts = load::snapshot_counts(&tables, &loaded.rows).map_err(|e| Error::step("restore", e))?;
-    let sequences = loaded.toc.sequences.clone();
-
-    let ta = Instant::now();
-    analyze(&scratch_url, &counts, st.jobs).await?;
-    let analyze_ms = ta.elapsed().as_millis() as u64;
-    let tv = Instant::now();
-    validate(&scratch_url, &counts, Some(&matviews), &sequences, st.jobs).await?;
-    let validate_ms = tv.elapsed().as_millis() as u64;
+    let phases = check_copy(cx, st, &loaded, &counts, Some(&matviews)).await?;
 
     let manifest = Manifest::logical(LogicalDump {
         id: &st.backup.id,
@@ -137,14 +125,14 @@ pub(super) async fn restore(cx: &Ctx, st: &State) -> Result<(Restored, Manifest)
         snapshot_time,
         rows: counts.iter().map(|c| c.rows).sum(),
         tables: counts.len(),
-        sequences: sequences.len(),
+        sequences: loaded.toc.sequences.len(),
         bytes: manifest.bytes,
         dump_bytes: manifest.dump_bytes,
         duration_ms: t0.elapsed().as_millis() as u64,
         backup_id: st.backup.id.clone(),
         source: "dump",
         expected_bytes: expected,
-        phases: phases(&loaded, analyze_ms, validate_ms),
+        phases,
         load: loaded.mode,
     };
     Ok((restored, manifest))
@@ -157,15 +145,32 @@ fn reader(rx: mpsc::Receiver<Bytes>) -> impl tokio::io::AsyncRead + Unpin + Send
     tokio_util::io::StreamReader::new(Box::pin(chunks))
 }
 
-/// The load's timings and how it ran, for the step's log.
-fn phases(loaded: &load::Loaded, analyze_ms: u64, validate_ms: u64) -> Vec<(&'static str, u64)> {
-    let mut v: Vec<(&'static str, u64)> = match loaded.phases_ms {
+/// The copy just loaded into the scratch database, made ready and checked: every table
+/// ANALYZEd, then validated against `counts`, the source's materialized views when known, and the
+/// archive's sequence values. Returns the load's timings with these two, for the step's log.
+async fn check_copy(
+    cx: &Ctx,
+    st: &State,
+    loaded: &load::Loaded,
+    counts: &[TableCount],
+    matviews_src: Option<&[(String, String, bool)]>,
+) -> Result<Vec<(&'static str, u64)>> {
+    if let Some(why) = &loaded.serial_because {
+        cx.out.info(&format!("sync: restored by one pg_restore, since {why}"));
+    }
+    let scratch_url = st.to.database_url.with_dbname(&st.scratch());
+    let ta = Instant::now();
+    analyze(&scratch_url, counts, st.jobs).await?;
+    let analyze_ms = ta.elapsed().as_millis() as u64;
+    let tv = Instant::now();
+    validate(&scratch_url, counts, matviews_src, &loaded.toc.sequences, st.jobs).await?;
+    let validate_ms = tv.elapsed().as_millis() as u64;
+    let mut phases: Vec<(&'static str, u64)> = match loaded.phases_ms {
         Some([pre, data, post]) => vec![("pre_data_ms", pre), ("data_ms", data), ("post_data_ms", post)],
         None => Vec::new(),
     };
-    v.push(("analyze_ms", analyze_ms));
-    v.push(("validate_ms", validate_ms));
-    v
+    phases.extend([("analyze_ms", analyze_ms), ("validate_ms", validate_ms)]);
+    Ok(phases)
 }
 
 /// The scratch database: TO's owner, encoding, locale, settings and grants.
@@ -188,16 +193,6 @@ pub(crate) async fn create_like(maint: &DbUrl, like: &str, scratch: &str, env: &
         client.batch_execute(&sql).await.map_err(err)?;
     }
     Ok(())
-}
-
-/// pg_restore into database `db` on `env`'s server (with `env`'s pg_bin and credentials), reading
-/// the archive on stdin.
-pub(crate) fn spawn_restore_into(env: &EnvConfig, db: &str) -> Result<crate::clients::pgtools::Running> {
-    let url = env.database_url.with_dbname(db);
-    let conninfo = load::conninfo(db);
-    let mut flags = load::RESTORE_FLAGS.to_vec();
-    flags.extend(["-d", &conninfo]);
-    PgTools::new(env.pg_bin.as_deref()).spawn("pg_restore", &flags, Some(&url), true)
 }
 
 /// A resumed run: restore the scratch database from the dump the interrupted run stored and
@@ -226,32 +221,22 @@ pub(super) async fn restore_stored(cx: &Ctx, st: &State, m: &Manifest) -> Result
         (_, Err(e)) | (Err(e), Ok(_)) => return Err(e),
         (Ok(read), Ok(loaded)) => (read, loaded),
     };
-    if let Some(why) = &loaded.serial_because {
-        cx.out.info(&format!("sync: restored by one pg_restore, since {why}"));
-    }
-    let sequences = loaded.toc.sequences.clone();
-    let scratch_url = st.to.database_url.with_dbname(&st.scratch());
     // Materialized views are not in the manifest: their population is pg_restore's to report.
-    let ta = Instant::now();
-    analyze(&scratch_url, &m.tables, st.jobs).await?;
-    let analyze_ms = ta.elapsed().as_millis() as u64;
-    let tv = Instant::now();
-    validate(&scratch_url, &m.tables, None, &sequences, st.jobs).await?;
-    let validate_ms = tv.elapsed().as_millis() as u64;
+    let phases = check_copy(cx, st, &loaded, &m.tables, None).await?;
     let snapshot_time = humantime::parse_rfc3339_weak(&m.started)
         .map_err(|e| Error::step("restore", format!("manifest {} has an unreadable start time: {e}", m.id)))?;
     Ok(Restored {
         snapshot_time,
         rows: m.tables.iter().map(|c| c.rows).sum(),
         tables: m.tables.len(),
-        sequences: sequences.len(),
+        sequences: loaded.toc.sequences.len(),
         bytes: m.bytes,
         dump_bytes: read.plain_bytes,
         duration_ms: t0.elapsed().as_millis() as u64,
         backup_id: m.id.clone(),
         source: "stored",
         expected_bytes: Some(m.bytes),
-        phases: phases(&loaded, analyze_ms, validate_ms),
+        phases,
         load: loaded.mode,
     })
 }
