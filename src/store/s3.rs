@@ -1,8 +1,8 @@
 //! The S3 store: keys live under `s3://bucket/prefix/`, compare-and-swap uses S3's conditional
 //! writes (`If-None-Match: *`, `If-Match: <etag>`), large objects go up as multipart uploads.
 //!
-//! Memory stays bounded: an upload holds at most three 8 MiB part buffers (two in flight, one
-//! filling). A multipart upload that fails is aborted before the error is returned; one whose future
+//! Memory stays bounded: an upload holds at most two 8 MiB part buffers (the one filling waits
+//! until no more than one other is in flight). A multipart upload that fails is aborted before the error is returned; one whose future
 //! is dropped is aborted by a task spawned from `Drop` when a runtime is still there, and otherwise
 //! left for `remove_unfinished`, which the engine runs for prefixes of dead runs.
 //! Retries are the SDK's own (its standard retry mode); this module never loops on an error.
@@ -36,6 +36,8 @@ use crate::error::{Error, Result, Transience};
 /// allow objects up to ~78 GiB, above the 64 GiB objects backups are split into.
 const PART_SIZE: usize = 8 << 20;
 const MAX_PARTS: i32 = 10_000;
+/// Parts uploading at once; also the most parts in memory, the one being filled included: once part
+/// n is sent, filling part n+1 waits until part n-1 is done.
 const PARTS_IN_FLIGHT: usize = 2;
 const DOWNLOAD_QUEUE: usize = 4;
 
@@ -197,9 +199,6 @@ impl S3Store {
                 Transience::Permanent,
             ));
         }
-        while mp.in_flight.len() >= PARTS_IN_FLIGHT {
-            self.finish_one_part(mp).await?;
-        }
         let number = mp.next_number;
         mp.next_number += 1;
         let req = self
@@ -220,6 +219,11 @@ impl S3Store {
                 .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
                 .build())
         });
+        // Wait for a free slot before the caller fills the next part, not after it is full: a
+        // full part waiting for a slot would be one more PART_SIZE of memory for no extra speed.
+        while mp.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.finish_one_part(mp).await?;
+        }
         Ok(())
     }
 
