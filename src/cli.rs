@@ -193,8 +193,8 @@ pub enum Command {
     /// dump is swapped in, from TO's maintenance_db, by two renames in one transaction (`DB` ->
     /// `DB__drctl_prev`, `DB__drctl_new` -> `DB`): clients see the old data or the new, never a
     /// mix, and a failure (any COPY or pg_restore error stops every connection) leaves TO as it
-    /// was. The previous copy is kept until the next sync starts loading. Refuses (exit 3) when DNS points at TO or TO is a replica,
-    /// and (check target-is-source) when another env declares TO as its sync_from or replica_of or
+    /// was. The previous copy is kept until the next sync starts loading. Refuses (exit 3) when
+    /// DNS points at TO or TO is a replica, and (check target-is-source) when another env declares TO as its sync_from or replica_of or
     /// TO has streaming replicas attached (pg_stat_replication): `--from staging --to prod` is
     /// refused even without [dns]; only `--accept target-is-source` waives it.
     /// An env declaring `sync_from = "FROM"` is synced without confirmation (cron); any other TO

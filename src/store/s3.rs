@@ -2,9 +2,10 @@
 //! writes (`If-None-Match: *`, `If-Match: <etag>`), large objects go up as multipart uploads.
 //!
 //! Memory stays bounded: an upload holds at most two 8 MiB part buffers (the one filling waits
-//! until no more than one other is in flight). A multipart upload that fails is aborted before the error is returned; one whose future
-//! is dropped is aborted by a task spawned from `Drop` when a runtime is still there, and otherwise
-//! left for `remove_unfinished`, which the engine runs for prefixes of dead runs.
+//! until no more than one other is in flight). A multipart upload that fails is aborted before
+//! the error is returned; one whose future is dropped is aborted by a task spawned from `Drop` when
+//! a runtime is still there, and otherwise left for `remove_unfinished`, which the engine runs for
+//! prefixes of dead runs.
 //! Retries are the SDK's own (its standard retry mode); this module never loops on an error.
 //!
 //! Server-side encryption (`[store] sse`): every write goes through `put_request` (PutObject: plain,

@@ -170,16 +170,10 @@ pub async fn discard<R>(mut source: R, progress: Progress) -> Result<Stored>
 where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
 {
-    let mut buf = vec![0u8; CHUNK];
-    let mut raw = 0u64;
-    loop {
-        let n = source.read(&mut buf).await.map_err(|e| Error::step("dump", format!("reading the dump: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        raw += n as u64;
-        progress.inc(n as u64);
-    }
+    let raw = tokio::io::copy(&mut source, &mut tokio::io::sink())
+        .await
+        .map_err(|e| Error::step("dump", format!("reading the dump: {e}")))?;
+    progress.inc(raw);
     Ok(Stored {
         objects: Vec::new(),
         bytes: 0,

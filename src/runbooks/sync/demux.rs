@@ -161,10 +161,12 @@ pub fn is_terminator(chunk: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn int(v: i64) -> Vec<u8> {
+    /// An integer as pg_dump's archives write it (4-byte ints): a sign byte, then the magnitude
+    /// little-endian. The loader's tests build streams with it too.
+    pub(in crate::runbooks::sync) fn int(v: i64) -> Vec<u8> {
         let mut b = vec![u8::from(v < 0)];
         b.extend_from_slice(&(v.unsigned_abs() as u32).to_le_bytes());
         b

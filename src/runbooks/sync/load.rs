@@ -684,13 +684,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::demux::tests::int;
     use super::*;
-
-    fn int(v: i64) -> Vec<u8> {
-        let mut b = vec![u8::from(v < 0)];
-        b.extend_from_slice(&(v.unsigned_abs() as u32).to_le_bytes());
-        b
-    }
 
     /// Two TABLE DATA blocks as pg_dump writes them: a row per chunk, then the `\.` chunk.
     fn blocks() -> Vec<u8> {
